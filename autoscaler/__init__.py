@@ -1,0 +1,1 @@
+"""Queue-driven fleet sizing: policy, providers, daemon, simulator (see issue: Autoscaler daemon)."""

@@ -1,0 +1,1 @@
+"""Problem catalogue, baselines, normalized scoring, and the reference optimizers."""

@@ -1,0 +1,279 @@
+"""Competition specs: one version-controlled TOML file per competition, loaded, validated and hashed.
+
+A spec is addressed by name (a file shipped in `competition/specs/`) or by path. Its hash goes into every
+score, so a score always says under which rules it was computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from baselines.catalogue import UnknownProblem, all_problems, parse
+
+SPECS_DIR = Path(__file__).parent / "specs"
+PHASES = ("feedback", "final")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with a message naming the file and the field."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    problems: tuple[str, ...]
+    studies: int
+    studies_per_job: int
+    opens: str | None = None  # ISO 8601, UTC
+    closes: str | None = None
+
+    def chunks(self) -> list[tuple[int, list[int]]]:
+        """(chunk index, study indices) per job, so that no job runs for hours."""
+        indices = list(range(self.studies))
+        size = self.studies_per_job
+        return [(i // size, indices[i : i + size]) for i in range(0, self.studies, size)]
+
+
+@dataclass(frozen=True)
+class Limits:
+    suggest_budget_s: float  # optimizer time (init + suggest + observe) per study
+    call_timeout_s: float  # any single call, and loading the submission
+    memory_mb: int = 2048
+    pids: int = 128
+    cpus: float = 1.0
+    tmpfs_mb: int = 256
+    file_size_mb: int = 256
+
+
+@dataclass(frozen=True)
+class SubmissionRules:
+    max_zip_mb: int = 50
+    max_unpacked_mb: int = 200
+    max_files: int = 2000
+    daily_quota: int = 5
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    random_studies: int = 20  # random-search studies per problem
+    strong_rounds: int = 0  # rounds of the strong optimizer's long run (0: rounds x 4)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    description: str
+    rounds: int
+    batch: int
+    phases: dict[str, Phase]
+    limits: Limits
+    submission: SubmissionRules
+    baselines: BaselineSettings
+    obfuscate_names: bool = False
+    source: str = field(default="", compare=False)
+
+    @property
+    def evals_per_study(self) -> int:
+        return self.rounds * self.batch
+
+    def phase(self, name: str) -> Phase:
+        try:
+            return self.phases[name]
+        except KeyError:
+            raise SpecError(f"spec {self.name!r} has no phase {name!r} (it has: {', '.join(self.phases)})") from None
+
+    def all_problems(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for phase in self.phases.values():
+            seen.update(dict.fromkeys(phase.problems))
+        return tuple(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        data["phases"] = {k: asdict(v) | {"problems": list(v.problems)} for k, v in self.phases.items()}
+        return data
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Spec:
+        return _build(json.loads(raw), source="<redis>", resolved=True)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPECS_DIR.glob("*.toml"))
+
+
+def load(name_or_path: str | Path) -> Spec:
+    """Load a spec by name (shipped) or path; raise SpecError with a one-line reason otherwise."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = SPECS_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise SpecError(f"no spec named {str(name_or_path)!r} (shipped: {', '.join(available())})")
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path.name}: not valid TOML: {exc}") from None
+    return _build(data, source=str(path))
+
+
+def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
+    where = Path(source).name
+
+    def fail(msg: str) -> SpecError:
+        return SpecError(f"{where}: {msg}")
+
+    name = _req(data, "name", str, fail)
+    rounds = _positive_int(data, "rounds", fail)
+    batch = _positive_int(data, "batch", fail)
+    unknown = set(data) - {
+        "name", "description", "rounds", "batch", "phases", "limits", "submission", "baselines",
+        "obfuscate_names", "draw",
+    }
+    if unknown:
+        raise fail(f"unknown field(s): {', '.join(sorted(unknown))}")
+
+    drawn = _draw(data.get("draw"), fail) if not resolved else {}
+    raw_phases = data.get("phases") or {}
+    if not isinstance(raw_phases, dict) or not raw_phases:
+        raise fail("needs a [phases.feedback] table (and usually [phases.final])")
+    phases: dict[str, Phase] = {}
+    for phase_name, raw in raw_phases.items():
+        if phase_name not in PHASES:
+            raise fail(f"unknown phase {phase_name!r} (phases are: {', '.join(PHASES)})")
+        phases[phase_name] = _phase(phase_name, raw, drawn.get(phase_name), fail)
+    if "feedback" not in phases:
+        raise fail("needs a [phases.feedback] table")
+    if "final" in phases:
+        overlap = set(phases["feedback"].problems) & set(phases["final"].problems)
+        if overlap:
+            raise fail(f"held-out problems must not be visible: {', '.join(sorted(overlap))} in both phases")
+
+    limits = _section(Limits, data.get("limits"), "limits", fail)
+    if limits.call_timeout_s > limits.suggest_budget_s:
+        raise fail("limits.call_timeout_s cannot exceed limits.suggest_budget_s")
+    rules = _section(SubmissionRules, data.get("submission"), "submission", fail)
+    baseline = _section(BaselineSettings, data.get("baselines"), "baselines", fail)
+    if baseline.random_studies < 2:
+        raise fail("baselines.random_studies must be at least 2")
+    return Spec(
+        name=name,
+        description=str(data.get("description", "")),
+        rounds=rounds,
+        batch=batch,
+        phases=phases,
+        limits=limits,
+        submission=rules,
+        baselines=baseline,
+        obfuscate_names=bool(data.get("obfuscate_names", False)),
+        source=source,
+    )
+
+
+def _draw(raw: Any, fail) -> dict[str, tuple[str, ...]]:
+    """Problems drawn by a fixed seed from bayesmark's catalogue: the first `feedback` are visible."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise fail("[draw] must be a table with seed, total and feedback")
+    seed = _req(raw, "seed", int, fail, "draw.")
+    total = _positive_int(raw, "total", fail, "draw.")
+    feedback = _positive_int(raw, "feedback", fail, "draw.")
+    catalogue = [p.name for p in all_problems()]
+    if total > len(catalogue):
+        raise fail(f"draw.total is {total} but bayesmark has only {len(catalogue)} problems")
+    if feedback >= total:
+        raise fail("draw.feedback must leave problems held out (feedback < total)")
+    picked = random.Random(seed).sample(catalogue, total)
+    return {"feedback": tuple(sorted(picked[:feedback])), "final": tuple(sorted(picked[feedback:]))}
+
+
+def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
+    if not isinstance(raw, dict):
+        raise fail(f"phases.{name} must be a table")
+    prefix = f"phases.{name}."
+    problems = raw.get("problems", drawn)
+    if problems is None:
+        raise fail(f"{prefix}problems is missing (list them, or draw them with a [draw] table)")
+    if not isinstance(problems, list | tuple) or not problems:
+        raise fail(f"{prefix}problems must be a non-empty list")
+    for problem in problems:
+        try:
+            parse(problem)
+        except UnknownProblem as exc:
+            raise fail(f"{prefix}problems: {exc}") from None
+    if len(set(problems)) != len(problems):
+        raise fail(f"{prefix}problems lists a problem twice")
+    studies = _positive_int(raw, "studies", fail, prefix)
+    per_job = int(raw.get("studies_per_job", studies))
+    if per_job < 1:
+        raise fail(f"{prefix}studies_per_job must be at least 1")
+    opens, closes = (_when(raw.get(k), f"{prefix}{k}", fail) for k in ("opens", "closes"))
+    if opens and closes and closes <= opens:
+        raise fail(f"{prefix}closes must come after opens")
+    return Phase(name, tuple(problems), studies, min(per_job, studies), opens, closes)
+
+
+def _when(value: Any, label: str, fail) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    try:
+        return datetime.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise fail(f"{label} is not an ISO 8601 date-time: {value!r}") from None
+
+
+def _section(cls, raw: Any, label: str, fail):
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise fail(f"[{label}] must be a table")
+    fields = cls.__dataclass_fields__
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise fail(f"unknown field(s) in [{label}]: {', '.join(sorted(unknown))}")
+    try:
+        section = cls(**raw)
+    except TypeError as exc:
+        raise fail(f"[{label}]: {exc}") from None
+    for key, value in asdict(section).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(f"{label}.{key} must be a number, got {value!r}")
+        if value < 0 or (value == 0 and key not in {"strong_rounds", "seed"}):
+            raise fail(f"{label}.{key} must be positive, got {value!r}")
+    return section
+
+
+def _req(data: dict[str, Any], key: str, kind: type, fail, prefix: str = ""):
+    if key not in data:
+        raise fail(f"{prefix}{key} is missing")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise fail(f"{prefix}{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive_int(data: dict[str, Any], key: str, fail, prefix: str = "") -> int:
+    value = _req(data, key, int, fail, prefix)
+    if value < 1:
+        raise fail(f"{prefix}{key} must be at least 1, got {value}")
+    return value

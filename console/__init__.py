@@ -1,0 +1,1 @@
+"""The organizers' Textual console (see issue: Organizer console)."""

@@ -1,0 +1,1 @@
+"""The HTTP submission API for teams (see issue: Competition service)."""

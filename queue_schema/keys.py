@@ -1,0 +1,91 @@
+"""Every Redis key name bbo-arena uses, in one place.
+
+Keys are grouped by the entity they describe; nothing else in the project builds a key string by hand.
+"""
+
+from __future__ import annotations
+
+PREFIX = "bbo"
+
+# Queues (RQ queue names, not raw keys): organizer work has its own queue so that it runs first.
+SCORE_QUEUE = "bbo-score"
+PRIORITY_QUEUE = "bbo-priority"
+
+
+def submission(sid: str) -> str:
+    """Hash: the submission record (payload fields) and its live counters."""
+    return f"{PREFIX}:sub:{sid}"
+
+
+def submissions_index() -> str:
+    """Sorted set: every submission id scored by creation time."""
+    return f"{PREFIX}:subs"
+
+
+def team_submissions(team: str) -> str:
+    """Sorted set: one team's submission ids by creation time."""
+    return f"{PREFIX}:team:{team}:subs"
+
+
+def artifact(sha256: str) -> str:
+    """String: the uploaded zip's bytes, addressed by content."""
+    return f"{PREFIX}:artifact:{sha256}"
+
+
+def artifact_meta(sha256: str) -> str:
+    """Hash: size, file count, first upload time of an artifact."""
+    return f"{PREFIX}:artifact:{sha256}:meta"
+
+
+def spec(spec_hash: str) -> str:
+    """String: the resolved competition spec (JSON) a score was computed under, by its hash."""
+    return f"{PREFIX}:spec:{spec_hash}"
+
+
+def study_results(sid: str, version: int, problem: str) -> str:
+    """Hash: study index -> StudyResult JSON, written once per study (HSETNX)."""
+    return f"{PREFIX}:studies:{sid}:v{version}:{problem}"
+
+
+def problems_done(sid: str, version: int) -> str:
+    """Set: problems of a score version whose job has finished all its studies."""
+    return f"{PREFIX}:done:{sid}:v{version}"
+
+
+def score_version(sid: str, version: int) -> str:
+    """Hash: a score version's record (spec hash, baseline version, state, score, created_at)."""
+    return f"{PREFIX}:version:{sid}:v{version}"
+
+
+def submission_jobs(sid: str, version: int) -> str:
+    """Set: RQ job ids of one score version, so stop and fail can cancel them."""
+    return f"{PREFIX}:jobs:{sid}:v{version}"
+
+
+def events() -> str:
+    """Stream: every state transition and notable happening, capped."""
+    return f"{PREFIX}:events"
+
+
+def submission_events(sid: str) -> str:
+    """Stream: one submission's events, for live status without scanning the global stream."""
+    return f"{PREFIX}:events:{sid}"
+
+
+def job_log(job_id: str) -> str:
+    """Stream: organizer-only log lines of one job (sandbox stderr, harness events), capped."""
+    return f"{PREFIX}:log:{job_id}"
+
+
+def heartbeat(worker: str) -> str:
+    """Hash with a TTL: a worker's last heartbeat payload."""
+    return f"{PREFIX}:hb:{worker}"
+
+
+def heartbeats_index() -> str:
+    """Sorted set: worker name -> last heartbeat time, for the reaper and the fleet view."""
+    return f"{PREFIX}:hbs"
+
+
+def lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"

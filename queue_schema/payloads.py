@@ -1,0 +1,146 @@
+"""Typed, versioned payloads exchanged through Redis.
+
+Every payload carries `schema_version`; a reader refuses a version newer than it knows rather than
+misreading it, so a mixed fleet during an upgrade fails loudly instead of scoring wrongly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from queue_schema import SCHEMA_VERSION
+from queue_schema.states import FailureCause, StudyState, SubmissionState
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > SCHEMA_VERSION:
+            raise ValueError(f"payload schema {value} is newer than this process understands ({SCHEMA_VERSION})")
+        return value
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Any:
+        return cls.model_validate_json(raw)
+
+
+class Failure(BaseModel):
+    cause: FailureCause
+    message: str
+
+
+class Progress(BaseModel):
+    studies_done: int = 0
+    studies_total: int = 0
+    evals_done: int = 0
+    evals_total: int = 0
+
+
+class Submission(Payload):
+    id: str
+    team: str
+    state: SubmissionState = SubmissionState.QUEUED
+    artifact_sha256: str
+    filename: str = "submission.zip"
+    spec_name: str
+    spec_hash: str
+    phase: str
+    score_version: int = 1
+    baseline_version: str = ""
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    score: float | None = None
+    partial_score: float | None = None
+    failure: Failure | None = None
+    progress: Progress = Field(default_factory=Progress)
+    charged: bool = True
+
+    def public_view(self) -> dict[str, Any]:
+        """The command contract's submission object (what `--json` prints and the gateway returns)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "team": self.team,
+            "state": self.state.value,
+            "score": self.score,
+            "failure": self.failure.model_dump(mode="json") if self.failure else None,
+            "progress": {"studies_done": self.progress.studies_done, "studies_total": self.progress.studies_total},
+            "created_at": _iso(self.created_at),
+        }
+        if self.state == SubmissionState.STOPPED and self.partial_score is not None:
+            out["partial_score"] = self.partial_score
+        return out
+
+
+class ScoreJob(Payload):
+    """One RQ job: a chunk of studies of one problem for one score version of a submission."""
+
+    submission_id: str
+    score_version: int
+    problem: str
+    studies: list[int]
+    chunk: int = 0
+    phase: str
+    spec_hash: str
+    artifact_sha256: str
+    backend: str = "auto"
+
+
+class StudyResult(Payload):
+    """One study's outcome, written once under its index."""
+
+    study: int
+    state: StudyState
+    # Visible (cross-validation) loss of every evaluated suggestion, round by round; None means +inf.
+    losses: list[list[float | None]]
+    generalization: list[list[float | None]] = Field(default_factory=list)
+    suggest_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    cut_off_reason: str | None = None
+    suggest_fallbacks: int = 0
+    observe_errors: int = 0
+    worker: str = ""
+    backend: str = ""
+    image_digest: str | None = None
+    finished_at: float = Field(default_factory=time.time)
+
+    @staticmethod
+    def encode_loss(value: float) -> float | None:
+        return float(value) if math.isfinite(value) else None
+
+    @staticmethod
+    def decode_loss(value: float | None) -> float:
+        return math.inf if value is None else float(value)
+
+
+class Event(Payload):
+    kind: str
+    submission_id: str | None = None
+    ts: float = Field(default_factory=time.time)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Heartbeat(Payload):
+    worker: str
+    host: str
+    pid: int
+    state: str  # idle | busy | draining
+    current_job: str | None = None
+    backend: str = ""
+    started_at: float
+    ts: float = Field(default_factory=time.time)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,49 @@
+"""Where state lives and how to reach Redis, from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STATE_DIR_ENV = "BBO_STATE_DIR"
+REDIS_URL_ENV = "BBO_REDIS_URL"
+UNSAFE_SANDBOX_ENV = "BBO_ALLOW_UNSAFE_SANDBOX"
+
+
+def state_dir() -> Path:
+    """The one folder for Redis data, artifacts, logs; never inside the source tree."""
+    raw = os.environ.get(STATE_DIR_ENV)
+    path = Path(raw).expanduser() if raw else Path.home() / ".local" / "state" / "bbo-arena"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def embedded_redis_dir() -> Path:
+    path = state_dir() / "redis"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_redis_socket() -> Path:
+    path = embedded_redis_dir() / "redis.sock"
+    # Unix socket paths are limited to 107 bytes; a deep state dir gets a short name derived from it.
+    if len(str(path)) > 100:
+        import hashlib
+
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"bbo-redis-{digest}.sock"
+    return path
+
+
+def configured_redis_url() -> str | None:
+    """The deployment's Redis, or None for the embedded server."""
+    url = os.environ.get(REDIS_URL_ENV, "").strip()
+    return url or None
+
+
+def redis_url() -> str:
+    return configured_redis_url() or f"unix://{embedded_redis_socket()}"
+
+
+def unsafe_sandbox_allowed() -> bool:
+    return os.environ.get(UNSAFE_SANDBOX_ENV, "") in {"1", "true", "yes"}

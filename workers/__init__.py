@@ -1,0 +1,1 @@
+"""bbo-arena: workers."""
