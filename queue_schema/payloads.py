@@ -105,6 +105,8 @@ class StudyResult(Payload):
     # Visible (cross-validation) loss of every evaluated suggestion, round by round; None means +inf.
     losses: list[list[float | None]]
     generalization: list[list[float | None]] = Field(default_factory=list)
+    # The evaluated points, round by round (real parameter names), for export and `reproduce`.
+    suggestions: list[list[dict[str, Any]]] = Field(default_factory=list)
     suggest_time_s: float = 0.0
     eval_time_s: float = 0.0
     cut_off_reason: str | None = None
