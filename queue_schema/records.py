@@ -1,0 +1,237 @@
+"""Redis helpers for the shared records: submissions, transitions, study results, events, job logs.
+
+Every writer goes through these, so the invariants live in one place: a transition follows the state
+machine and is atomic (WATCH/MULTI); a study result is written once and counted once (one Lua script);
+streams are capped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from queue_schema import keys
+from queue_schema.payloads import Event, Failure, Progress, StudyResult, Submission
+from queue_schema.states import FailureCause, SubmissionState, can_transition
+
+EVENTS_MAXLEN = 100_000
+SUBMISSION_EVENTS_MAXLEN = 2_000
+JOB_LOG_MAXLEN = 5_000
+
+# Counter fields kept beside the record in the submission hash (HINCRBY, never rewritten wholesale).
+_COUNTERS = ("studies_done", "evals_done", "norm_sum", "norm_count")
+
+# Write the study once; count it only if this call wrote it. KEYS: results, submission. ARGV: index,
+# json, evals, normalized score (or "" when no baseline), score version.
+_WRITE_STUDY = """
+local cur = redis.call('HGET', KEYS[2], 'score_version')
+if cur and cur ~= ARGV[5] then return -1 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'studies_done', 1)
+redis.call('HINCRBY', KEYS[2], 'evals_done', tonumber(ARGV[3]))
+if ARGV[4] ~= '' then
+  redis.call('HINCRBYFLOAT', KEYS[2], 'norm_sum', ARGV[4])
+  redis.call('HINCRBY', KEYS[2], 'norm_count', 1)
+end
+return 1
+"""
+
+
+def save_new_submission(r: redis.Redis, sub: Submission) -> None:
+    pipe = r.pipeline()
+    pipe.hset(
+        keys.submission(sub.id),
+        mapping={
+            "record": sub.to_json(),
+            "state": sub.state.value,
+            "score_version": str(sub.score_version),
+            **dict.fromkeys(_COUNTERS, "0"),
+        },
+    )
+    pipe.zadd(keys.submissions_index(), {sub.id: sub.created_at})
+    pipe.zadd(keys.team_submissions(sub.team), {sub.id: sub.created_at})
+    pipe.execute()
+
+
+def load_submission(r: redis.Redis, sid: str) -> Submission | None:
+    raw = r.hgetall(keys.submission(sid))
+    return _from_hash(raw) if raw else None
+
+
+def load_submissions(r: redis.Redis, ids: Iterable[str]) -> list[Submission]:
+    pipe = r.pipeline()
+    ids = list(ids)
+    for sid in ids:
+        pipe.hgetall(keys.submission(sid))
+    return [_from_hash(raw) for raw in pipe.execute() if raw]
+
+
+def _from_hash(raw: dict[str, str]) -> Submission:
+    sub = Submission.from_json(raw["record"])
+    sub.progress = Progress(
+        studies_done=int(raw.get("studies_done", 0)),
+        studies_total=sub.progress.studies_total,
+        evals_done=int(raw.get("evals_done", 0)),
+        evals_total=sub.progress.evals_total,
+    )
+    count = int(raw.get("norm_count", 0) or 0)
+    if count and sub.score is None:
+        # The running score: mean normalized score of the studies finished so far, on the leaderboard scale.
+        sub.partial_score = 100.0 * (1.0 - float(raw.get("norm_sum", 0.0)) / count)
+    return sub
+
+
+def running_score(r: redis.Redis, sid: str) -> float | None:
+    total, count = r.hmget(keys.submission(sid), "norm_sum", "norm_count")
+    if not count or int(count) == 0:
+        return None
+    return 100.0 * (1.0 - float(total) / int(count))
+
+
+def transition(
+    r: redis.Redis,
+    sid: str,
+    new_state: SubmissionState,
+    *,
+    version: int | None = None,
+    only_from: Iterable[SubmissionState] | None = None,
+    failure: tuple[FailureCause, str] | None = None,
+    reset_counters: bool = False,
+    **updates: Any,
+) -> Submission | None:
+    """Move a submission to `new_state` atomically; None if the move is not allowed (raced or stale).
+
+    `version` guards against a job of an old score version touching a rescored submission.
+    """
+    key = keys.submission(sid)
+    allowed = set(only_from) if only_from is not None else None
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                if not raw:
+                    pipe.unwatch()
+                    return None
+                sub = _from_hash(raw)
+                if version is not None and sub.score_version != version:
+                    pipe.unwatch()
+                    return None
+                if sub.state == new_state and not updates and failure is None:
+                    pipe.unwatch()
+                    return None
+                if not can_transition(sub.state, new_state) or (allowed is not None and sub.state not in allowed):
+                    pipe.unwatch()
+                    return None
+                previous = sub.state
+                sub.state = new_state
+                sub.updated_at = time.time()
+                if failure is not None:
+                    sub.failure = Failure(cause=failure[0], message=failure[1])
+                for name, value in updates.items():
+                    setattr(sub, name, value)
+                sub.partial_score = None if reset_counters else sub.partial_score
+                pipe.multi()
+                fields = {"record": sub.to_json(), "state": new_state.value, "score_version": str(sub.score_version)}
+                if reset_counters:
+                    fields.update(dict.fromkeys(_COUNTERS, "0"))
+                pipe.hset(key, mapping=fields)
+                _event_into(
+                    pipe,
+                    Event(
+                        kind="state",
+                        submission_id=sid,
+                        data={"from": previous.value, "to": new_state.value, "version": sub.score_version}
+                        | ({"cause": failure[0].value, "message": failure[1]} if failure else {}),
+                    ),
+                )
+                pipe.execute()
+                if reset_counters:
+                    sub.progress.studies_done = sub.progress.evals_done = 0
+                return sub
+            except redis.WatchError:
+                continue
+
+
+def update_record(r: redis.Redis, sid: str, **updates: Any) -> Submission | None:
+    """Change record fields without a state change (score details, totals), atomically."""
+    key = keys.submission(sid)
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                if not raw:
+                    pipe.unwatch()
+                    return None
+                sub = _from_hash(raw)
+                for name, value in updates.items():
+                    setattr(sub, name, value)
+                sub.updated_at = time.time()
+                pipe.multi()
+                pipe.hset(key, "record", sub.to_json())
+                pipe.execute()
+                return sub
+            except redis.WatchError:
+                continue
+
+
+def write_study(
+    r: redis.Redis, sid: str, version: int, problem: str, result: StudyResult, normalized: float | None
+) -> int:
+    """1 if written now, 0 if it was already there (a retried job), -1 if the score version moved on."""
+    evals = sum(len(round_) for round_ in result.losses)
+    return int(
+        r.eval(
+            _WRITE_STUDY,
+            2,
+            keys.study_results(sid, version, problem),
+            keys.submission(sid),
+            str(result.study),
+            result.to_json(),
+            str(evals),
+            "" if normalized is None else repr(float(normalized)),
+            str(version),
+        )
+    )
+
+
+def read_studies(r: redis.Redis, sid: str, version: int, problem: str) -> dict[int, StudyResult]:
+    raw = r.hgetall(keys.study_results(sid, version, problem))
+    return {int(k): StudyResult.from_json(v) for k, v in raw.items()}
+
+
+def finished_study_indices(r: redis.Redis, sid: str, version: int, problem: str) -> set[int]:
+    return {int(k) for k in r.hkeys(keys.study_results(sid, version, problem))}
+
+
+def add_event(r: redis.Redis | redis.client.Pipeline, kind: str, sid: str | None = None, **data: Any) -> None:
+    _event_into(r, Event(kind=kind, submission_id=sid, data=data))
+
+
+def _event_into(r: Any, event: Event) -> None:
+    body = {"json": event.to_json()}
+    r.xadd(keys.events(), body, maxlen=EVENTS_MAXLEN, approximate=True)
+    if event.submission_id:
+        r.xadd(keys.submission_events(event.submission_id), body, maxlen=SUBMISSION_EVENTS_MAXLEN, approximate=True)
+
+
+def read_events(r: redis.Redis, sid: str | None = None, count: int = 100) -> list[Event]:
+    key = keys.submission_events(sid) if sid else keys.events()
+    return [Event.from_json(fields["json"]) for _, fields in r.xrevrange(key, count=count)][::-1]
+
+
+def append_job_log(r: redis.Redis, job_id: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    pipe = r.pipeline(transaction=False)
+    for line in lines:
+        pipe.xadd(keys.job_log(job_id), {"line": line[:4000]}, maxlen=JOB_LOG_MAXLEN, approximate=True)
+    pipe.execute()
+
+
+def read_job_log(r: redis.Redis, job_id: str, count: int = 1000) -> list[str]:
+    return [fields["line"] for _, fields in r.xrange(keys.job_log(job_id), count=count)]

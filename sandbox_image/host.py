@@ -1,0 +1,221 @@
+"""The optimizer host: runs inside the sandbox, loads one starter-kit submission, serves the protocol.
+
+It imports nothing of bbo-arena but the protocol module, because in a container it runs alone.
+
+Usage: python -m sandbox_image.host SUBMISSION_DIR
+
+The protocol travels on private duplicates of the original stdin/stdout; file descriptors 0 and 1 are
+then pointed at /dev/null and stderr, so whatever the optimizer prints (Python or C level) lands in the
+organizer log instead of corrupting the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import runpy
+import sys
+import traceback
+import types
+from typing import Any
+
+try:
+    from queue_schema import protocol
+except ImportError:  # inside the image, protocol.py sits next to this file
+    import protocol  # type: ignore[no-redef]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self._in = os.fdopen(os.dup(0), "rb", buffering=0)
+        self._out = os.fdopen(os.dup(1), "wb", buffering=0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)
+        sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+        sys.stdout = sys.stderr
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._out.write(protocol.encode(message))
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self._readline()
+        if not line:
+            return None
+        return protocol.decode(line)
+
+    def _readline(self) -> bytes:
+        chunks = []
+        while True:
+            byte_chunk = self._in.readline(protocol.MAX_LINE_BYTES + 1)
+            if not byte_chunk:
+                return b"".join(chunks)
+            chunks.append(byte_chunk)
+            if byte_chunk.endswith(b"\n"):
+                return b"".join(chunks)
+
+
+class _Captured:
+    optimizer_class: type | None = None
+
+
+def _install_experiment_shim() -> None:
+    """Make `bayesmark.experiment.experiment_main` capture the class instead of running a study.
+
+    The real module costs seconds to import (xarray, scikit-learn); a submission only needs the name.
+    Any other attribute loads the real module on first use.
+    """
+    real: dict[str, types.ModuleType] = {}
+    try:
+        import bayesmark
+    except ImportError:
+        return  # the submission will fail to import its base class; that error is reported then
+    found = importlib.util.find_spec("bayesmark.experiment")
+    origin = found.origin if found else None
+
+    def experiment_main(opt_class: type, args: Any = None) -> None:
+        _Captured.optimizer_class = opt_class
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__") or origin is None:
+            raise AttributeError(name)
+        if "module" not in real:
+            loader_spec = importlib.util.spec_from_file_location("bayesmark._experiment_full", origin)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+            real["module"] = module
+        return getattr(real["module"], name)
+
+    shim = types.ModuleType("bayesmark.experiment")
+    shim.experiment_main = experiment_main
+    shim.__getattr__ = __getattr__
+    shim.__spec__ = found
+    sys.modules["bayesmark.experiment"] = shim
+    bayesmark.experiment = shim
+
+
+def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
+    path = os.path.join(submission_dir, "optimizer.py")
+    if not os.path.isfile(path):
+        return None, protocol.error(protocol.OP_HELLO, protocol.ERR_LOAD, "optimizer.py not found at the top level")
+    sys.path.insert(0, submission_dir)
+    _install_experiment_shim()
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit:
+        pass
+    except SyntaxError as exc:
+        return None, protocol.error(
+            protocol.OP_HELLO, protocol.ERR_LOAD, f"syntax error in {os.path.basename(exc.filename or path)} line "
+            f"{exc.lineno}: {exc.msg}", "SyntaxError"
+        )
+    except BaseException as exc:  # noqa: BLE001 - anything the submission raises is its own failure
+        traceback.print_exc()
+        return None, protocol.error(
+            protocol.OP_HELLO, protocol.ERR_LOAD, f"optimizer.py failed to import: {type(exc).__name__}: {exc}",
+            type(exc).__name__,
+        )
+    cls = _Captured.optimizer_class
+    if cls is None:
+        return None, protocol.error(
+            protocol.OP_HELLO,
+            protocol.ERR_NO_CLASS,
+            "optimizer.py never passed an optimizer class to bayesmark.experiment.experiment_main",
+        )
+    if not (callable(getattr(cls, "suggest", None)) and callable(getattr(cls, "observe", None))):
+        return None, protocol.error(
+            protocol.OP_HELLO, protocol.ERR_NO_CLASS, f"{getattr(cls, '__name__', cls)!r} has no suggest/observe methods"
+        )
+    return cls, None
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+
+
+def _raised(op: str, exc: BaseException) -> dict[str, Any]:
+    traceback.print_exc()
+    return protocol.error(op, protocol.ERR_RAISED, f"{type(exc).__name__}: {exc}", type(exc).__name__)
+
+
+def serve(submission_dir: str) -> int:
+    for var in THREAD_VARS:
+        os.environ[var] = "1"
+    channel = _Channel()
+    cls, load_error = _load(submission_dir)
+    if load_error is not None:
+        channel.send(load_error)
+        return 3
+    channel.send(protocol.ok(protocol.OP_HELLO, optimizer=getattr(cls, "__name__", "?"), version=protocol.PROTOCOL_VERSION))
+
+    optimizer: Any = None
+    last_suggested: list[Any] | None = None
+    last_suggested_json: Any = None
+    while True:
+        try:
+            request = channel.receive()
+        except protocol.ProtocolError as exc:
+            channel.send(protocol.error("?", protocol.ERR_BAD_REQUEST, str(exc)))
+            continue
+        if request is None:
+            return 0
+        op = request.get("op")
+        if op == protocol.OP_CLOSE:
+            channel.send(protocol.ok(protocol.OP_CLOSE))
+            return 0
+        if op == protocol.OP_INIT:
+            _seed(int(request.get("seed", 0)))
+            try:
+                optimizer = cls(request["api_config"])
+            except BaseException as exc:  # noqa: BLE001
+                channel.send(_raised(op, exc))
+                continue
+            channel.send(protocol.ok(op))
+        elif optimizer is None:
+            channel.send(protocol.error(str(op), protocol.ERR_BAD_REQUEST, "init must come first"))
+        elif op == protocol.OP_SUGGEST:
+            try:
+                suggested = optimizer.suggest(int(request["n"]))
+                reply = protocol.ok(op, X=suggested)
+                encoded = protocol.encode(reply)
+            except BaseException as exc:  # noqa: BLE001 - includes values JSON cannot carry
+                channel.send(_raised(op, exc))
+                continue
+            last_suggested = suggested
+            last_suggested_json = protocol.decode(encoded)["X"]
+            channel._out.write(encoded)
+        elif op == protocol.OP_OBSERVE:
+            X = request["X"]
+            # bayesmark hands observe the very objects suggest returned; keep that where the batch is ours.
+            if last_suggested is not None and X == last_suggested_json:
+                X = last_suggested
+            last_suggested = last_suggested_json = None
+            try:
+                optimizer.observe(X, request["y"])
+            except BaseException as exc:  # noqa: BLE001
+                channel.send(_raised(op, exc))
+                continue
+            channel.send(protocol.ok(op))
+        else:
+            channel.send(protocol.error(str(op), protocol.ERR_BAD_REQUEST, f"unknown op {op!r}"))
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        print("usage: python -m sandbox_image.host SUBMISSION_DIR", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(serve(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""What every sandbox backend provides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from competition.spec import Limits
+from workers.optimizer_process import LaunchSpec
+
+# Numerical libraries run one thread per job so that jobs on one machine do not fight over cores.
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+}
+
+
+class SandboxUnavailable(RuntimeError):
+    """The backend cannot run here (no engine, no image, unknown name): an infrastructure problem."""
+
+
+class SandboxRefused(RuntimeError):
+    """The backend was asked for but is not allowed (the unsafe process backend without the opt-in)."""
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    def prepare(self, submission_dir: Path, limits: Limits) -> None:
+        """Once per artifact on this worker, before any study (e.g. install bundled wheels)."""
+
+    def launch(self, submission_dir: Path, limits: Limits) -> LaunchSpec:
+        """How to start a fresh optimizer host for one study; nothing is shared with other studies."""
+
+    def describe(self) -> dict[str, str]:
+        """Provenance recorded with every study (backend, image digest)."""

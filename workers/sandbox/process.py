@@ -1,0 +1,70 @@
+"""The `process` backend: the optimizer in a plain child process. No isolation: development only."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from competition.spec import Limits
+from queue_schema.settings import UNSAFE_SANDBOX_ENV, state_dir, unsafe_sandbox_allowed
+from workers.optimizer_process import LaunchSpec
+from workers.sandbox.base import THREAD_ENV, SandboxRefused
+
+
+class ProcessBackend:
+    name = "process"
+
+    def __init__(self) -> None:
+        if not unsafe_sandbox_allowed():
+            raise SandboxRefused(
+                f"the process backend runs participant code without isolation; set {UNSAFE_SANDBOX_ENV}=1 "
+                "to allow it (development only)"
+            )
+
+    def prepare(self, submission_dir: Path, limits: Limits) -> None:
+        return None
+
+    def launch(self, submission_dir: Path, limits: Limits) -> LaunchSpec:
+        # Each study gets its own copy of the submission and its own HOME/TMPDIR, so at least the files
+        # one study writes are not there for the next.
+        work = Path(tempfile.mkdtemp(prefix="study-", dir=_scratch()))
+        study_dir = work / "submission"
+        shutil.copytree(submission_dir, study_dir, symlinks=False)
+        home = work / "home"
+        home.mkdir()
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(home),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            **THREAD_ENV,
+        }
+        file_size = limits.file_size_mb * 1024 * 1024
+
+        def limit_child() -> None:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+        return LaunchSpec(
+            argv=[sys.executable, "-I", "-m", "sandbox_image.host", str(study_dir)],
+            env=env,
+            cwd=str(work),
+            cleanup=lambda: shutil.rmtree(work, ignore_errors=True),
+            preexec=limit_child,
+        )
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "python": sys.version.split()[0]}
+
+
+def _scratch() -> Path:
+    path = state_dir() / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
