@@ -1,0 +1,200 @@
+"""`bbo admin`: the organizers' commands. They call `competition` directly, never the gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from cli import baselines_cmd
+from cli.output import emit_json, err, fail
+
+app = typer.Typer(help="Run the competition: score, workers, baselines, export.", no_args_is_help=True)
+app.add_typer(baselines_cmd.app, name="baselines")
+
+PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
+
+
+@app.command()
+def score(
+    path: Path = typer.Argument(..., help="A starter-kit submission: a folder or a zip with optimizer.py at the top."),
+    spec_name: str = typer.Option(..., "--spec", help="Competition spec: a shipped name (demo, neurips2020) or a path."),
+    phase: str = PhaseOpt,
+    backend: str = typer.Option("auto", "--backend", help="Sandbox: auto (docker, then bwrap), docker, bwrap, process."),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=1, help="Worker processes to start for this run (default: core count)."
+    ),
+    team: str = typer.Option("organizers", "--team", help="Team the submission is recorded under."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scored submission as JSON on stdout."),
+    timeout: float = typer.Option(0, "--timeout", help="Give up after this many seconds (0: no limit)."),
+) -> None:
+    """Score one submission end to end: enqueue its jobs on the real queue, run workers, wait, report."""
+    from competition import artifacts, scores
+    from competition.redis_server import ensure_redis
+    from competition.spec import SpecError, load
+    from competition.submit import create_submission
+    from queue_schema.connection import RedisUnavailable, connect
+    from workers.sandbox import SandboxRefused, SandboxUnavailable, select
+
+    try:
+        spec = load(spec_name)
+        spec.phase(phase)
+        select(backend)  # refuse an unusable or unsafe backend before anything is stored
+        data = artifacts.pack(path, spec.submission)
+        artifacts.check(data, spec.submission)
+        scores.baselines_for(spec, required=spec.phase(phase).problems)
+    except (SpecError, SandboxRefused, SandboxUnavailable, artifacts.InvalidSubmission, scores.MissingBaseline) as exc:
+        fail(str(exc))
+    try:
+        with ensure_redis() as url:
+            r = connect(url)
+            sub = create_submission(
+                r, team=team, data=data, spec=spec, phase=phase, filename=path.name, backend=backend
+            )
+            err.print(f"submission [bold]{sub.id}[/]: {sub.progress.studies_total} studies on "
+                      f"{len(spec.phase(phase).problems)} problems ({spec.name}/{phase}), {workers} worker(s)")
+            procs = _start_workers(url, workers)
+            try:
+                final = _wait(r, sub.id, procs, url, timeout)
+            finally:
+                _stop_workers(procs)
+            report = scores.report(r, final.id)
+    except RedisUnavailable as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(report)
+    else:
+        _print_report(report)
+
+
+def _start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "BBO_REDIS_URL": url}
+    return [
+        subprocess.Popen([sys.executable, "-m", "cli", "admin", "worker"], env=env, stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # RQ's warm shutdown: finish nothing new, exit
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(r, sid: str, procs, url: str, timeout: float):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from queue_schema.records import load_submission
+    from queue_schema.states import TERMINAL_STATES
+
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[score]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("studies", total=None, score="")
+        while True:
+            sub = load_submission(r, sid)
+            running = f"running score {sub.partial_score:.2f}" if sub.partial_score is not None else ""
+            progress.update(
+                task, completed=sub.progress.studies_done, total=sub.progress.studies_total,
+                description=sub.state.value, score=running,
+            )
+            if sub.state in TERMINAL_STATES:
+                return sub
+            if all(p.poll() is not None for p in procs):
+                fail("every worker exited before the submission finished; see the worker output above", code=1)
+            if timeout and time.monotonic() - started > timeout:
+                fail(f"gave up after {timeout:.0f} s; submission {sid} is still {sub.state.value}", code=1)
+            time.sleep(0.25)
+
+
+def _print_report(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report['id']}  {report['state']}", show_lines=False)
+    for column in ("problem", "clip", "opt", "score", "studies"):
+        table.add_column(column, justify="right" if column != "problem" else "left")
+    for row in report.get("problems", []):
+        score = "" if row["score"] is None else f"{row['score']:.3f}"
+        table.add_row(row["problem"], f"{row['clip']:.5g}", f"{row['opt']:.5g}", score, str(len(row["studies"])))
+    err.print(table)
+    if report.get("failure"):
+        err.print(f"[red]failed[/]: {report['failure']['cause']}: {report['failure']['message']}")
+    score = report.get("score")
+    typer.echo(f"score: {score:.4f}" if score is not None else f"state: {report['state']}")
+
+
+@app.command()
+def worker(
+    burst: bool = typer.Option(False, "--burst", help="Exit when the queues are empty."),
+    name: str = typer.Option(None, "--name", help="Worker name (default: bbo-HOST-PID)."),
+) -> None:
+    """Run a scoring worker against BBO_REDIS_URL (or the embedded Redis)."""
+    from queue_schema.connection import RedisUnavailable, ping
+    from workers.worker import run_worker
+
+    try:
+        ping()
+    except RedisUnavailable as exc:
+        fail(f"{exc}; start `bbo admin up` or set BBO_REDIS_URL")
+    run_worker(burst=burst, name=name)
+
+
+@app.command()
+def redis() -> None:
+    """Run the embedded Redis in the foreground (the Procfile's store when BBO_REDIS_URL is unset)."""
+    from competition.redis_server import EmbeddedRedis
+    from queue_schema.connection import RedisUnavailable, ping
+
+    try:
+        ping()
+        fail("a Redis already answers at the embedded socket")
+    except RedisUnavailable:
+        pass
+    server = EmbeddedRedis()
+    server.start()
+    err.print(f"embedded Redis at {server.url} (data in {server.directory}); Ctrl-C to stop")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+@app.command()
+def export(
+    submission: str = typer.Argument(..., help="Submission id."),
+    directory: Path = typer.Argument(..., help="Folder to write into (created)."),
+    fmt: str = typer.Option("bayesmark", "--format", help="Output format; bayesmark's own on-disk layout."),
+    version: int = typer.Option(0, "--version", help="Score version (default: the current one)."),
+) -> None:
+    """Write a submission's study data in bayesmark's own format, for its own analysis tools."""
+    from competition import scores
+    from competition.redis_server import ensure_redis
+    from queue_schema.connection import RedisUnavailable, connect
+
+    if fmt != "bayesmark":
+        fail(f"unknown format {fmt!r}; the only format is bayesmark")
+    try:
+        with ensure_redis() as url:
+            path = scores.export_bayesmark(connect(url), submission, directory, version or None)
+    except (RedisUnavailable, scores.ScoreError) as exc:
+        fail(str(exc))
+    err.print(f"wrote bayesmark data to {path}")

@@ -1,0 +1,45 @@
+"""Ending a submission early: a fatal optimizer error fails the batch; a stop keeps what is finished."""
+
+from __future__ import annotations
+
+import contextlib
+
+import redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from queue_schema import keys
+from queue_schema.connection import rq_connection
+from queue_schema.payloads import Submission
+from queue_schema.records import transition
+from queue_schema.states import FailureCause, SubmissionState
+
+_ACTIVE = (SubmissionState.QUEUED, SubmissionState.RUNNING)
+
+
+def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: str) -> Submission | None:
+    """Mark the score version failed with a typed cause and cancel its queued jobs.
+
+    Running jobs of the same version notice the state within a second and kill their sandboxes.
+    Infrastructure failures are not the team's fault and are not charged to its quota.
+    """
+    updates = {"charged": False} if cause == FailureCause.INFRASTRUCTURE else {}
+    sub = transition(
+        r, sid, SubmissionState.FAILED, version=version, only_from=_ACTIVE, failure=(cause, message), **updates
+    )
+    if sub is not None:
+        cancel_queued_jobs(r, sid, version)
+    return sub
+
+
+def cancel_queued_jobs(r: redis.Redis, sid: str, version: int) -> int:
+    """Cancel the jobs of a score version that have not started; returns how many."""
+    cancelled = 0
+    conn = rq_connection()
+    for job_id in r.smembers(keys.submission_jobs(sid, version)):
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+            job = Job.fetch(job_id, connection=conn)
+            if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                job.cancel()
+                cancelled += 1
+    return cancelled

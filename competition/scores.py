@@ -1,0 +1,165 @@
+"""Scores: the running score per study, the final score of a score version, the report, the export.
+
+The numbers come from bayesmark's own aggregation (baselines.scoring); this module only gathers the
+study data from Redis and decides when a score version is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from baselines import build as baseline_build
+from baselines import scoring
+from competition.spec import Spec
+from queue_schema import keys
+from queue_schema.payloads import StudyResult, Submission
+from queue_schema.records import load_submission, read_studies, transition
+from queue_schema.states import SubmissionState
+
+MissingBaseline = baseline_build.MissingBaseline
+
+
+class ScoreError(ValueError):
+    pass
+
+
+def baselines_for(spec: Spec, required: Iterable[str] | None = None) -> Any:
+    """The spec's baselines; with `required`, raise MissingBaseline naming the first problem not covered."""
+    baselines = baseline_build.load_baselines(spec)
+    for problem in required or ():
+        baselines.problem(problem)
+    return baselines
+
+
+def clip_opt(baselines: Any, problem: str) -> tuple[float, float]:
+    entry = baselines.problem(problem)
+    if isinstance(entry, dict):
+        return float(entry["clip"]), float(entry["opt"])
+    return float(entry.clip), float(entry.opt)
+
+
+def study_normalized(baselines: Any, problem: str, result: StudyResult, rounds: int) -> float | None:
+    """The study's normalized score at its last iteration (the running score adds these up)."""
+    try:
+        clip, opt = clip_opt(baselines, problem)
+    except MissingBaseline:
+        return None
+    losses = [[StudyResult.decode_loss(v) for v in round_] for round_ in result.losses]
+    return scoring.study_normalized_curve(losses, clip, opt, rounds)[-1]
+
+
+def _load_spec(r: redis.Redis, sub: Submission) -> Spec:
+    raw = r.get(keys.spec(sub.spec_hash))
+    if raw is None:
+        raise ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
+    return Spec.from_json(raw)
+
+
+def _studies_by_problem(r: redis.Redis, sub: Submission, spec: Spec, version: int) -> dict[str, list[StudyResult]]:
+    phase = spec.phase(sub.phase)
+    out = {}
+    for problem in phase.problems:
+        found = read_studies(r, sub.id, version, problem)
+        out[problem] = [found[i] for i in sorted(found)]
+    return out
+
+
+def _losses(studies: list[StudyResult]) -> list[list[list[float]]]:
+    return [[[StudyResult.decode_loss(v) for v in round_] for round_ in s.losses] for s in studies]
+
+
+def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
+    """Score the version once every job of it has finished; exactly one caller wins the transition."""
+    sub = load_submission(r, sid)
+    if sub is None or sub.score_version != version:
+        return False
+    spec = _load_spec(r, sub)
+    phase = spec.phase(sub.phase)
+    expected = len(phase.problems) * len(phase.chunks())
+    if r.scard(keys.problems_done(sid, version)) < expected:
+        return False
+    studies = _studies_by_problem(r, sub, spec, version)
+    result = scoring.score_problems(
+        {p: _losses(s) for p, s in studies.items()}, baselines_for(spec), spec.rounds
+    )
+    r.hset(
+        keys.score_version(sid, version),
+        mapping={"score": repr(result.score), "spec_hash": spec.hash, "baseline_version": sub.baseline_version},
+    )
+    return (
+        transition(
+            r, sid, SubmissionState.SCORED, version=version,
+            only_from=[SubmissionState.RUNNING, SubmissionState.QUEUED], score=result.score,
+        )
+        is not None
+    )
+
+
+def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, Any]:
+    """The command contract's submission object plus `problems` (organizer view: real problem names)."""
+    sub = load_submission(r, sid)
+    if sub is None:
+        raise ScoreError(f"no submission {sid}")
+    version = version or sub.score_version
+    spec = _load_spec(r, sub)
+    baselines = baselines_for(spec)
+    studies = _studies_by_problem(r, sub, spec, version)
+    problems = []
+    for problem, found in studies.items():
+        clip, opt = clip_opt(baselines, problem)
+        normalized = [
+            scoring.study_normalized_curve(losses, clip, opt, spec.rounds)[-1] for losses in _losses(found)
+        ]
+        mean = sum(normalized) / len(normalized) if normalized else None
+        problems.append(
+            {
+                "problem": problem,
+                "clip": clip,
+                "opt": opt,
+                "normalized": mean,
+                "score": None if mean is None else 100.0 * (1.0 - mean),
+                "studies": [
+                    {
+                        "study": s.study,
+                        "state": s.state.value,
+                        "losses": [[_finite_or_none(v) for v in round_] for round_ in s.losses],
+                        "cut_off_reason": s.cut_off_reason,
+                    }
+                    for s in found
+                ],
+            }
+        )
+    out = sub.public_view()
+    out.update(
+        {
+            "spec": spec.name,
+            "spec_hash": spec.hash,
+            "phase": sub.phase,
+            "score_version": version,
+            "baseline_version": sub.baseline_version,
+            "problems": problems,
+        }
+    )
+    return out
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | None = None) -> Path:
+    from baselines.export import export_bayesmark as write
+
+    sub = load_submission(r, sid)
+    if sub is None:
+        raise ScoreError(f"no submission {sid}")
+    spec = _load_spec(r, sub)
+    studies = _studies_by_problem(r, sub, spec, version or sub.score_version)
+    if not any(studies.values()):
+        raise ScoreError(f"submission {sid} has no finished studies to export")
+    return write(studies, baselines_for(spec), directory, optimizer_name=f"{sub.team}-{sub.id}")

@@ -1,0 +1,111 @@
+"""Accepting a submission: check the archive, store it by digest, record it, enqueue one job per problem."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from rq import Callback, Queue, Retry
+
+from baselines.catalogue import parse
+from competition import artifacts, scores
+from competition.spec import Spec
+from queue_schema import keys
+from queue_schema.connection import rq_connection
+from queue_schema.ids import job_id, new_submission_id
+from queue_schema.payloads import Progress, ScoreJob, Submission
+from queue_schema.records import add_event, save_new_submission
+
+JOB_FUNCTION = "workers.job.score_problem"
+
+
+def create_submission(
+    r: redis.Redis,
+    *,
+    team: str,
+    data: bytes,
+    spec: Spec,
+    phase: str,
+    filename: str = "submission.zip",
+    backend: str = "auto",
+    priority: bool = False,
+) -> Submission:
+    """Validate everything first, so a rejected upload writes nothing; then store and enqueue."""
+    artifact = artifacts.check(data, spec.submission)
+    phase_spec = spec.phase(phase)
+    baselines = scores.baselines_for(spec, required=phase_spec.problems)
+    sub = Submission(
+        id=new_submission_id(),
+        team=team,
+        artifact_sha256=artifact.sha256,
+        filename=filename,
+        spec_name=spec.name,
+        spec_hash=spec.hash,
+        phase=phase,
+        baseline_version=baselines.version,
+        progress=Progress(
+            studies_total=len(phase_spec.problems) * phase_spec.studies,
+            evals_total=len(phase_spec.problems) * phase_spec.studies * spec.evals_per_study,
+        ),
+    )
+    r.set(keys.spec(spec.hash), spec.to_json())
+    artifacts.store(r, artifact)
+    save_new_submission(r, sub)
+    add_event(r, "submitted", sub.id, team=team, phase=phase, spec=spec.name, sha256=artifact.sha256)
+    enqueue_jobs(r, sub, spec, backend=backend, priority=priority)
+    return sub
+
+
+def enqueue_jobs(
+    r: redis.Redis, sub: Submission, spec: Spec, *, backend: str = "auto", priority: bool = False
+) -> list[str]:
+    """One job per (problem, chunk of studies); ids are deterministic, so enqueueing twice is a no-op."""
+    phase = spec.phase(sub.phase)
+    queue = Queue(keys.PRIORITY_QUEUE if priority else keys.SCORE_QUEUE, connection=rq_connection())
+    # Longest problems first, so the submission's last job is a short one.
+    problems = sorted(phase.problems, key=lambda p: -_cost_rank(p))
+    ids = []
+    for problem in problems:
+        for chunk, studies in phase.chunks():
+            jid = job_id(sub.id, sub.score_version, problem, chunk)
+            payload = ScoreJob(
+                submission_id=sub.id,
+                score_version=sub.score_version,
+                problem=problem,
+                studies=studies,
+                chunk=chunk,
+                phase=sub.phase,
+                spec_hash=spec.hash,
+                artifact_sha256=sub.artifact_sha256,
+                backend=backend,
+            )
+            r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
+            queue.enqueue_call(
+                JOB_FUNCTION,
+                args=(payload.model_dump(mode="json"),),
+                job_id=jid,
+                timeout=_job_timeout(spec, len(studies)),
+                result_ttl=7 * 24 * 3600,
+                failure_ttl=30 * 24 * 3600,
+                retry=Retry(max=2),
+                on_failure=Callback("workers.failures.on_job_failure"),
+                description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
+            )
+            ids.append(jid)
+    return ids
+
+
+def _job_timeout(spec: Spec, studies: int) -> int:
+    # The optimizer's own budget plus generous room for the objective (bayesmark's slowest problem
+    # needs about 2 s per evaluation single-threaded).
+    per_study = spec.limits.suggest_budget_s + 3.0 * spec.evals_per_study + 60
+    return int(studies * per_study + 300)
+
+
+_COST_RANK = {"kNN": 7, "SVM": 6, "ada": 5, "MLP-adam": 4, "MLP-sgd": 4, "RF": 3, "DT": 1, "lasso": 1, "linear": 1}
+
+
+def _cost_rank(problem: str) -> int:
+    # A coarse order from the measured per-model costs until `bbo admin estimate` writes a table.
+    model = parse(problem).model
+    return _COST_RANK.get(model, 2) * 10 + (5 if parse(problem).dataset == "digits" else 0)

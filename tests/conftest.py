@@ -1,0 +1,70 @@
+"""Shared fixtures: a real Redis server per test session, state in a temporary folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports numpy: tests, like workers, run numerical code on one thread.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+SUBMISSIONS = Path(__file__).parent / "submissions"
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Iterator[Path]:
+    # Short path: the Redis unix socket lives in here.
+    path = Path(tempfile.mkdtemp(prefix="bbo-test-"))
+    old = os.environ.get("BBO_STATE_DIR")
+    os.environ["BBO_STATE_DIR"] = str(path)
+    os.environ.pop("BBO_REDIS_URL", None)
+    yield path
+    if old is None:
+        os.environ.pop("BBO_STATE_DIR", None)
+    else:
+        os.environ["BBO_STATE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def redis_server(state_dir: Path) -> Iterator[str]:
+    from competition.redis_server import EmbeddedRedis
+    from queue_schema.connection import reset_clients
+
+    server = EmbeddedRedis()
+    server.start()
+    os.environ["BBO_REDIS_URL"] = server.url
+    reset_clients()
+    yield server.url
+    server.stop()
+    os.environ.pop("BBO_REDIS_URL", None)
+    reset_clients()
+
+
+@pytest.fixture()
+def r(redis_server: str):
+    from queue_schema.connection import connect
+
+    client = connect(redis_server)
+    client.flushall()
+    return client
+
+
+@pytest.fixture()
+def unsafe_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBO_ALLOW_UNSAFE_SANDBOX", "1")
+
+
+@pytest.fixture()
+def small_spec():
+    """The demo spec cut down to a few quick rounds, for harness tests."""
+    from competition.spec import load
+
+    spec = load("demo")
+    limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)
+    return dataclasses.replace(spec, rounds=3, batch=3, limits=limits)

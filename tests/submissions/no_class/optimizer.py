@@ -1,0 +1,13 @@
+import bayesmark.random_search as rs
+from bayesmark.abstract_optimizer import AbstractOptimizer
+from bayesmark.experiment import experiment_main
+
+
+class Forgotten(AbstractOptimizer):
+    def suggest(self, n_suggestions=1):
+        return []
+
+    def observe(self, X, y):
+        pass
+
+# experiment_main is never called

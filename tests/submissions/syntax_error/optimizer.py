@@ -1,0 +1,4 @@
+from bayesmark.abstract_optimizer import AbstractOptimizer
+
+class Broken(AbstractOptimizer)
+    pass

@@ -1,0 +1,163 @@
+"""The RQ job: score one problem (a chunk of its studies) of one score version of a submission.
+
+Each study runs in a fresh sandbox; the next study's sandbox starts while the current one runs, so its
+start-up cost is hidden. A result is written once under its study index, so a retried job skips finished
+studies and nothing is counted twice. A fatal optimizer error fails the whole submission and cancels its
+other jobs; a stop (or that failure) seen by the watcher kills the running sandbox within a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+
+from competition import artifacts, lifecycle, scores
+from competition.spec import Spec
+from queue_schema import keys
+from queue_schema.connection import connect, rq_connection
+from queue_schema.payloads import ScoreJob
+from queue_schema.records import add_event, finished_study_indices, load_submission, transition, write_study
+from queue_schema.settings import state_dir
+from queue_schema.states import FailureCause, SubmissionState
+from workers.harness import FatalOptimizerError, run_one_study
+from workers.joblog import JobLog
+from workers.optimizer_process import OptimizerProcess
+from workers.sandbox import select
+
+WATCH_INTERVAL_S = 0.5
+
+
+def score_problem(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point (enqueued by name: 'workers.job.score_problem')."""
+    return ProblemRun(ScoreJob.model_validate(payload)).run()
+
+
+class ProblemRun:
+    def __init__(self, job: ScoreJob) -> None:
+        self.job = job
+        self.r = connect()
+        current = get_current_job()
+        self.job_id = current.id if current else f"{job.submission_id}-local"
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.log = JobLog(self.r, self.job_id)
+        self._stop = threading.Event()
+        self._procs: list[OptimizerProcess] = []
+        self._lock = threading.Lock()
+
+    # -- main -------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        job = self.job
+        sub = load_submission(self.r, job.submission_id)
+        if sub is None or sub.score_version != job.score_version or sub.state in (
+            SubmissionState.STOPPED,
+            SubmissionState.FAILED,
+        ):
+            return {"status": "skipped"}
+        raw_spec = self.r.get(keys.spec(job.spec_hash))
+        if raw_spec is None:
+            raise RuntimeError(f"spec {job.spec_hash} is not in the store")
+        spec = Spec.from_json(raw_spec)
+        transition(self.r, job.submission_id, SubmissionState.RUNNING, version=job.score_version,
+                   only_from=[SubmissionState.QUEUED])
+        done = finished_study_indices(self.r, job.submission_id, job.score_version, job.problem)
+        pending = [s for s in job.studies if s not in done]
+        self.log(f"[harness] {job.problem}: studies {job.studies}, {len(pending)} to run on {self.worker}")
+        watcher = threading.Thread(target=self._watch, daemon=True)
+        watcher.start()
+        try:
+            if pending:
+                outcome = self._run_studies(spec, pending)
+                if outcome is not None:
+                    return outcome
+        finally:
+            self._stop.set()
+            self._kill_all()
+            self.log.flush()
+        return self._problem_finished(spec)
+
+    def _run_studies(self, spec: Spec, pending: list[int]) -> dict[str, Any] | None:
+        job = self.job
+        workdir = state_dir() / "work" / f"{self.job_id}-{os.getpid()}"
+        try:
+            backend = select(job.backend)
+            data = artifacts.fetch(rq_connection(), job.artifact_sha256)
+            submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
+            backend.prepare(submission_dir, spec.limits)
+            describe = backend.describe()
+            baselines = scores.baselines_for(spec)
+
+            def launch() -> OptimizerProcess:
+                proc = OptimizerProcess(backend.launch(submission_dir, spec.limits), log=self.log)
+                with self._lock:
+                    self._procs.append(proc)
+                return proc.start()
+
+            upcoming = launch()
+            for position, study in enumerate(pending):
+                if self._stop.is_set():
+                    return {"status": "stopped"}
+                proc = upcoming
+                upcoming = launch() if position + 1 < len(pending) else None
+                try:
+                    result = run_one_study(proc, job.problem, study, spec, describe, self.log)
+                except FatalOptimizerError as fatal:
+                    if self._stop.is_set():
+                        return {"status": "stopped"}
+                    self.log(f"[harness] fatal in study {study}: {fatal}")
+                    lifecycle.fail(self.r, job.submission_id, job.score_version, fatal.cause, fatal.message)
+                    return {"status": "failed", "cause": fatal.cause.value}
+                if self._stop.is_set():
+                    return {"status": "stopped"}
+                result.worker = self.worker
+                normalized = scores.study_normalized(baselines, job.problem, result, spec.rounds)
+                written = write_study(self.r, job.submission_id, job.score_version, job.problem, result, normalized)
+                if written == 1:
+                    add_event(
+                        self.r, "study", job.submission_id, problem=job.problem, study=study,
+                        state=result.state.value, version=job.score_version,
+                    )
+                self.log(f"[harness] study {study} {result.state.value}: {len(result.losses)} rounds, "
+                         f"optimizer {result.suggest_time_s:.1f} s, objective {result.eval_time_s:.1f} s")
+            return None
+        except artifacts.InvalidSubmission as exc:
+            lifecycle.fail(self.r, job.submission_id, job.score_version, FailureCause.INVALID_SUBMISSION, str(exc))
+            return {"status": "failed", "cause": FailureCause.INVALID_SUBMISSION.value}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _problem_finished(self, spec: Spec) -> dict[str, Any]:
+        job = self.job
+        done = finished_study_indices(self.r, job.submission_id, job.score_version, job.problem)
+        if not set(job.studies) <= done:
+            return {"status": "incomplete"}
+        self.r.sadd(keys.problems_done(job.submission_id, job.score_version), f"{job.problem}#{job.chunk}")
+        finished = scores.finalize_if_complete(self.r, job.submission_id, job.score_version)
+        return {"status": "done", "finalized": finished}
+
+    # -- stop watcher -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        key = keys.submission(self.job.submission_id)
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            with contextlib.suppress(Exception):
+                state, version = self.r.hmget(key, "state", "score_version")
+                if state in (SubmissionState.STOPPED.value, SubmissionState.FAILED.value) or (
+                    version is not None and int(version) != self.job.score_version
+                ):
+                    self.log("[harness] submission stopped: killing the sandbox")
+                    self._stop.set()
+                    self._kill_all()
+                    return
+            self.log.flush()
+
+    def _kill_all(self) -> None:
+        with self._lock:
+            procs, self._procs = list(self._procs), [p for p in self._procs if p.returncode is None]
+        for proc in procs:
+            proc.kill()

@@ -1,0 +1,36 @@
+"""Start an RQ worker on the bbo queues, with numerical libraries pinned to one thread per job."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from workers.sandbox.base import THREAD_ENV
+
+
+def pin_threads() -> None:
+    """Before numpy is imported: jobs on one machine must not fight over cores."""
+    for name, value in THREAD_ENV.items():
+        os.environ[name] = value
+
+
+def preload() -> None:
+    """Import the heavy scoring stack once in the parent; RQ's forked work horses inherit it."""
+    import bayesmark.experiment  # noqa: F401
+    import bayesmark.sklearn_funcs  # noqa: F401
+
+    import workers.job  # noqa: F401
+
+
+def run_worker(*, burst: bool = False, name: str | None = None, priority_only: bool = False) -> bool:
+    pin_threads()
+    from rq import Worker
+
+    from queue_schema import keys
+    from queue_schema.connection import rq_connection
+
+    preload()
+    queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
+    worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
+    worker = Worker(queues, connection=rq_connection(), name=worker_name)
+    return worker.work(burst=burst, logging_level="WARNING")
