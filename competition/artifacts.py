@@ -102,8 +102,9 @@ def _check_entry(info: zipfile.ZipInfo) -> None:
         raise InvalidSubmission(f"archive entry {name!r} has an absolute path")
     if ".." in path.parts:
         raise InvalidSubmission(f"archive entry {name!r} points outside the archive")
-    mode = info.external_attr >> 16
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # Zip tools that write no file type leave these bits zero; only a declared non-regular type is refused.
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
         raise InvalidSubmission(f"archive entry {name!r} is a link or device, not a regular file")
     if info.flag_bits & 0x1:
         raise InvalidSubmission(f"archive entry {name!r} is encrypted")
