@@ -8,13 +8,13 @@ import secrets
 import time
 
 _JOB_ID_SAFE = re.compile(r"[^A-Za-z0-9_-]")
-_SUBMISSION_ID = re.compile(r"^s[0-9a-z]{8}[0-9a-f]{6}$")
+_SUBMISSION_ID = re.compile(r"^s[0-9a-z]{8}[0-9a-f]{10}$")
 
 
 def new_submission_id(now: float | None = None) -> str:
     """Sortable by creation time (base-36 seconds) with a random tail against collisions."""
     seconds = int(now if now is not None else time.time())
-    return f"s{_base36(seconds):0>8}{secrets.token_hex(3)}"
+    return f"s{_base36(seconds):0>8}{secrets.token_hex(5)}"
 
 
 def is_submission_id(value: str) -> bool:
