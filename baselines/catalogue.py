@@ -66,5 +66,7 @@ def parse(name: str) -> Problem:
     """MODEL-DATASET-METRIC -> Problem; models may hold a dash (MLP-adam), so split from the right."""
     problem = by_name().get(name)
     if problem is None:
-        raise UnknownProblem(f"unknown problem {name!r}: expected MODEL-DATASET-METRIC from bayesmark's catalogue")
+        raise UnknownProblem(
+            f"unknown problem {name!r}: expected MODEL-DATASET-METRIC from bayesmark's catalogue"
+        )
     return problem

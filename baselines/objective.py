@@ -10,7 +10,7 @@ from queue_schema.seeds import eval_seed
 
 
 class SeededProblem:
-    """Wraps bayesmark's SklearnModel; run_study calls `evaluate` in round order, so a counter gives the index.
+    """Wraps bayesmark's SklearnModel; run_study evaluates in round order, so a counter gives the index.
 
     Also records every evaluation, so a study cut off mid-way (by an exception escaping run_study) keeps
     the rounds it completed.

@@ -22,12 +22,21 @@ PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to s
 
 @app.command()
 def score(
-    path: Path = typer.Argument(..., help="A starter-kit submission: a folder or a zip with optimizer.py at the top."),
-    spec_name: str = typer.Option(..., "--spec", help="Competition spec: a shipped name (demo, neurips2020) or a path."),
+    path: Path = typer.Argument(
+        ..., help="A starter-kit submission: a folder or a zip with optimizer.py at the top."
+    ),
+    spec_name: str = typer.Option(
+        ..., "--spec", help="Competition spec: a shipped name (demo, neurips2020) or a path."
+    ),
     phase: str = PhaseOpt,
-    backend: str = typer.Option("auto", "--backend", help="Sandbox: auto (docker, then bwrap), docker, bwrap, process."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Sandbox: auto (docker, then bwrap), docker, bwrap, process."
+    ),
     workers: int = typer.Option(
-        os.cpu_count() or 1, "--workers", min=1, help="Worker processes to start for this run (default: core count)."
+        os.cpu_count() or 1,
+        "--workers",
+        min=1,
+        help="Worker processes to start for this run (default: core count).",
     ),
     team: str = typer.Option("organizers", "--team", help="Team the submission is recorded under."),
     as_json: bool = typer.Option(False, "--json", help="Print the scored submission as JSON on stdout."),
@@ -48,7 +57,13 @@ def score(
         data = artifacts.pack(path, spec.submission)
         artifacts.check(data, spec.submission)
         scores.baselines_for(spec, required=spec.phase(phase).problems)
-    except (SpecError, SandboxRefused, SandboxUnavailable, artifacts.InvalidSubmission, scores.MissingBaseline) as exc:
+    except (
+        SpecError,
+        SandboxRefused,
+        SandboxUnavailable,
+        artifacts.InvalidSubmission,
+        scores.MissingBaseline,
+    ) as exc:
         fail(str(exc))
     try:
         with ensure_redis() as url:
@@ -56,8 +71,10 @@ def score(
             sub = create_submission(
                 r, team=team, data=data, spec=spec, phase=phase, filename=path.name, backend=backend
             )
-            err.print(f"submission [bold]{sub.id}[/]: {sub.progress.studies_total} studies on "
-                      f"{len(spec.phase(phase).problems)} problems ({spec.name}/{phase}), {workers} worker(s)")
+            err.print(
+                f"submission [bold]{sub.id}[/]: {sub.progress.studies_total} studies on "
+                f"{len(spec.phase(phase).problems)} problems ({spec.name}/{phase}), {workers} worker(s)"
+            )
             procs = _start_workers(url, workers)
             try:
                 final = _wait(r, sub.id, procs, url, timeout)
@@ -114,13 +131,18 @@ def _wait(r, sid: str, procs, url: str, timeout: float):
             sub = load_submission(r, sid)
             running = f"running score {sub.partial_score:.2f}" if sub.partial_score is not None else ""
             progress.update(
-                task, completed=sub.progress.studies_done, total=sub.progress.studies_total,
-                description=sub.state.value, score=running,
+                task,
+                completed=sub.progress.studies_done,
+                total=sub.progress.studies_total,
+                description=sub.state.value,
+                score=running,
             )
             if sub.state in TERMINAL_STATES:
                 return sub
             if all(p.poll() is not None for p in procs):
-                fail("every worker exited before the submission finished; see the worker output above", code=1)
+                fail(
+                    "every worker exited before the submission finished; see the worker output above", code=1
+                )
             if timeout and time.monotonic() - started > timeout:
                 fail(f"gave up after {timeout:.0f} s; submission {sid} is still {sub.state.value}", code=1)
             time.sleep(0.25)
@@ -134,7 +156,9 @@ def _print_report(report: dict) -> None:
         table.add_column(column, justify="right" if column != "problem" else "left")
     for row in report.get("problems", []):
         score = "" if row["score"] is None else f"{row['score']:.3f}"
-        table.add_row(row["problem"], f"{row['clip']:.5g}", f"{row['opt']:.5g}", score, str(len(row["studies"])))
+        table.add_row(
+            row["problem"], f"{row['clip']:.5g}", f"{row['opt']:.5g}", score, str(len(row["studies"]))
+        )
     err.print(table)
     if report.get("failure"):
         err.print(f"[red]failed[/]: {report['failure']['cause']}: {report['failure']['message']}")

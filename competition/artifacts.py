@@ -65,7 +65,9 @@ def pack(path: Path, rules: SubmissionRules) -> bytes:
 def check(data: bytes, rules: SubmissionRules) -> Artifact:
     limit = rules.max_zip_mb * 1024 * 1024
     if len(data) > limit:
-        raise InvalidSubmission(f"archive is {len(data) / 2**20:.1f} MiB; the limit is {rules.max_zip_mb} MiB")
+        raise InvalidSubmission(
+            f"archive is {len(data) / 2**20:.1f} MiB; the limit is {rules.max_zip_mb} MiB"
+        )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
@@ -108,7 +110,11 @@ def _check_entry(info: zipfile.ZipInfo) -> None:
         raise InvalidSubmission(f"archive entry {name!r} is a link or device, not a regular file")
     if info.flag_bits & 0x1:
         raise InvalidSubmission(f"archive entry {name!r} is encrypted")
-    if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1024 * 1024:
+    if (
+        info.compress_size
+        and info.file_size / info.compress_size > MAX_RATIO
+        and info.file_size > 1024 * 1024
+    ):
         raise InvalidSubmission(f"archive entry {name!r} has a suspicious compression ratio")
 
 
@@ -117,7 +123,11 @@ def store(r: redis.Redis, artifact: Artifact) -> None:
     if r.set(keys.artifact(artifact.sha256), artifact.data, nx=True):
         r.hset(
             keys.artifact_meta(artifact.sha256),
-            mapping={"size": len(artifact.data), "files": artifact.files, "unpacked": artifact.unpacked_bytes},
+            mapping={
+                "size": len(artifact.data),
+                "files": artifact.files,
+                "unpacked": artifact.unpacked_bytes,
+            },
         )
 
 

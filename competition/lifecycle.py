@@ -25,7 +25,13 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
     """
     updates = {"charged": False} if cause == FailureCause.INFRASTRUCTURE else {}
     sub = transition(
-        r, sid, SubmissionState.FAILED, version=version, only_from=_ACTIVE, failure=(cause, message), **updates
+        r,
+        sid,
+        SubmissionState.FAILED,
+        version=version,
+        only_from=_ACTIVE,
+        failure=(cause, message),
+        **updates,
     )
     if sub is not None:
         cancel_queued_jobs(r, sid, version)

@@ -75,10 +75,13 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisUnavailable(
-                    f"embedded redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
+                    f"embedded redis-server exited with {self.process.returncode}; "
+                    f"see {self.directory / 'redis.log'}"
                 )
             # AOF replay of a large file answers LOADING for a while: wait for it.
-            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError, OSError):
+            with contextlib.suppress(
+                redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError, OSError
+            ):
                 client = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1)
                 client.ping()
                 client.close()

@@ -60,7 +60,9 @@ def _load_spec(r: redis.Redis, sub: Submission) -> Spec:
     return Spec.from_json(raw)
 
 
-def _studies_by_problem(r: redis.Redis, sub: Submission, spec: Spec, version: int) -> dict[str, list[StudyResult]]:
+def _studies_by_problem(
+    r: redis.Redis, sub: Submission, spec: Spec, version: int
+) -> dict[str, list[StudyResult]]:
     phase = spec.phase(sub.phase)
     out = {}
     for problem in phase.problems:
@@ -89,12 +91,20 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
     )
     r.hset(
         keys.score_version(sid, version),
-        mapping={"score": repr(result.score), "spec_hash": spec.hash, "baseline_version": sub.baseline_version},
+        mapping={
+            "score": repr(result.score),
+            "spec_hash": spec.hash,
+            "baseline_version": sub.baseline_version,
+        },
     )
     return (
         transition(
-            r, sid, SubmissionState.SCORED, version=version,
-            only_from=[SubmissionState.RUNNING, SubmissionState.QUEUED], score=result.score,
+            r,
+            sid,
+            SubmissionState.SCORED,
+            version=version,
+            only_from=[SubmissionState.RUNNING, SubmissionState.QUEUED],
+            score=result.score,
         )
         is not None
     )

@@ -88,7 +88,9 @@ class Spec:
         try:
             return self.phases[name]
         except KeyError:
-            raise SpecError(f"spec {self.name!r} has no phase {name!r} (it has: {', '.join(self.phases)})") from None
+            raise SpecError(
+                f"spec {self.name!r} has no phase {name!r} (it has: {', '.join(self.phases)})"
+            ) from None
 
     def all_problems(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
@@ -145,8 +147,16 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
     rounds = _positive_int(data, "rounds", fail)
     batch = _positive_int(data, "batch", fail)
     unknown = set(data) - {
-        "name", "description", "rounds", "batch", "phases", "limits", "submission", "baselines",
-        "obfuscate_names", "draw",
+        "name",
+        "description",
+        "rounds",
+        "batch",
+        "phases",
+        "limits",
+        "submission",
+        "baselines",
+        "obfuscate_names",
+        "draw",
     }
     if unknown:
         raise fail(f"unknown field(s): {', '.join(sorted(unknown))}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 from rq import Callback, Queue, Retry
 
@@ -102,7 +100,17 @@ def _job_timeout(spec: Spec, studies: int) -> int:
     return int(studies * per_study + 300)
 
 
-_COST_RANK = {"kNN": 7, "SVM": 6, "ada": 5, "MLP-adam": 4, "MLP-sgd": 4, "RF": 3, "DT": 1, "lasso": 1, "linear": 1}
+_COST_RANK = {
+    "kNN": 7,
+    "SVM": 6,
+    "ada": 5,
+    "MLP-adam": 4,
+    "MLP-sgd": 4,
+    "RF": 3,
+    "DT": 1,
+    "lasso": 1,
+    "linear": 1,
+}
 
 
 def _cost_rank(problem: str) -> int:

@@ -25,7 +25,9 @@ class Payload(BaseModel):
     @classmethod
     def _known_version(cls, value: int) -> int:
         if value > SCHEMA_VERSION:
-            raise ValueError(f"payload schema {value} is newer than this process understands ({SCHEMA_VERSION})")
+            raise ValueError(
+                f"payload schema {value} is newer than this process understands ({SCHEMA_VERSION})"
+            )
         return value
 
     def to_json(self) -> str:
@@ -75,7 +77,10 @@ class Submission(Payload):
             "state": self.state.value,
             "score": self.score,
             "failure": self.failure.model_dump(mode="json") if self.failure else None,
-            "progress": {"studies_done": self.progress.studies_done, "studies_total": self.progress.studies_total},
+            "progress": {
+                "studies_done": self.progress.studies_done,
+                "studies_total": self.progress.studies_total,
+            },
             "created_at": _iso(self.created_at),
         }
         if self.state == SubmissionState.STOPPED and self.partial_score is not None:

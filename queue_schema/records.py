@@ -123,7 +123,9 @@ def transition(
                 if sub.state == new_state and not updates and failure is None:
                     pipe.unwatch()
                     return None
-                if not can_transition(sub.state, new_state) or (allowed is not None and sub.state not in allowed):
+                if not can_transition(sub.state, new_state) or (
+                    allowed is not None and sub.state not in allowed
+                ):
                     pipe.unwatch()
                     return None
                 previous = sub.state
@@ -135,7 +137,11 @@ def transition(
                     setattr(sub, name, value)
                 sub.partial_score = None if reset_counters else sub.partial_score
                 pipe.multi()
-                fields = {"record": sub.to_json(), "state": new_state.value, "score_version": str(sub.score_version)}
+                fields = {
+                    "record": sub.to_json(),
+                    "state": new_state.value,
+                    "score_version": str(sub.score_version),
+                }
                 if reset_counters:
                     fields.update(dict.fromkeys(_COUNTERS, "0"))
                 pipe.hset(key, mapping=fields)
@@ -216,7 +222,12 @@ def _event_into(r: Any, event: Event) -> None:
     body = {"json": event.to_json()}
     r.xadd(keys.events(), body, maxlen=EVENTS_MAXLEN, approximate=True)
     if event.submission_id:
-        r.xadd(keys.submission_events(event.submission_id), body, maxlen=SUBMISSION_EVENTS_MAXLEN, approximate=True)
+        r.xadd(
+            keys.submission_events(event.submission_id),
+            body,
+            maxlen=SUBMISSION_EVENTS_MAXLEN,
+            approximate=True,
+        )
 
 
 def read_events(r: redis.Redis, sid: str | None = None, count: int = 100) -> list[Event]:

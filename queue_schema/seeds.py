@@ -20,5 +20,5 @@ def eval_seed(problem: str, study: int, round_: int, index: int) -> int:
 
 
 def optimizer_seed(problem: str, study: int, salt: str = "") -> int:
-    """Seeds the optimizer's global random streams in its sandbox (bayesmark's experiment_main does the same)."""
+    """Seeds the optimizer's global random streams in its sandbox, as bayesmark's experiment_main does."""
     return _seed("optimizer", problem, study, salt)

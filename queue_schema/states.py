@@ -36,7 +36,9 @@ _ALLOWED: dict[SubmissionState, frozenset[SubmissionState]] = {
     SubmissionState.QUEUED: frozenset(
         {SubmissionState.RUNNING, SubmissionState.STOPPED, SubmissionState.FAILED, SubmissionState.SCORED}
     ),
-    SubmissionState.RUNNING: frozenset({SubmissionState.SCORED, SubmissionState.STOPPED, SubmissionState.FAILED}),
+    SubmissionState.RUNNING: frozenset(
+        {SubmissionState.SCORED, SubmissionState.STOPPED, SubmissionState.FAILED}
+    ),
     SubmissionState.SCORED: frozenset({SubmissionState.QUEUED}),
     SubmissionState.STOPPED: frozenset({SubmissionState.QUEUED}),
     SubmissionState.FAILED: frozenset({SubmissionState.QUEUED}),

@@ -101,7 +101,9 @@ def _install_experiment_shim() -> None:
 def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
     path = os.path.join(submission_dir, "optimizer.py")
     if not os.path.isfile(path):
-        return None, protocol.error(protocol.OP_HELLO, protocol.ERR_LOAD, "optimizer.py not found at the top level")
+        return None, protocol.error(
+            protocol.OP_HELLO, protocol.ERR_LOAD, "optimizer.py not found at the top level"
+        )
     sys.path.insert(0, submission_dir)
     _install_experiment_shim()
     try:
@@ -110,13 +112,17 @@ def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
         pass
     except SyntaxError as exc:
         return None, protocol.error(
-            protocol.OP_HELLO, protocol.ERR_LOAD, f"syntax error in {os.path.basename(exc.filename or path)} line "
-            f"{exc.lineno}: {exc.msg}", "SyntaxError"
+            protocol.OP_HELLO,
+            protocol.ERR_LOAD,
+            f"syntax error in {os.path.basename(exc.filename or path)} line {exc.lineno}: {exc.msg}",
+            "SyntaxError",
         )
     except BaseException as exc:  # noqa: BLE001 - anything the submission raises is its own failure
         traceback.print_exc()
         return None, protocol.error(
-            protocol.OP_HELLO, protocol.ERR_LOAD, f"optimizer.py failed to import: {type(exc).__name__}: {exc}",
+            protocol.OP_HELLO,
+            protocol.ERR_LOAD,
+            f"optimizer.py failed to import: {type(exc).__name__}: {exc}",
             type(exc).__name__,
         )
     cls = _Captured.optimizer_class
@@ -128,7 +134,9 @@ def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
         )
     if not (callable(getattr(cls, "suggest", None)) and callable(getattr(cls, "observe", None))):
         return None, protocol.error(
-            protocol.OP_HELLO, protocol.ERR_NO_CLASS, f"{getattr(cls, '__name__', cls)!r} has no suggest/observe methods"
+            protocol.OP_HELLO,
+            protocol.ERR_NO_CLASS,
+            f"{getattr(cls, '__name__', cls)!r} has no suggest/observe methods",
         )
     return cls, None
 
@@ -156,7 +164,11 @@ def serve(submission_dir: str) -> int:
     if load_error is not None:
         channel.send(load_error)
         return 3
-    channel.send(protocol.ok(protocol.OP_HELLO, optimizer=getattr(cls, "__name__", "?"), version=protocol.PROTOCOL_VERSION))
+    channel.send(
+        protocol.ok(
+            protocol.OP_HELLO, optimizer=getattr(cls, "__name__", "?"), version=protocol.PROTOCOL_VERSION
+        )
+    )
 
     optimizer: Any = None
     last_suggested: list[Any] | None = None
@@ -197,7 +209,7 @@ def serve(submission_dir: str) -> int:
         elif op == protocol.OP_OBSERVE:
             X = request["X"]
             # bayesmark hands observe the very objects suggest returned; keep that where the batch is ours.
-            if last_suggested is not None and X == last_suggested_json:
+            if last_suggested is not None and last_suggested_json == X:
                 X = last_suggested
             last_suggested = last_suggested_json = None
             try:

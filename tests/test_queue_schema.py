@@ -47,8 +47,13 @@ def test_state_machine(current, new, ok):
 
 def test_payloads_round_trip_and_refuse_newer_schema():
     job = ScoreJob(
-        submission_id="s1", score_version=1, problem="DT-iris-acc", studies=[0, 1], phase="feedback",
-        spec_hash="abc", artifact_sha256="f" * 64,
+        submission_id="s1",
+        score_version=1,
+        problem="DT-iris-acc",
+        studies=[0, 1],
+        phase="feedback",
+        spec_hash="abc",
+        artifact_sha256="f" * 64,
     )
     assert ScoreJob.from_json(job.to_json()) == job
     newer = json.loads(job.to_json()) | {"schema_version": SCHEMA_VERSION + 1}
@@ -57,13 +62,17 @@ def test_payloads_round_trip_and_refuse_newer_schema():
 
 
 def test_study_result_encodes_infinity_as_null():
-    result = StudyResult(study=0, state=StudyState.CUT_OFF, losses=[[StudyResult.encode_loss(float("inf")), 0.5]])
+    result = StudyResult(
+        study=0, state=StudyState.CUT_OFF, losses=[[StudyResult.encode_loss(float("inf")), 0.5]]
+    )
     assert json.loads(result.to_json())["losses"] == [[None, 0.5]]
     assert StudyResult.decode_loss(None) == float("inf")
 
 
 def test_public_view_has_the_contract_fields():
-    sub = Submission(id="s1", team="t", artifact_sha256="a", spec_name="demo", spec_hash="h", phase="feedback")
+    sub = Submission(
+        id="s1", team="t", artifact_sha256="a", spec_name="demo", spec_hash="h", phase="feedback"
+    )
     view = sub.public_view()
     assert set(view) == {"id", "team", "state", "score", "failure", "progress", "created_at"}
     assert view["progress"] == {"studies_done": 0, "studies_total": 0}
@@ -72,9 +81,17 @@ def test_public_view_has_the_contract_fields():
 
 def test_every_key_is_namespaced():
     built = [
-        keys.submission("s"), keys.submissions_index(), keys.team_submissions("t"), keys.artifact("a"),
-        keys.spec("h"), keys.study_results("s", 1, "p"), keys.problems_done("s", 1), keys.events(),
-        keys.job_log("j"), keys.heartbeat("w"), keys.submission_jobs("s", 1),
+        keys.submission("s"),
+        keys.submissions_index(),
+        keys.team_submissions("t"),
+        keys.artifact("a"),
+        keys.spec("h"),
+        keys.study_results("s", 1, "p"),
+        keys.problems_done("s", 1),
+        keys.events(),
+        keys.job_log("j"),
+        keys.heartbeat("w"),
+        keys.submission_jobs("s", 1),
     ]
     assert all(k.startswith(keys.PREFIX + ":") for k in built)
     assert len(set(built)) == len(built)

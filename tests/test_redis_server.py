@@ -41,7 +41,9 @@ def test_second_process_connects_to_the_running_server(private_state):
             "from queue_schema.connection import connect\n"
             "with ensure_redis() as url: connect(url).set('from_child', '1'); print(url)\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
+        )
         assert out.stdout.strip() == server.url
         assert connect(server.url).get("from_child") == "1"
         assert server.process.poll() is None  # the child did not stop our server

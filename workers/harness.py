@@ -94,7 +94,8 @@ class RemoteOptimizer:
         reply = self._call({"op": protocol.OP_INIT, "api_config": visible, "seed": seed})
         if not reply.ok:
             raise FatalOptimizerError(
-                FailureCause.OPTIMIZER_CRASHED, f"the optimizer's constructor raised {reply.error.get('message', '')}"
+                FailureCause.OPTIMIZER_CRASHED,
+                f"the optimizer's constructor raised {reply.error.get('message', '')}",
             )
 
     def suggest(self, n_suggestions: int = 1) -> list[dict[str, Any]]:
@@ -127,7 +128,8 @@ class RemoteOptimizer:
         unknown = [k for k in point if k not in self.real_names]
         if unknown:
             raise FatalOptimizerError(
-                FailureCause.OPTIMIZER_CRASHED, f"suggestion has unknown parameter(s): {', '.join(unknown[:5])}"
+                FailureCause.OPTIMIZER_CRASHED,
+                f"suggestion has unknown parameter(s): {', '.join(unknown[:5])}",
             )
         return {self.real_names[k]: v for k, v in point.items()}
 
@@ -135,10 +137,12 @@ class RemoteOptimizer:
 def _died(exc: OptimizerDied) -> FatalOptimizerError:
     if exc.returncode == _SIGKILL:
         return FatalOptimizerError(
-            FailureCause.RESOURCE_LIMIT, f"the optimizer was killed during {exc.during} (memory or process limit)"
+            FailureCause.RESOURCE_LIMIT,
+            f"the optimizer was killed during {exc.during} (memory or process limit)",
         )
     return FatalOptimizerError(
-        FailureCause.OPTIMIZER_CRASHED, f"the optimizer process exited with code {exc.returncode} during {exc.during}"
+        FailureCause.OPTIMIZER_CRASHED,
+        f"the optimizer process exited with code {exc.returncode} during {exc.during}",
     )
 
 
@@ -215,7 +219,8 @@ def run_one_study(
         losses=[[StudyResult.encode_loss(v) for v, _ in r] for r in rounds],
         generalization=[[StudyResult.encode_loss(g) for _, g in r] for r in rounds],
         suggestions=[
-            [_plain(p) for p in objective.suggestions[i * spec.batch : (i + 1) * spec.batch]] for i in range(len(rounds))
+            [_plain(p) for p in objective.suggestions[i * spec.batch : (i + 1) * spec.batch]]
+            for i in range(len(rounds))
         ],
         suggest_time_s=round(remote.time_used, 4),
         eval_time_s=round(eval_seconds, 4),

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 from rq import get_current_job
@@ -55,17 +54,27 @@ class ProblemRun:
     def run(self) -> dict[str, Any]:
         job = self.job
         sub = load_submission(self.r, job.submission_id)
-        if sub is None or sub.score_version != job.score_version or sub.state in (
-            SubmissionState.STOPPED,
-            SubmissionState.FAILED,
+        if (
+            sub is None
+            or sub.score_version != job.score_version
+            or sub.state
+            in (
+                SubmissionState.STOPPED,
+                SubmissionState.FAILED,
+            )
         ):
             return {"status": "skipped"}
         raw_spec = self.r.get(keys.spec(job.spec_hash))
         if raw_spec is None:
             raise RuntimeError(f"spec {job.spec_hash} is not in the store")
         spec = Spec.from_json(raw_spec)
-        transition(self.r, job.submission_id, SubmissionState.RUNNING, version=job.score_version,
-                   only_from=[SubmissionState.QUEUED])
+        transition(
+            self.r,
+            job.submission_id,
+            SubmissionState.RUNNING,
+            version=job.score_version,
+            only_from=[SubmissionState.QUEUED],
+        )
         done = finished_study_indices(self.r, job.submission_id, job.score_version, job.problem)
         pending = [s for s in job.studies if s not in done]
         self.log(f"[harness] {job.problem}: studies {job.studies}, {len(pending)} to run on {self.worker}")
@@ -117,17 +126,28 @@ class ProblemRun:
                     return {"status": "stopped"}
                 result.worker = self.worker
                 normalized = scores.study_normalized(baselines, job.problem, result, spec.rounds)
-                written = write_study(self.r, job.submission_id, job.score_version, job.problem, result, normalized)
+                written = write_study(
+                    self.r, job.submission_id, job.score_version, job.problem, result, normalized
+                )
                 if written == 1:
                     add_event(
-                        self.r, "study", job.submission_id, problem=job.problem, study=study,
-                        state=result.state.value, version=job.score_version,
+                        self.r,
+                        "study",
+                        job.submission_id,
+                        problem=job.problem,
+                        study=study,
+                        state=result.state.value,
+                        version=job.score_version,
                     )
-                self.log(f"[harness] study {study} {result.state.value}: {len(result.losses)} rounds, "
-                         f"optimizer {result.suggest_time_s:.1f} s, objective {result.eval_time_s:.1f} s")
+                self.log(
+                    f"[harness] study {study} {result.state.value}: {len(result.losses)} rounds, "
+                    f"optimizer {result.suggest_time_s:.1f} s, objective {result.eval_time_s:.1f} s"
+                )
             return None
         except artifacts.InvalidSubmission as exc:
-            lifecycle.fail(self.r, job.submission_id, job.score_version, FailureCause.INVALID_SUBMISSION, str(exc))
+            lifecycle.fail(
+                self.r, job.submission_id, job.score_version, FailureCause.INVALID_SUBMISSION, str(exc)
+            )
             return {"status": "failed", "cause": FailureCause.INVALID_SUBMISSION.value}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

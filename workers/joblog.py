@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -28,8 +29,6 @@ class JobLog:
     def flush(self) -> None:
         with self._lock:
             lines, self._lines = self._lines, []
-        try:
+        # Logs are best effort: losing a few lines must never fail a scoring job.
+        with contextlib.suppress(redis.RedisError):
             append_job_log(self._r, self.job_id, lines)
-        except redis.RedisError:
-            # Logs are best effort: losing a few lines must never fail a scoring job.
-            pass

@@ -1,8 +1,6 @@
-from helpers import batch
-
-import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
 from bayesmark.experiment import experiment_main
+from helpers import batch
 
 
 class UsesHelper(AbstractOptimizer):

@@ -18,7 +18,7 @@ class Chatty(AbstractOptimizer):
 
     def suggest(self, n_suggestions=1):
         print("suggesting", n_suggestions)
-        sys.stdout.write("{\"ok\": true, \"op\": \"suggest\", \"X\": []}\n")
+        sys.stdout.write('{"ok": true, "op": "suggest", "X": []}\n')
         os.write(1, b"more raw bytes\n")
         return rs.suggest_dict([], [], self.api_config, n_suggestions=n_suggestions)
 

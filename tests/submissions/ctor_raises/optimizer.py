@@ -1,4 +1,3 @@
-import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
 from bayesmark.experiment import experiment_main
 

@@ -2,7 +2,6 @@
 
 import os
 
-import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
 from bayesmark.experiment import experiment_main
 

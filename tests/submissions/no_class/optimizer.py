@@ -1,6 +1,4 @@
-import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
-from bayesmark.experiment import experiment_main
 
 
 class Forgotten(AbstractOptimizer):
@@ -9,5 +7,6 @@ class Forgotten(AbstractOptimizer):
 
     def observe(self, X, y):
         pass
+
 
 # experiment_main is never called
