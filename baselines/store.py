@@ -1,0 +1,176 @@
+"""Baseline files: reading them back, and turning them into the Dataset bayesmark's analysis expects.
+
+A baseline file is built once per spec (`bbo admin baselines build --spec NAME`) and ships with the
+package under `baselines/data/<spec>.json`. It holds, per problem, bayesmark's baseline quantities for
+the visible loss (and the generalization loss, for exports): clip (PERF_CLIP), opt (PERF_BEST, padded),
+median and mean random-search curves (PERF_MED, PERF_MEAN).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED, TEST_CASE, VISIBLE_TO_OPT
+
+from baselines.catalogue import parse
+
+if TYPE_CHECKING:
+    from competition.spec import Spec
+
+DATA_DIR = Path(__file__).parent / "data"
+FORMAT = 1
+GENERALIZATION = "generalization"  # bayesmark's second objective (SklearnModel.objective_names[1])
+
+
+class BaselineError(RuntimeError):
+    """A baseline file that cannot be used for what was asked, with a one-line reason."""
+
+
+class MissingBaseline(BaselineError, LookupError):
+    """No baseline for a spec or one of its problems; the message says how to build it."""
+
+
+def build_command(spec_name: str) -> str:
+    return f"bbo admin baselines build --spec {spec_name}"
+
+
+def default_path(spec_name: str) -> Path:
+    return DATA_DIR / f"{spec_name}.json"
+
+
+@dataclass(frozen=True)
+class ProblemBaseline:
+    name: str
+    test_case: str
+    clip: float
+    opt: float
+    median: tuple[float, ...]
+    mean: tuple[float, ...]
+    mean_normed: tuple[float, ...]
+    strong_best: float
+    random_best: float
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict[str, Any]) -> ProblemBaseline:
+        return cls(
+            name=name,
+            test_case=raw.get("test_case") or parse(name).test_case,
+            clip=float(raw["clip"]),
+            opt=float(raw["opt"]),
+            median=tuple(float(v) for v in raw["median"]),
+            mean=tuple(float(v) for v in raw["mean"]),
+            mean_normed=tuple(float(v) for v in raw["mean_normed"]),
+            strong_best=float(raw["strong_best"]),
+            random_best=float(raw["random_best"]),
+        )
+
+
+class Baselines:
+    """One baseline file, loaded."""
+
+    def __init__(self, data: dict[str, Any], path: Path | None = None) -> None:
+        if data.get("format") != FORMAT:
+            raise BaselineError(f"{path or 'baseline data'}: unsupported format {data.get('format')!r}")
+        self.data = data
+        self.path = path
+        self.version: str = data["version"]
+        self.spec_name: str = data["spec"]
+        self.spec_hash: str = data["spec_hash"]
+        self.rounds: int = int(data["rounds"])
+        self.batch: int = int(data["batch"])
+        self._problems: dict[str, dict[str, Any]] = data["problems"]
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(self._problems)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._problems
+
+    def problem(self, name: str) -> ProblemBaseline:
+        raw = self._problems.get(name)
+        if raw is None:
+            where = self.path or f"the baselines of spec {self.spec_name!r}"
+            raise MissingBaseline(
+                f"no baseline for problem {name!r} in {where}; build it with: {build_command(self.spec_name)}"
+            )
+        return ProblemBaseline.from_dict(name, raw)
+
+    def dataset(self, problems: list[str] | tuple[str, ...] | None = None, objective: str = VISIBLE_TO_OPT):
+        """bayesmark's baseline Dataset (what `compute_baseline` returned) for these problems.
+
+        Variables PERF_MED and PERF_MEAN over (ITER, TEST_CASE), PERF_CLIP and PERF_BEST over TEST_CASE,
+        with bayesmark's test-case names; JSON keeps floats exact, so this is the built Dataset itself.
+        """
+        names = list(problems) if problems is not None else list(self._problems)
+        entries = [self._objective_entry(name, objective) for name in names]
+        test_cases = [self.problem(name).test_case for name in names]
+        coords = {ITER: np.arange(self.rounds), TEST_CASE: test_cases}
+        return xr.Dataset(
+            {
+                PERF_MED: ((ITER, TEST_CASE), np.array([e["median"] for e in entries], dtype=float).T),
+                PERF_MEAN: ((ITER, TEST_CASE), np.array([e["mean"] for e in entries], dtype=float).T),
+                PERF_CLIP: ((TEST_CASE,), np.array([e["clip"] for e in entries], dtype=float)),
+                PERF_BEST: ((TEST_CASE,), np.array([e["opt"] for e in entries], dtype=float)),
+            },
+            coords=coords,
+        )
+
+    def _objective_entry(self, name: str, objective: str) -> dict[str, Any]:
+        self.problem(name)  # raises MissingBaseline
+        raw = self._problems[name]
+        if objective == VISIBLE_TO_OPT:
+            return raw
+        if objective == GENERALIZATION and GENERALIZATION in raw:
+            return raw[GENERALIZATION]
+        raise BaselineError(f"baseline of {name!r} has no data for objective {objective!r}")
+
+    def check_compatible(self, spec: Spec) -> None:
+        """Raise BaselineError unless this file was built for the spec's study shape and baseline settings.
+
+        The spec hash may differ (quotas, windows and limits do not change a baseline); what the
+        baseline depends on must not.
+        """
+        fix = f"rebuild with: {build_command(spec.name)}"
+        if (self.rounds, self.batch) != (spec.rounds, spec.batch):
+            raise BaselineError(
+                f"baselines {self.version} are for {self.rounds} rounds x {self.batch}, "
+                f"spec {spec.name!r} has {spec.rounds} x {spec.batch}; {fix}"
+            )
+        built = self.data.get("provenance", {}).get("baseline_settings")
+        wanted = {
+            "random_studies": spec.baselines.random_studies,
+            "strong_rounds": spec.baselines.strong_rounds,
+            "seed": spec.baselines.seed,
+        }
+        if built is not None and built != wanted:
+            raise BaselineError(
+                f"baselines {self.version} were built with settings {built}, "
+                f"spec {spec.name!r} asks for {wanted}; {fix}"
+            )
+
+
+def load_baselines(spec: Spec | str, path: str | Path | None = None) -> Baselines:
+    """The baselines of a spec (a Spec, or a spec name), from the package data or from `path`.
+
+    Raises MissingBaseline when there is no file, BaselineError when it does not fit the spec.
+    """
+    name = spec if isinstance(spec, str) else spec.name
+    file = Path(path) if path is not None else default_path(name)
+    if not file.is_file():
+        raise MissingBaseline(
+            f"no baseline file for spec {name!r} at {file}; build it with: {build_command(name)}"
+        )
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"{file}: not a readable baseline file: {exc}") from None
+    baselines = Baselines(data, path=file)
+    if not isinstance(spec, str):
+        baselines.check_compatible(spec)
+    return baselines
