@@ -1,0 +1,136 @@
+"""`bbo admin baselines`: build and inspect the baselines that normalize every score of a spec."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    help="Build and inspect a spec's baselines: random-search studies and a long strong-optimizer run per "
+    "problem, from which bayesmark derives the clip and best-known (opt) losses that normalize scores.",
+    no_args_is_help=True,
+)
+
+SPEC_HELP = "Competition spec: a shipped name (e.g. demo, neurips2020) or a path to a spec TOML file."
+JSON_HELP = "Print JSON to stdout instead of a table."
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def _load_spec(name: str):
+    from competition.spec import SpecError, load
+
+    try:
+        return load(name)
+    except SpecError as exc:
+        _fail(str(exc))
+
+
+def _phase_of(spec, problem: str) -> str:
+    return next((name for name, phase in spec.phases.items() if problem in phase.problems), "-")
+
+
+def _table(spec, data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"baselines {data['version']} ({data['rounds']} rounds x {data['batch']})")
+    for column in ("problem", "phase", "clip", "opt", "random best", "strong best", "random final"):
+        table.add_column(column, justify="left" if column in ("problem", "phase") else "right", no_wrap=True)
+    for name, entry in data["problems"].items():
+        table.add_row(
+            name,
+            _phase_of(spec, name) if spec else "-",
+            f"{entry['clip']:.6g}",
+            f"{entry['opt']:.6g}",
+            f"{entry['random_best']:.6g}",
+            f"{entry['strong_best']:.6g}",
+            f"{entry['mean_normed'][-1]:.4f}",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or captured: print whole rows rather than ellipses
+    console.print(table)
+
+
+@app.command()
+def build(
+    spec: str = typer.Option(..., "--spec", help=SPEC_HELP),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Worker processes running studies in parallel (default: CPU count)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where to write the baseline file (default: the package's baselines/data/SPEC.json).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Run the baseline studies of every problem of SPEC (both phases) and write its baseline file."""
+    from baselines.build import build_baselines, rich_progress, write_baseline_file
+
+    loaded = _load_spec(spec)
+    n_workers = workers or os.cpu_count() or 1
+    with rich_progress(f"baselines {loaded.name}") as progress:
+        data = build_baselines(loaded, n_workers, progress)
+    try:
+        path = write_baseline_file(data, out)
+    except OSError as exc:
+        _fail(f"cannot write the baseline file: {exc}")
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), **data}))
+        return
+    typer.echo(str(path))
+    _table(loaded, data)
+
+
+@app.command()
+def show(
+    spec: str = typer.Option(..., "--spec", help=SPEC_HELP),
+    path: Path | None = typer.Option(
+        None, "--path", help="Read this baseline file instead of the package's."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show the baselines of SPEC: version, provenance and per-problem clip/opt values."""
+    from baselines.store import BaselineError, build_command, load_baselines
+
+    loaded = _load_spec(spec)
+    try:
+        baselines = load_baselines(loaded.name, path)
+    except BaselineError as exc:
+        _fail(str(exc))
+    problem = None
+    try:
+        baselines.check_compatible(loaded)
+    except BaselineError as exc:
+        problem = str(exc)
+    missing = [p for p in loaded.all_problems() if p not in baselines]
+    if missing and problem is None:
+        problem = f"no baseline for {', '.join(missing)}; rebuild with: {build_command(loaded.name)}"
+    if as_json:
+        extra = {"path": str(baselines.path), "spec_hash_current": loaded.hash, "usable": problem is None}
+        typer.echo(json.dumps(extra | {"problem": problem} | baselines.data))
+        return
+    typer.echo(str(baselines.path))
+    provenance = baselines.data.get("provenance", {})
+    typer.echo(
+        f"created {baselines.data.get('created_at')} for spec hash {baselines.spec_hash}"
+        f"{'' if baselines.spec_hash == loaded.hash else f' (spec now hashes to {loaded.hash})'}; "
+        f"{provenance.get('random_studies')} random studies, "
+        f"strong run of {provenance.get('strong_rounds')} rounds"
+    )
+    _table(loaded, baselines.data)
+    if problem:
+        typer.echo(f"warning: {problem}", err=True)
+
+
+if __name__ == "__main__":
+    app()
