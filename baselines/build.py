@@ -135,7 +135,7 @@ def load_optimizer_class(path: str | Path) -> type:
     return found[0]
 
 
-class _OwnRandomStreams:
+class OwnRandomStreams:
     """Runs an optimizer on its own global random streams, as if it were alone in its process.
 
     In the harness the optimizer lives in a sandbox, so the objective's per-evaluation reseeding of numpy
@@ -185,7 +185,7 @@ def run_unit(unit: Unit) -> np.ndarray:
     opt_class = load_optimizer_class(path)
     problem = SeededProblem(unit.problem, unit.study, unit.batch)
     api_config = problem.get_api_config()
-    optimizer = _OwnRandomStreams(
+    optimizer = OwnRandomStreams(
         lambda: opt_class(api_config), optimizer_seed(unit.problem, unit.study, unit.salt)
     )
     evals, _timing, _log = run_study(

@@ -62,7 +62,7 @@ def score(
         SandboxRefused,
         SandboxUnavailable,
         artifacts.InvalidSubmission,
-        scores.MissingBaseline,
+        scores.BaselineError,
     ) as exc:
         fail(str(exc))
     try:

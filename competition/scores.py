@@ -13,15 +13,15 @@ from typing import Any
 
 import redis
 
-from baselines import build as baseline_build
 from baselines import scoring
+from baselines.store import BaselineError, MissingBaseline, load_baselines
 from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission, read_studies, transition
-from queue_schema.states import SubmissionState
+from queue_schema.states import FailureCause, SubmissionState
 
-MissingBaseline = baseline_build.MissingBaseline
+__all__ = ["BaselineError", "MissingBaseline", "ScoreError"]
 
 
 class ScoreError(ValueError):
@@ -30,10 +30,18 @@ class ScoreError(ValueError):
 
 def baselines_for(spec: Spec, required: Iterable[str] | None = None) -> Any:
     """The spec's baselines; with `required`, raise MissingBaseline naming the first problem not covered."""
-    baselines = baseline_build.load_baselines(spec)
+    baselines = load_baselines(spec)
     for problem in required or ():
         baselines.problem(problem)
     return baselines
+
+
+def baselines_or_none(spec: Spec) -> Any:
+    """For the running score only: without baselines the studies still run (the final check fails them)."""
+    try:
+        return load_baselines(spec)
+    except BaselineError:
+        return None
 
 
 def clip_opt(baselines: Any, problem: str) -> tuple[float, float]:
@@ -45,9 +53,11 @@ def clip_opt(baselines: Any, problem: str) -> tuple[float, float]:
 
 def study_normalized(baselines: Any, problem: str, result: StudyResult, rounds: int) -> float | None:
     """The study's normalized score at its last iteration (the running score adds these up)."""
+    if baselines is None:
+        return None
     try:
         clip, opt = clip_opt(baselines, problem)
-    except MissingBaseline:
+    except BaselineError:
         return None
     losses = [[StudyResult.decode_loss(v) for v in round_] for round_ in result.losses]
     return scoring.study_normalized_curve(losses, clip, opt, rounds)[-1]
@@ -86,9 +96,14 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
     if r.scard(keys.problems_done(sid, version)) < expected:
         return False
     studies = _studies_by_problem(r, sub, spec, version)
-    result = scoring.score_problems(
-        {p: _losses(s) for p, s in studies.items()}, baselines_for(spec), spec.rounds
-    )
+    try:
+        baselines = baselines_for(spec, required=studies)
+    except BaselineError as exc:
+        from competition import lifecycle
+
+        lifecycle.fail(r, sid, version, FailureCause.INFRASTRUCTURE, str(exc))
+        return False
+    result = scoring.score_problems({p: _losses(s) for p, s in studies.items()}, baselines, spec.rounds)
     r.hset(
         keys.score_version(sid, version),
         mapping={

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from bayesmark.experiment import run_study
 
-from baselines.build import RANDOM_SEARCH_FILE, _OwnRandomStreams, load_optimizer_class
+from baselines.build import RANDOM_SEARCH_FILE, OwnRandomStreams, load_optimizer_class
 from baselines.objective import SeededProblem
 from competition.spec import Spec, _build
 from queue_schema.payloads import StudyResult
@@ -55,7 +55,7 @@ def real_study(
     opt_class = load_optimizer_class(RANDOM_SEARCH_FILE)
     objective = SeededProblem(problem, study, batch)
     api_config = objective.get_api_config()
-    optimizer = _OwnRandomStreams(lambda: opt_class(api_config), 1000 + study)
+    optimizer = OwnRandomStreams(lambda: opt_class(api_config), 1000 + study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         evals, timing, log = run_study(optimizer, objective, rounds, batch, n_obj=2)

@@ -100,7 +100,7 @@ class ProblemRun:
             submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
             backend.prepare(submission_dir, spec.limits)
             describe = backend.describe()
-            baselines = scores.baselines_for(spec)
+            baselines = scores.baselines_or_none(spec)
 
             def launch() -> OptimizerProcess:
                 proc = OptimizerProcess(backend.launch(submission_dir, spec.limits), log=self.log)

@@ -1,0 +1,157 @@
+"""Platform overhead: the same studies by raw in-process bayesmark and by the full scoring path.
+
+Both sides run the same problems and study indices with the same seeds: the seeded random search makes
+the same suggestions and the seeded objective gives the same losses, which the benchmark checks
+(`identical_losses`). The raw side is bayesmark's `run_study` in this process; the platform side is a
+submission through Redis, one RQ worker, the process sandbox backend and the protocol. Both are pinned
+to one thread. The worker is started (and has imported the scoring stack) before the clock starts: a
+worker boots once per machine, not once per submission.
+
+    python -m bench overhead --json [--rounds 4] [--batch 8] [--studies 1] [--problems A,B,...]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# Spans bayesmark's cost range: ~0.01 s (DT, lasso) to ~1 s (ada) per evaluation, single-threaded.
+DEFAULT_MIX = ("DT-iris-acc", "lasso-diabetes-mae", "RF-wine-acc", "MLP-adam-breast-acc", "ada-boston-mae")
+OPTIMIZER = Path(__file__).resolve().parent.parent / "tests" / "submissions" / "random_search"
+
+
+def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tuple[float, dict]:
+    from bayesmark.experiment import run_study
+
+    from baselines.build import OwnRandomStreams, load_optimizer_class
+    from baselines.objective import SeededProblem
+    from queue_schema.seeds import optimizer_seed
+
+    cls = load_optimizer_class(OPTIMIZER / "optimizer.py")
+    losses: dict[tuple[str, int], list[list[float]]] = {}
+    started = time.perf_counter()
+    for problem in problems:
+        for study in range(studies):
+            objective = SeededProblem(problem, study, batch)
+            # The optimizer keeps its own random streams, seeded as the sandbox host seeds them: in a
+            # sandbox the objective's per-evaluation reseeding never reaches it.
+            api_config = objective.get_api_config()
+            optimizer = OwnRandomStreams(
+                lambda api_config=api_config: cls(api_config), optimizer_seed(problem, study)
+            )
+            evals, _, _ = run_study(optimizer, objective, rounds, batch, n_obj=2)
+            losses[(problem, study)] = evals[:, :, 0].tolist()
+    return time.perf_counter() - started, losses
+
+
+def platform_side(problems: list[str], studies: int, rounds: int, batch: int) -> tuple[float, dict]:
+    from competition import artifacts
+    from competition.redis_server import ensure_redis
+    from competition.spec import load
+    from competition.submit import create_submission
+    from queue_schema.connection import connect, rq_connection
+    from queue_schema.records import load_submission, read_studies
+
+    spec_text = f"""
+name = "bench-overhead"
+rounds = {rounds}
+batch = {batch}
+[phases.feedback]
+problems = {json.dumps(problems)}
+studies = {studies}
+[limits]
+suggest_budget_s = 600.0
+call_timeout_s = 300.0
+"""
+    work = Path(tempfile.mkdtemp(prefix="bbo-bench-"))
+    (work / "spec.toml").write_text(spec_text)
+    spec = load(work / "spec.toml")
+    os.environ["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
+    with ensure_redis() as url:
+        r = connect(url)
+        env = {**os.environ, "BBO_REDIS_URL": url}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli", "admin", "worker", "--name", "bench-worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        # The worker registers in Redis once it has imported the scoring stack and is ready for jobs.
+        from rq import Worker
+
+        deadline = time.monotonic() + 120
+        while not any(w.name == "bench-worker" for w in Worker.all(connection=rq_connection(url))):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit("bench: the worker did not start")
+            time.sleep(0.1)
+        data = artifacts.pack(OPTIMIZER, spec.submission)
+        started = time.perf_counter()
+        sub = create_submission(
+            r, team="bench", data=data, spec=spec, phase="feedback", backend="process", check_baselines=False
+        )
+        total = sub.progress.studies_total
+        while True:
+            current = load_submission(r, sub.id)
+            if current.progress.studies_done >= total:
+                break
+            if current.state.value == "failed" and current.progress.studies_done < total:
+                raise SystemExit(f"bench: submission failed: {current.failure}")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        worker.wait(120)
+        losses = {}
+        for problem in problems:
+            for index, result in read_studies(r, sub.id, 1, problem).items():
+                losses[(problem, index)] = [
+                    [float("inf") if v is None else v for v in rr] for rr in result.losses
+                ]
+    return elapsed, losses
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--studies", type=int, default=1)
+    parser.add_argument("--problems", default=",".join(DEFAULT_MIX))
+    args = parser.parse_args(argv)
+    problems = args.problems.split(",")
+
+    state = tempfile.mkdtemp(prefix="bbo-bench-state-")
+    os.environ["BBO_STATE_DIR"] = state
+    os.environ.pop("BBO_REDIS_URL", None)
+
+    raw_s, raw_losses = raw_side(problems, args.studies, args.rounds, args.batch)
+    print(f"raw: {raw_s:.2f} s", file=sys.stderr)
+    platform_s, platform_losses = platform_side(problems, args.studies, args.rounds, args.batch)
+    print(f"platform: {platform_s:.2f} s", file=sys.stderr)
+    evals = len(problems) * args.studies * args.rounds * args.batch
+    figures = {
+        "raw_s": round(raw_s, 3),
+        "platform_s": round(platform_s, 3),
+        "ratio": round(platform_s / raw_s, 4),
+        "evals": evals,
+        "raw_s_per_eval": round(raw_s / evals, 4),
+        "studies": len(problems) * args.studies,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "mix": ",".join(problems),
+        "identical_losses": raw_losses == platform_losses,
+    }
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>16}: {value}")
