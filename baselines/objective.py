@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from bayesmark.sklearn_funcs import SklearnModel
 
@@ -41,7 +43,11 @@ class SeededProblem:
         np.random.seed(eval_seed(self.problem, self.study, round_, index))
         self.suggestions.append(dict(params))
         try:
-            result = self.model.evaluate(params)
+            # scikit-learn 1.1 warns on almost every evaluation (deprecations, convergence); thousands of
+            # identical lines per study would drown the worker's log and cost time.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = self.model.evaluate(params)
         except Exception:
             # run_study turns a raising objective into inf; record it the same way.
             self.evaluations.append((np.inf, np.inf))

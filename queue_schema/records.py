@@ -71,6 +71,8 @@ def load_submissions(r: redis.Redis, ids: Iterable[str]) -> list[Submission]:
 
 def _from_hash(raw: dict[str, str]) -> Submission:
     sub = Submission.from_json(raw["record"])
+    # The hash field is what the write-once script and the stop watcher compare against: it rules.
+    sub.score_version = int(raw.get("score_version", sub.score_version))
     sub.progress = Progress(
         studies_done=int(raw.get("studies_done", 0)),
         studies_total=sub.progress.studies_total,

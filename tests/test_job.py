@@ -1,0 +1,83 @@
+"""The RQ job against a real Redis: exactly-once study results, retries, fatal errors failing the batch."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue, SimpleWorker
+
+from competition import artifacts
+from competition.spec import load
+from competition.submit import create_submission
+from queue_schema import keys
+from queue_schema.connection import rq_connection
+from queue_schema.payloads import ScoreJob
+from queue_schema.records import load_submission, read_events, read_job_log
+from tests.conftest import SUBMISSIONS
+from workers.job import score_problem
+
+pytestmark = pytest.mark.usefixtures("unsafe_ok")
+
+
+def submit(r, folder: str):
+    spec = load("demo")
+    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    return create_submission(r, team="t", data=data, spec=spec, phase="feedback", backend="process"), spec
+
+
+def work(burst_jobs: int | None = None) -> None:
+    conn = rq_connection()
+    queues = [Queue(keys.PRIORITY_QUEUE, connection=conn), Queue(keys.SCORE_QUEUE, connection=conn)]
+    SimpleWorker(queues, connection=conn).work(burst=True, max_jobs=burst_jobs, logging_level="WARNING")
+
+
+def test_a_rerun_job_skips_finished_studies_and_counts_nothing_twice(r):
+    sub, spec = submit(r, "random_search")
+    first_job_id = sorted(r.smembers(keys.submission_jobs(sub.id, 1)))[0]
+    payload = Queue(keys.SCORE_QUEUE, connection=rq_connection()).fetch_job(first_job_id).args[0]
+    assert score_problem(payload)["status"] == "done"
+    after_first = load_submission(r, sub.id).progress
+    again = score_problem(payload)  # a retried or duplicated job
+    assert again["status"] == "done"
+    assert load_submission(r, sub.id).progress == after_first
+    assert after_first.studies_done == 2
+    assert after_first.evals_done == 2 * spec.evals_per_study
+
+
+def test_the_whole_submission_scores_through_the_queue(r):
+    sub, _ = submit(r, "random_search")
+    work()
+    done = load_submission(r, sub.id)
+    assert done.state.value == "scored" and done.score is not None
+    assert done.progress.studies_done == done.progress.studies_total == 8
+    kinds = [(e.kind, e.data.get("to")) for e in read_events(r, sub.id)]
+    assert ("submitted", None) in kinds and ("state", "running") in kinds and ("state", "scored") in kinds
+    assert sum(1 for kind, _ in kinds if kind == "study") == 8
+
+
+def test_a_fatal_error_fails_the_batch_and_cancels_queued_jobs(r):
+    sub, _ = submit(r, "wrong_batch")
+    work(burst_jobs=1)
+    failed = load_submission(r, sub.id)
+    assert failed.state.value == "failed"
+    assert failed.failure.cause.value == "optimizer_crashed"
+    assert "wrong number of points" in failed.failure.message
+    queue = Queue(keys.SCORE_QUEUE, connection=rq_connection())
+    assert queue.count == 0  # the other three problems' jobs were cancelled, never run
+    job_ids = r.smembers(keys.submission_jobs(sub.id, 1))
+    assert any(read_job_log(r, j) for j in job_ids)  # the organizer log kept the story
+
+
+def test_a_stale_job_of_an_old_score_version_does_nothing(r):
+    sub, _ = submit(r, "random_search")
+    r.hset(keys.submission(sub.id), "score_version", "2")
+    job = ScoreJob(
+        submission_id=sub.id,
+        score_version=1,
+        problem="DT-iris-acc",
+        studies=[0, 1],
+        phase="feedback",
+        spec_hash=sub.spec_hash,
+        artifact_sha256=sub.artifact_sha256,
+        backend="process",
+    )
+    assert score_problem(job.model_dump(mode="json")) == {"status": "skipped"}
