@@ -2,7 +2,7 @@
 
 It imports nothing of bbo-arena but the protocol module, because in a container it runs alone.
 
-Usage: python -m sandbox_image.host SUBMISSION_DIR
+Usage: python -m sandbox_image.host SUBMISSION_DIR_OR_ZIP
 
 The protocol travels on private duplicates of the original stdin/stdout; file descriptors 0 and 1 are
 then pointed at /dev/null and stderr, so whatever the optimizer prints (Python or C level) lands in the
@@ -98,7 +98,29 @@ def _install_experiment_shim() -> None:
     bayesmark.experiment = shim
 
 
+def _unzip(archive: str) -> str:
+    """A zip given directly (the starter kit's upload) is unpacked into a private temporary folder."""
+    import tempfile
+    import zipfile
+
+    target = tempfile.mkdtemp(prefix="submission-")
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            dest = os.path.realpath(os.path.join(target, info.filename))
+            if not dest.startswith(os.path.realpath(target) + os.sep):
+                raise ValueError(f"archive entry {info.filename!r} points outside the archive")
+            z.extract(info, target)
+    return target
+
+
 def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
+    if os.path.isfile(submission_dir):
+        try:
+            submission_dir = _unzip(submission_dir)
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive is the submission's failure
+            return None, protocol.error(
+                protocol.OP_HELLO, protocol.ERR_LOAD, f"cannot unpack the archive: {exc}"
+            )
     path = os.path.join(submission_dir, "optimizer.py")
     if not os.path.isfile(path):
         return None, protocol.error(

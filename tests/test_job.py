@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rq import Queue, SimpleWorker
 
@@ -81,3 +83,28 @@ def test_a_stale_job_of_an_old_score_version_does_nothing(r):
         backend="process",
     )
     assert score_problem(job.model_dump(mode="json")) == {"status": "skipped"}
+
+
+def test_final_phase_runs_in_chunks_and_scores_once(r):
+    spec = load("demo")
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    sub = create_submission(r, team="t", data=data, spec=spec, phase="final", backend="process")
+    assert len(r.smembers(keys.submission_jobs(sub.id, 1))) == 4 * 2  # 4 problems x 2 chunks of 2 studies
+    work()
+    done = load_submission(r, sub.id)
+    assert done.state.value == "scored"
+    assert done.progress.studies_done == 16
+    assert sum(1 for e in read_events(r, sub.id) if e.data.get("to") == "scored") == 1
+
+
+def test_missing_baseline_is_a_clear_error_before_anything_is_stored(r, tmp_path):
+    from competition.scores import BaselineError
+
+    text = (Path(__file__).parent.parent / "competition" / "specs" / "demo.toml").read_text()
+    custom = tmp_path / "mine.toml"
+    custom.write_text(text.replace('name = "demo"', 'name = "mine"'))
+    spec = load(custom)
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    with pytest.raises(BaselineError, match="bbo admin baselines build --spec mine"):
+        create_submission(r, team="t", data=data, spec=spec, phase="feedback", backend="process")
+    assert r.dbsize() == 0
