@@ -8,7 +8,7 @@ streams are capped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -93,6 +93,36 @@ def running_score(r: redis.Redis, sid: str) -> float | None:
     return 100.0 * (1.0 - float(total) / int(count))
 
 
+def _atomic_update(
+    r: redis.Redis, sid: str, change: Callable[[Submission], tuple[dict[str, str], Event | None] | None]
+) -> Submission | None:
+    """Read-modify-write of a submission under WATCH; `change` mutates the record and returns the hash
+    fields to write (and an event), or None to leave it alone. Retries when another writer got there first."""
+    key = keys.submission(sid)
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                if not raw:
+                    pipe.unwatch()
+                    return None
+                sub = _from_hash(raw)
+                planned = change(sub)
+                if planned is None:
+                    pipe.unwatch()
+                    return None
+                fields, event = planned
+                pipe.multi()
+                pipe.hset(key, mapping=fields)
+                if event is not None:
+                    _event_into(pipe, event)
+                pipe.execute()
+                return sub
+            except redis.WatchError:
+                continue
+
+
 def transition(
     r: redis.Redis,
     sid: str,
@@ -108,83 +138,43 @@ def transition(
 
     `version` guards against a job of an old score version touching a rescored submission.
     """
-    key = keys.submission(sid)
     allowed = set(only_from) if only_from is not None else None
-    with r.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                raw = pipe.hgetall(key)
-                if not raw:
-                    pipe.unwatch()
-                    return None
-                sub = _from_hash(raw)
-                if version is not None and sub.score_version != version:
-                    pipe.unwatch()
-                    return None
-                if sub.state == new_state and not updates and failure is None:
-                    pipe.unwatch()
-                    return None
-                if not can_transition(sub.state, new_state) or (
-                    allowed is not None and sub.state not in allowed
-                ):
-                    pipe.unwatch()
-                    return None
-                previous = sub.state
-                sub.state = new_state
-                sub.updated_at = time.time()
-                if failure is not None:
-                    sub.failure = Failure(cause=failure[0], message=failure[1])
-                for name, value in updates.items():
-                    setattr(sub, name, value)
-                sub.partial_score = None if reset_counters else sub.partial_score
-                pipe.multi()
-                fields = {
-                    "record": sub.to_json(),
-                    "state": new_state.value,
-                    "score_version": str(sub.score_version),
-                }
-                if reset_counters:
-                    fields.update(dict.fromkeys(_COUNTERS, "0"))
-                pipe.hset(key, mapping=fields)
-                _event_into(
-                    pipe,
-                    Event(
-                        kind="state",
-                        submission_id=sid,
-                        data={"from": previous.value, "to": new_state.value, "version": sub.score_version}
-                        | ({"cause": failure[0].value, "message": failure[1]} if failure else {}),
-                    ),
-                )
-                pipe.execute()
-                if reset_counters:
-                    sub.progress.studies_done = sub.progress.evals_done = 0
-                return sub
-            except redis.WatchError:
-                continue
+
+    def change(sub: Submission) -> tuple[dict[str, str], Event | None] | None:
+        if version is not None and sub.score_version != version:
+            return None
+        if not can_transition(sub.state, new_state) or (allowed is not None and sub.state not in allowed):
+            return None
+        previous = sub.state
+        sub.state = new_state
+        sub.updated_at = time.time()
+        if failure is not None:
+            sub.failure = Failure(cause=failure[0], message=failure[1])
+        for name, value in updates.items():
+            setattr(sub, name, value)
+        fields = {"record": sub.to_json(), "state": new_state.value, "score_version": str(sub.score_version)}
+        if reset_counters:
+            fields.update(dict.fromkeys(_COUNTERS, "0"))
+            sub.partial_score = None
+            sub.progress.studies_done = sub.progress.evals_done = 0
+        data = {"from": previous.value, "to": new_state.value, "version": sub.score_version}
+        if failure is not None:
+            data |= {"cause": failure[0].value, "message": failure[1]}
+        return fields, Event(kind="state", submission_id=sid, data=data)
+
+    return _atomic_update(r, sid, change)
 
 
 def update_record(r: redis.Redis, sid: str, **updates: Any) -> Submission | None:
     """Change record fields without a state change (score details, totals), atomically."""
-    key = keys.submission(sid)
-    with r.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                raw = pipe.hgetall(key)
-                if not raw:
-                    pipe.unwatch()
-                    return None
-                sub = _from_hash(raw)
-                for name, value in updates.items():
-                    setattr(sub, name, value)
-                sub.updated_at = time.time()
-                pipe.multi()
-                pipe.hset(key, "record", sub.to_json())
-                pipe.execute()
-                return sub
-            except redis.WatchError:
-                continue
+
+    def change(sub: Submission) -> tuple[dict[str, str], Event | None]:
+        for name, value in updates.items():
+            setattr(sub, name, value)
+        sub.updated_at = time.time()
+        return {"record": sub.to_json()}, None
+
+    return _atomic_update(r, sid, change)
 
 
 def write_study(
