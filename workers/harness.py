@@ -25,7 +25,8 @@ from queue_schema.seeds import optimizer_seed
 from queue_schema.states import FailureCause, StudyState
 from workers.optimizer_process import CallTimeout, OptimizerDied, OptimizerProcess, ProtocolViolation
 
-# A killed process reports -SIGKILL; when we did not kill it, the kernel's OOM killer (or a cgroup) did.
+# A killed process reports -SIGKILL (137 through a container runtime); when we did not kill it, the
+# kernel's OOM killer or a cgroup did.
 _SIGKILL = -9
 
 
@@ -83,7 +84,7 @@ class RemoteOptimizer:
                 raise StudyCutOff(f"{op} ran past the study's time budget of {self.budget_s:.0f} s") from None
             raise StudyCutOff(f"{op} took longer than the {self.call_timeout_s:.0f} s call timeout") from None
         except OptimizerDied as exc:
-            raise _died(exc) from None
+            raise _died(exc, self.proc) from None
         except ProtocolViolation as exc:
             raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {exc}") from None
         self.time_used += reply.seconds
@@ -134,8 +135,10 @@ class RemoteOptimizer:
         return {self.real_names[k]: v for k, v in point.items()}
 
 
-def _died(exc: OptimizerDied) -> FatalOptimizerError:
-    if exc.returncode == _SIGKILL:
+def _died(exc: OptimizerDied, proc: OptimizerProcess) -> FatalOptimizerError:
+    explain = proc.launch.exit_cause
+    known = explain(exc.returncode) if explain is not None else None
+    if known == FailureCause.RESOURCE_LIMIT.value or (known is None and exc.returncode in (_SIGKILL, 137)):
         return FatalOptimizerError(
             FailureCause.RESOURCE_LIMIT,
             f"the optimizer was killed during {exc.during} (memory or process limit)",
@@ -183,7 +186,7 @@ def run_one_study(
             FailureCause.TIME_LIMIT, f"optimizer.py did not load within {spec.limits.call_timeout_s:.0f} s"
         ) from None
     except OptimizerDied as exc:
-        raise _died(exc) from None
+        raise _died(exc, proc) from None
     except ProtocolViolation as exc:
         raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {exc}") from None
     if not hello.ok:

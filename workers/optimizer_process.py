@@ -60,6 +60,9 @@ class LaunchSpec:
     cleanup: Callable[[], None] | None = None
     kill: Callable[[], None] | None = None  # backend-specific kill (a container); default kills the group
     preexec: Callable[[], None] | None = None  # runs in the child before exec (rlimits)
+    # Why the sandbox ended, when the backend knows better than an exit code (docker's OOMKilled, a
+    # cgroup's OOM counter): "resource_limit" or None.
+    exit_cause: Callable[[int | None], str | None] | None = None
 
 
 class OptimizerProcess:
