@@ -22,6 +22,10 @@ class SandboxUnavailable(RuntimeError):
     """The backend cannot run here (no engine, no image, unknown name): an infrastructure problem."""
 
 
+class InstallFailed(RuntimeError):
+    """The submission's bundled requirements did not install; the message is safe to show the team."""
+
+
 class SandboxRefused(RuntimeError):
     """The backend was asked for but is not allowed (the unsafe process backend without the opt-in)."""
 
