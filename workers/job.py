@@ -29,6 +29,7 @@ from workers.harness import FatalOptimizerError, run_one_study
 from workers.joblog import JobLog
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select
+from workers.sandbox.base import InstallFailed
 
 WATCH_INTERVAL_S = 0.5
 
@@ -149,6 +150,12 @@ class ProblemRun:
                 self.r, job.submission_id, job.score_version, FailureCause.INVALID_SUBMISSION, str(exc)
             )
             return {"status": "failed", "cause": FailureCause.INVALID_SUBMISSION.value}
+        except InstallFailed as exc:
+            self.log(f"[harness] install failed: {exc}")
+            lifecycle.fail(
+                self.r, job.submission_id, job.score_version, FailureCause.INSTALL_FAILED, str(exc)
+            )
+            return {"status": "failed", "cause": FailureCause.INSTALL_FAILED.value}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
