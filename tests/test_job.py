@@ -108,3 +108,47 @@ def test_missing_baseline_is_a_clear_error_before_anything_is_stored(r, tmp_path
     with pytest.raises(BaselineError, match="bbo admin baselines build --spec mine"):
         create_submission(r, team="t", data=data, spec=spec, phase="feedback", backend="process")
     assert r.dbsize() == 0
+
+
+def _sandboxes(marker: str) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "sandbox_image.host" in cmdline and marker in cmdline:
+            found.append(proc.pid)
+    return found
+
+
+def test_stop_kills_the_running_sandbox_within_seconds_and_keeps_finished_studies(r, redis_server, state_dir):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from queue_schema.records import transition
+    from queue_schema.states import SubmissionState
+
+    sub, _ = submit(r, "sleepy")
+    env = {**os.environ, "BBO_REDIS_URL": redis_server, "BBO_ALLOW_UNSAFE_SANDBOX": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "cli", "admin", "worker", "--burst"], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while load_submission(r, sub.id).progress.studies_done < 1:
+            assert time.monotonic() < deadline, "no study finished"
+            time.sleep(0.1)
+        assert _sandboxes(str(state_dir)), "a sandbox should be running the next study"
+        stopped_at = time.monotonic()
+        assert transition(r, sub.id, SubmissionState.STOPPED, only_from=[SubmissionState.RUNNING]) is not None
+        while _sandboxes(str(state_dir)):
+            assert time.monotonic() - stopped_at < 3, "the sandbox outlived the stop"
+            time.sleep(0.05)
+        worker.wait(30)  # queued jobs are still there: the stopped submission's jobs skip themselves
+    finally:
+        worker.kill()
+    done = load_submission(r, sub.id)
+    assert done.state.value == "stopped"
+    assert done.progress.studies_done >= 1  # finished studies are kept
+    time.sleep(1)
+    assert load_submission(r, sub.id).progress.studies_done == done.progress.studies_done
