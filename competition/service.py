@@ -1,0 +1,333 @@
+"""The competition's business rules, one function each: submit, status, list, stop, leaderboard, info.
+
+The gateway, the admin CLI and the console call these; none of them talks to Redis its own way. Errors
+are typed exceptions whose messages are safe to show the team they concern. What a team sees of a
+submission is `public_view` (the command contract's object): never problem names, logs or per-problem
+detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from competition import lifecycle, quotas, team_keys, teams
+from competition.artifacts import InvalidSubmission
+from competition.quotas import QuotaExceeded
+from competition.scores import BaselineError
+from competition.spec import Spec, SpecError
+from competition.submit import create_submission
+from queue_schema import keys
+from queue_schema.payloads import Submission
+from queue_schema.records import add_event, load_submission, load_submissions, transition
+from queue_schema.states import TERMINAL_STATES, FailureCause, SubmissionState
+
+__all__ = [
+    "BaselineError",
+    "Conflict",
+    "Forbidden",
+    "InvalidSubmission",
+    "NotFound",
+    "QuotaExceeded",
+    "ServiceError",
+    "ServiceUnavailable",
+    "SpecError",
+    "WindowClosed",
+    "info",
+    "leaderboard",
+    "list_submissions",
+    "metrics_snapshot",
+    "public_view",
+    "status",
+    "stop",
+    "submit",
+]
+
+log = logging.getLogger("bbo.service")
+
+_ACTIVE = (SubmissionState.QUEUED, SubmissionState.RUNNING)
+
+
+class ServiceError(Exception):
+    """A refused request; `code` is a stable machine-readable word, the message is for people."""
+
+    code = "error"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+
+
+class WindowClosed(Forbidden):
+    code = "window_closed"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+
+
+class ServiceUnavailable(ServiceError):
+    """Our side is not ready (missing baselines, Redis down): not the team's fault, try later."""
+
+    code = "unavailable"
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# -- views ------------------------------------------------------------------------------------------
+
+
+def public_view(sub: Submission) -> dict[str, Any]:
+    """The contract's submission object; a running submission also carries its running score."""
+    view = sub.public_view()
+    if sub.state == SubmissionState.RUNNING and sub.partial_score is not None:
+        view["partial_score"] = sub.partial_score
+    return view
+
+
+# -- phase windows ----------------------------------------------------------------------------------
+
+
+def _when(value: str | None) -> float | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:  # the spec's windows are UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def phase_window(spec: Spec, phase: str, now: float | None = None) -> dict[str, Any]:
+    """{"opens", "closes", "open"} of one phase (ISO strings in UTC, or null for unbounded)."""
+    now = time.time() if now is None else now
+    p = spec.phase(phase)
+    opens, closes = _when(p.opens), _when(p.closes)
+    is_open = (opens is None or now >= opens) and (closes is None or now < closes)
+    return {
+        "opens": None if opens is None else _iso(opens),
+        "closes": None if closes is None else _iso(closes),
+        "open": is_open,
+    }
+
+
+def check_window(spec: Spec, phase: str, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    window = phase_window(spec, phase, now)
+    if window["open"]:
+        return
+    if window["opens"] and now < _when(window["opens"]):
+        raise WindowClosed(f"the {phase} phase is not open yet: submissions open at {window['opens']}")
+    raise WindowClosed(f"the {phase} phase closed at {window['closes']}; no more submissions are accepted")
+
+
+# -- submit -----------------------------------------------------------------------------------------
+
+
+def submit(
+    r: redis.Redis,
+    team: str,
+    data: bytes,
+    filename: str,
+    spec: Spec,
+    phase: str = "feedback",
+    backend: str = "auto",
+    *,
+    now: float | None = None,
+) -> Submission:
+    """Accept one upload: phase and window, quota (reserved atomically), then the archive checks and
+    the enqueue. A refused upload stores nothing and costs nothing."""
+    spec.phase(phase)  # SpecError for a phase this competition does not have
+    check_window(spec, phase, now)
+    hold = quotas.check_and_reserve(r, team, spec, now)
+    try:
+        return create_submission(
+            r, team=team, data=data, spec=spec, phase=phase, filename=filename, backend=backend
+        )
+    except BaselineError as exc:
+        # The organizers' problem, and its message names hidden problems: log it, tell the team less.
+        log.error("submission of team %s refused: %s", team, exc)
+        raise ServiceUnavailable(
+            f"scoring of the {phase} phase is not available yet (baselines missing); "
+            "the organizers have been told"
+        ) from None
+    finally:
+        quotas.release(r, team, hold)
+
+
+# -- read -------------------------------------------------------------------------------------------
+
+
+def status(r: redis.Redis, team: str | None, sid: str) -> Submission:
+    """One submission; a team sees only its own (a foreign id looks exactly like an unknown one).
+    `team=None` is the organizers' view."""
+    sub = load_submission(r, sid) if isinstance(sid, str) and 0 < len(sid) <= 64 else None
+    if sub is None or (team is not None and sub.team != team):
+        raise NotFound(f"no submission {sid[:64]!r}" if isinstance(sid, str) else "no such submission")
+    return sub
+
+
+def list_submissions(r: redis.Redis, team: str, limit: int = 100) -> list[Submission]:
+    """The team's submissions, newest first."""
+    ids = r.zrevrange(keys.team_submissions(team), 0, max(1, limit) - 1)
+    return load_submissions(r, ids)
+
+
+def latest(r: redis.Redis, team: str) -> Submission | None:
+    found = list_submissions(r, team, limit=1)
+    return found[0] if found else None
+
+
+# -- stop -------------------------------------------------------------------------------------------
+
+
+def stop(r: redis.Redis, sid: str, by_team: str | None = None) -> Submission:
+    """Stop a queued or running submission: the state becomes `stopped` at once (running jobs see it
+    within a second and kill their sandboxes), queued jobs are cancelled, finished studies are kept.
+    A team may stop only its own (others' look unknown); `by_team=None` is an organizer."""
+    sub = status(r, by_team, sid)
+    if sub.state in TERMINAL_STATES:
+        raise Conflict(f"submission {sid} is already {sub.state.value}; only queued or running ones stop")
+    stopped = transition(r, sid, SubmissionState.STOPPED, version=sub.score_version, only_from=_ACTIVE)
+    if stopped is None:
+        now = load_submission(r, sid)
+        state = now.state.value if now else "gone"
+        raise Conflict(f"submission {sid} is already {state}; only queued or running ones stop")
+    cancelled = lifecycle.cancel_queued_jobs(r, sid, stopped.score_version)
+    add_event(
+        r, "stop", sid, by=by_team or "organizers", cancelled_jobs=cancelled, version=stopped.score_version
+    )
+    return load_submission(r, sid) or stopped
+
+
+# -- leaderboard ------------------------------------------------------------------------------------
+
+
+def leaderboard(
+    r: redis.Redis, phase: str, spec_name: str, *, registered_only: bool = True
+) -> list[dict[str, Any]]:
+    """Each team's best scored submission of the phase, best first; a tie goes to the earlier upload.
+
+    By default only registered, enabled teams appear (organizer test runs under other names do not).
+    """
+    ids = r.zrange(keys.submissions_index(), 0, -1)
+    pipe = r.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hget(keys.submission(sid), "state")
+    scored = [sid for sid, state in zip(ids, pipe.execute(), strict=True) if state == "scored"]
+    allowed: set[str] | None = None
+    if registered_only:
+        allowed = {t.name for t in teams.list_teams(r) if not t.disabled}
+    best: dict[str, Submission] = {}
+    for sub in load_submissions(r, scored):
+        if sub.phase != phase or sub.spec_name != spec_name or sub.score is None:
+            continue
+        if allowed is not None and sub.team not in allowed:
+            continue
+        current = best.get(sub.team)
+        if current is None or (sub.score, -sub.created_at) > (current.score, -current.created_at):
+            best[sub.team] = sub
+    ordered = sorted(best.values(), key=lambda s: (-s.score, s.created_at))
+    return [
+        {
+            "rank": rank,
+            "team": sub.team,
+            "score": sub.score,
+            "submission": sub.id,
+            "score_version": sub.score_version,
+            "scored_at": _iso(sub.updated_at),
+        }
+        for rank, sub in enumerate(ordered, start=1)
+    ]
+
+
+# -- info -------------------------------------------------------------------------------------------
+
+
+def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float | None = None) -> dict:
+    """The competition's rules and windows; with a team, its remaining quota for today.
+
+    Phases say how many problems they have, never which."""
+    now = time.time() if now is None else now
+    out: dict[str, Any] = {
+        "competition": spec.name,
+        "description": spec.description,
+        "spec_hash": spec.hash,
+        "rounds": spec.rounds,
+        "batch": spec.batch,
+        "phases": [
+            {
+                "name": name,
+                "problems": len(p.problems),
+                "studies": p.studies,
+                **phase_window(spec, name, now),
+            }
+            for name, p in spec.phases.items()
+        ],
+        "limits": {
+            "suggest_budget_s": spec.limits.suggest_budget_s,
+            "call_timeout_s": spec.limits.call_timeout_s,
+            "memory_mb": spec.limits.memory_mb,
+        },
+        "submission": {
+            "max_zip_mb": spec.submission.max_zip_mb,
+            "max_unpacked_mb": spec.submission.max_unpacked_mb,
+            "max_files": spec.submission.max_files,
+            "daily_quota": spec.submission.daily_quota,
+        },
+    }
+    if team is not None and r is not None:
+        out["team"] = team
+        out["quota"] = quotas.remaining(r, team, spec, now).to_dict()
+    return out
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+
+def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
+    """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
+    workers, teams, studies done. One pipelined pass over the submission hashes (no job scans)."""
+    from rq import Queue, Worker
+
+    from queue_schema.connection import rq_connection
+
+    conn = rq_connection()
+    queues: dict[str, dict[str, int]] = {}
+    for name in (keys.PRIORITY_QUEUE, keys.SCORE_QUEUE):
+        queue = Queue(name, connection=conn)
+        queues[name] = {"depth": queue.count, "running": queue.started_job_registry.count}
+    ids = r.zrange(keys.submissions_index(), 0, -1)
+    pipe = r.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hmget(keys.submission(sid), "state", "studies_done")
+    states = dict.fromkeys((s.value for s in SubmissionState), 0)
+    studies_done = 0
+    failed = []
+    for sid, (state, done) in zip(ids, pipe.execute(), strict=True):
+        if state in states:
+            states[state] += 1
+        studies_done += int(done or 0)
+        if state == SubmissionState.FAILED.value:
+            failed.append(sid)
+    causes = dict.fromkeys((c.value for c in FailureCause), 0)
+    for sub in load_submissions(r, failed):
+        if sub.failure is not None:
+            causes[sub.failure.cause.value] += 1
+    return {
+        "queues": queues,
+        "submissions": states,
+        "failures": causes,
+        "workers": Worker.count(connection=conn),
+        "teams": int(r.zcard(team_keys.teams_index())),
+        "studies_done": studies_done,
+    }
