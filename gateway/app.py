@@ -1,0 +1,182 @@
+"""The teams' HTTP API (FastAPI): upload, my submissions, status, stop, leaderboard, info, health, metrics.
+
+Every rule lives in `competition.service`; this module only speaks HTTP: bearer tokens, a streamed upload
+that stops reading past the spec's size limit, and one JSON error shape. It never imports `workers`.
+
+Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.app:app_from_env`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from competition import service
+from competition.spec import Spec, load
+from gateway import errors, metrics
+from gateway.auth import require_team, team_of
+from gateway.errors import ApiError
+from queue_schema.connection import connect
+from queue_schema.settings import unsafe_sandbox_allowed
+
+log = logging.getLogger("bbo.gateway")
+
+BACKENDS = ("auto", "docker", "bwrap", "process")
+MIB = 1024 * 1024
+# Room for the multipart framing and the small form fields around the file part.
+MULTIPART_SLACK = 64 * 1024
+LEADERBOARD_CACHE_S = 2.0
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str | None = None) -> FastAPI:
+    """The gateway for one competition spec (a shipped name, a path, or a loaded Spec); `backend` is the
+    sandbox the jobs ask workers for. Raises SpecError or ValueError for an unusable set-up."""
+    spec = spec_name if isinstance(spec_name, Spec) else load(spec_name)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sandbox backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "process" and not unsafe_sandbox_allowed():
+        raise ValueError(
+            "the process backend runs team code without isolation; it is refused unless "
+            "BBO_ALLOW_UNSAFE_SANDBOX=1 is set (development only)"
+        )
+    app = FastAPI(
+        title=f"bbo-arena: {spec.name}",
+        description="Submit black-box optimizers, follow their scores, see the leaderboard.",
+        version="1",
+    )
+    app.state.spec = spec
+    app.state.backend = backend
+    app.state.redis = connect(redis_url)
+    app.state.leaderboard_cache_s = LEADERBOARD_CACHE_S
+    errors.install(app)
+    limit = spec.submission.max_zip_mb * MIB
+
+    @app.get("/health", summary="Liveness: the store answers")
+    def health() -> JSONResponse:
+        app.state.redis.ping()
+        return JSONResponse({"status": "ok", "competition": spec.name})
+
+    @app.post("/v1/submissions", status_code=201, summary="Upload a submission zip (multipart field `file`)")
+    async def upload(
+        request: Request,
+        team: str = Depends(require_team),
+        phase: str | None = Query(None, max_length=40, description="feedback (default) or final"),
+    ) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "upload the zip as multipart/form-data with the archive in a field named 'file'",
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
+            raise _too_large(spec.submission.max_zip_mb)
+        try:
+            form = await MultiPartParser(
+                request.headers, _limited(request, limit + MULTIPART_SLACK), max_files=1, max_fields=8
+            ).parse()
+        except _TooLarge:
+            raise _too_large(spec.submission.max_zip_mb) from None
+        except MultiPartException as exc:
+            raise ApiError(400, "bad_request", f"malformed multipart body: {exc.message}") from None
+        except ClientDisconnect:
+            raise ApiError(400, "bad_request", "the upload was interrupted") from None
+        try:
+            part = form.get("file")
+            if not isinstance(part, UploadFile):
+                raise ApiError(422, "missing_file", "no file: send the zip in a multipart field named 'file'")
+            data = await part.read(limit + 1)
+            if len(data) > limit:
+                raise _too_large(spec.submission.max_zip_mb)
+            field = form.get("phase")
+            chosen = phase or (field if isinstance(field, str) and field else None) or "feedback"
+            filename = _safe_filename(part.filename)
+        finally:
+            await form.close()
+        sub = await run_in_threadpool(
+            service.submit, app.state.redis, team, data, filename, spec, chosen, backend
+        )
+        return JSONResponse(
+            service.public_view(sub), status_code=201, headers={"Location": f"/v1/submissions/{sub.id}"}
+        )
+
+    @app.get("/v1/submissions", summary="My submissions, newest first")
+    def mine(
+        team: str = Depends(require_team),
+        limit: int = Query(100, ge=1, le=1000, description="How many, newest first."),
+    ) -> JSONResponse:
+        subs = service.list_submissions(app.state.redis, team, limit)
+        return JSONResponse([service.public_view(s) for s in subs])
+
+    @app.get("/v1/submissions/{sid}", summary="One of my submissions, with live progress")
+    def status(sid: str, team: str = Depends(require_team)) -> JSONResponse:
+        return JSONResponse(service.public_view(service.status(app.state.redis, team, sid)))
+
+    @app.post("/v1/submissions/{sid}/stop", summary="Stop one of my queued or running submissions")
+    def stop(sid: str, team: str = Depends(require_team)) -> JSONResponse:
+        return JSONResponse(service.public_view(service.stop(app.state.redis, sid, by_team=team)))
+
+    # The public board reads every scored record: a short cache keeps a crowd of readers cheap.
+    boards: dict[str, tuple[float, list]] = {}
+
+    @app.get("/v1/leaderboard", summary="Each team's best scored submission of a phase (public)")
+    def leaderboard(
+        phase: str = Query("feedback", max_length=40, description="feedback or final"),
+    ) -> JSONResponse:
+        spec.phase(phase)
+        cached = boards.get(phase)
+        if cached is None or time.monotonic() - cached[0] >= app.state.leaderboard_cache_s:
+            cached = (time.monotonic(), service.leaderboard(app.state.redis, phase, spec.name))
+            boards[phase] = cached
+        return JSONResponse({"phase": phase, "competition": spec.name, "rows": cached[1]})
+
+    @app.get("/v1/info", summary="Rules, phase windows and (with a token) my remaining quota")
+    def info(request: Request) -> JSONResponse:
+        team = team_of(request)
+        return JSONResponse(service.info(app.state.redis, spec, team))
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        text = metrics.render(service.metrics_snapshot(app.state.redis))
+        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+    return app
+
+
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body, refused as soon as more than `limit` bytes arrived (never buffered whole)."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _TooLarge
+        yield chunk
+
+
+def _too_large(max_mb: int) -> ApiError:
+    return ApiError(413, "too_large", f"the upload is larger than this competition's limit of {max_mb} MiB")
+
+
+def _safe_filename(name: str | None) -> str:
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    cleaned = "".join(c for c in base if c.isprintable())[:120]
+    return cleaned or "submission.zip"
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory gateway.app:app_from_env`: BBO_SPEC (default demo), BBO_BACKEND (auto)."""
+    return create_app(os.environ.get("BBO_SPEC", "demo"), os.environ.get("BBO_BACKEND", "auto"))

@@ -1,0 +1,113 @@
+"""Every error the API returns is `{"error": {"code", "message"}}` with a fitting status.
+
+Refusals of bad input are 4xx with a message the team can act on; Redis being away is 503; only a
+genuine bug is a 500, and it is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from competition import service
+from competition.artifacts import InvalidSubmission
+from competition.quotas import QuotaExceeded
+from competition.spec import SpecError
+from queue_schema.connection import RedisUnavailable
+
+log = logging.getLogger("bbo.gateway")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+_SERVICE_STATUS: dict[type[service.ServiceError], int] = {
+    service.NotFound: 404,
+    service.WindowClosed: 403,
+    service.Forbidden: 403,
+    service.Conflict: 409,
+    service.ServiceUnavailable: 503,
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "quota_exceeded",
+}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(service.ServiceError)
+    async def _service(_: Request, exc: service.ServiceError):
+        status = next((s for cls, s in _SERVICE_STATUS.items() if isinstance(exc, cls)), 400)
+        return error_response(status, exc.code, str(exc))
+
+    @app.exception_handler(InvalidSubmission)
+    async def _invalid(_: Request, exc: InvalidSubmission):
+        return error_response(422, "invalid_submission", str(exc))
+
+    @app.exception_handler(SpecError)
+    async def _spec(_: Request, exc: SpecError):
+        # Raised for a phase the competition does not have; the message lists the phases.
+        return error_response(422, "invalid_phase", str(exc))
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_: Request, exc: QuotaExceeded):
+        return error_response(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    async def _unavailable(_: Request, exc: Exception):
+        log.warning("redis unavailable: %s", exc)
+        return error_response(
+            503,
+            "unavailable",
+            "the competition's store is not reachable; try again shortly",
+            {"Retry-After": "5"},
+        )
+
+    for cls in (RedisUnavailable, redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        app.add_exception_handler(cls, _unavailable)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        parts = []
+        for error in exc.errors()[:3]:
+            where = ".".join(str(x) for x in error.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; the organizers will find it in the log")
