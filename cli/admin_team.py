@@ -1,0 +1,149 @@
+"""`bbo admin team ...` (teams and tokens) and `bbo admin serve` (the gateway).
+
+These call `competition` directly; tokens are printed once and never stored in clear.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli.output import emit_json, err, fail
+
+app = typer.Typer(
+    help="Teams and their tokens: add, list, rotate, revoke, disable, enable.", no_args_is_help=True
+)
+
+NameArg = typer.Argument(..., metavar="NAME", help="Team name: 2-40 characters among a-z, 0-9, '_' and '-'.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+def _redis_call(function, *args):
+    from competition.redis_server import ensure_redis
+    from competition.teams import TeamError
+    from queue_schema.connection import RedisUnavailable, connect
+
+    try:
+        with ensure_redis() as url:
+            return function(connect(url), *args)
+    except (TeamError, RedisUnavailable) as exc:
+        fail(str(exc))
+
+
+def _print_token(name: str, token: str, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json({"team": name, "token": token})
+        return
+    err.print(f"team [bold]{name}[/] {verb}; its token (shown only now, give it to the team):")
+    typer.echo(token)
+    err.print(f"the team logs in with: bbo login --server URL --token {token}")
+
+
+@app.command()
+def add(name: str = NameArg, as_json: bool = JsonOpt) -> None:
+    """Register a team and print its token, once."""
+    from competition import teams
+
+    token = _redis_call(teams.add_team, name)
+    _print_token(name, token, as_json, "added")
+
+
+@app.command("list")
+def list_(as_json: bool = JsonOpt) -> None:
+    """List the teams (never their tokens)."""
+    from competition import teams
+
+    found = _redis_call(teams.list_teams)
+    rows = [t.to_dict() for t in found]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        err.print("no teams yet (`bbo admin team add NAME`)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("team", "created (UTC)", "token", "status"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["team"],
+            row["created_at"],
+            "yes" if row["has_token"] else "revoked",
+            "disabled" if row["disabled"] else "active",
+        )
+    Console().print(table)
+
+
+@app.command()
+def rotate(name: str = NameArg, as_json: bool = JsonOpt) -> None:
+    """Give a team a new token; the old one stops working at once. Prints the new token, once."""
+    from competition import teams
+
+    token = _redis_call(teams.rotate_token, name)
+    _print_token(name, token, as_json, "has a new token")
+
+
+@app.command()
+def revoke(name: str = NameArg) -> None:
+    """Revoke a team's token (it gets a new one with `rotate`)."""
+    from competition import teams
+
+    _redis_call(teams.revoke_token, name)
+    err.print(f"revoked the token of team {name}")
+
+
+@app.command()
+def disable(name: str = NameArg) -> None:
+    """Disable a team: its token is refused and it leaves the public leaderboard."""
+    from competition import teams
+
+    _redis_call(teams.set_disabled, name, True)
+    err.print(f"team {name} is disabled")
+
+
+@app.command()
+def enable(name: str = NameArg) -> None:
+    """Enable a disabled team again."""
+    from competition import teams
+
+    _redis_call(teams.set_disabled, name, False)
+    err.print(f"team {name} is enabled")
+
+
+def serve_command(
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind (put a TLS reverse proxy in front for the internet)."
+    ),
+    spec_name: str = typer.Option("demo", "--spec", help="Competition spec: a shipped name or a path."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Sandbox the jobs ask workers for: auto, docker, bwrap, process."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning, info, debug)."),
+) -> None:
+    """Run the teams' HTTP gateway. With BBO_REDIS_URL unset it uses (or starts and owns) the embedded
+    Redis for as long as it runs."""
+    import uvicorn
+
+    from competition.redis_server import ensure_redis
+    from competition.spec import SpecError
+    from queue_schema.connection import RedisUnavailable
+
+    try:
+        with ensure_redis() as url:
+            from gateway.app import create_app
+
+            try:
+                application = create_app(spec_name, backend, redis_url=url)
+            except (SpecError, ValueError) as exc:
+                fail(str(exc))
+            err.print(
+                f"gateway for [bold]{application.state.spec.name}[/] on http://{host}:{port} "
+                f"(store {url}, sandbox {backend}); Ctrl-C to stop",
+                soft_wrap=True,
+            )
+            uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
+    except RedisUnavailable as exc:
+        fail(str(exc))

@@ -1,0 +1,494 @@
+"""The team commands of `bbo`: login, submit, status, stop, submissions, leaderboard, info.
+
+They speak HTTP to the gateway only (httpx); the server and token come from `bbo login`'s config file
+($BBO_CONFIG_DIR/config.json, else ~/.config/bbo/config.json, mode 0600), overridden by BBO_SERVER and
+BBO_TOKEN. Messages and progress bars go to stderr, `--json` output to stdout. Exit status: 0 when the
+command did its job (also when it reports a failed or stopped submission), 2 for rejected input (a 4xx
+answer, a missing login), 3 when the server cannot be reached or fails, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from cli.output import emit_json, err
+
+CONFIG_DIR_ENV = "BBO_CONFIG_DIR"
+SERVER_ENV = "BBO_SERVER"
+TOKEN_ENV = "BBO_TOKEN"
+TERMINAL = ("scored", "failed", "stopped")
+# Folders and files a submission never needs (the starter kit's prepare script zips the rest).
+SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints", ".venv", "venv"}
+PROGRESS_BAR_MIN_BYTES = 1024 * 1024
+
+EXIT_REJECTED = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout (the command contract's shapes).")
+IntervalOpt = typer.Option(
+    1.0, "--interval", min=0.05, help="Seconds between status requests while following a submission."
+)
+
+
+def _fail(message: str, code: int = EXIT_REJECTED) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+def config_path() -> Path:
+    base = os.environ.get(CONFIG_DIR_ENV)
+    folder = Path(base).expanduser() if base else Path.home() / ".config" / "bbo"
+    return folder / "config.json"
+
+
+def load_config() -> dict[str, str]:
+    path = config_path()
+    config: dict[str, str] = {}
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {path}: {exc}; run `bbo login` again")
+        if isinstance(loaded, dict):
+            config = {k: str(v) for k, v in loaded.items() if isinstance(v, str)}
+    if os.environ.get(SERVER_ENV):
+        config["server"] = os.environ[SERVER_ENV]
+    if os.environ.get(TOKEN_ENV):
+        config["token"] = os.environ[TOKEN_ENV]
+    return config
+
+
+def save_config(server: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".config.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump({"server": server, "token": token}, out, indent=2)
+            out.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _normalize_server(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        _fail(f"--server must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+# -- HTTP -------------------------------------------------------------------------------------------
+
+
+class Api:
+    """A thin client that turns every failure into a one-line message and an exit status."""
+
+    def __init__(self, server: str, token: str | None) -> None:
+        import httpx
+
+        self.server = server
+        headers = {"User-Agent": "bbo-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.client = httpx.Client(
+            base_url=server, headers=headers, timeout=httpx.Timeout(30.0, connect=5.0, write=300.0)
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            _fail(f"the server at {self.server} did not answer in time", EXIT_UNREACHABLE)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            _fail(f"cannot reach the server at {self.server}: {reason}", EXIT_UNREACHABLE)
+        if response.status_code >= 400:
+            message = _error_message(response)
+            _fail(message, EXIT_REJECTED if response.status_code < 500 else EXIT_UNREACHABLE)
+        try:
+            return response.json()
+        except ValueError:
+            _fail(f"the server at {self.server} sent a reply that is not JSON", EXIT_UNREACHABLE)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+
+def _error_message(response: Any) -> str:
+    try:
+        body = response.json()
+        message = body["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+    message = " ".join(str(message).split()) or response.reason_phrase
+    if response.status_code == 401:
+        return f"{message} (HTTP 401)"
+    if response.status_code >= 500:
+        return f"server error (HTTP {response.status_code}): {message}"
+    return message
+
+
+def _api(need_token: bool = True) -> Api:
+    config = load_config()
+    server = config.get("server")
+    token = config.get("token")
+    if not server:
+        _fail("not logged in: run `bbo login --server URL --token TOKEN` (or set BBO_SERVER)")
+    if need_token and not token:
+        _fail("no token: run `bbo login --server URL --token TOKEN` (or set BBO_TOKEN)")
+    return Api(_normalize_server(server), token)
+
+
+# -- packing ----------------------------------------------------------------------------------------
+
+
+def pack(path: Path) -> tuple[bytes, str]:
+    """The zip to upload and its name: a zip file as is, or a folder's contents at the top level, as the
+    2020 starter kit's prepare script builds it (caches, VCS folders, .pyc files and links left out)."""
+    if not path.exists():
+        _fail(f"{path} does not exist")
+    if path.is_file():
+        data = path.read_bytes()
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            _fail(f"{path} is neither a folder nor a zip archive")
+        return data, path.name
+    if not (path / "optimizer.py").is_file():
+        _fail(f"{path} has no optimizer.py at its top level (the starter kit's layout)")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+            for name in sorted(files):
+                full = Path(root) / name
+                if full.is_symlink() or name.endswith((".pyc", ".pyo")):
+                    continue
+                archive.write(full, full.relative_to(path).as_posix())
+    return buffer.getvalue(), f"{path.resolve().name or 'submission'}.zip"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _multipart(data: bytes, filename: str) -> tuple[bytes, bytes, str]:
+    boundary = f"bbo-{secrets.token_hex(16)}"
+    safe = filename.replace('"', "").replace("\r", "").replace("\n", "") or "submission.zip"
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{safe}"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head, tail, f"multipart/form-data; boundary={boundary}"
+
+
+def _upload(api: Api, data: bytes, filename: str, phase: str | None) -> dict[str, Any]:
+    head, tail, content_type = _multipart(data, filename)
+    total = len(head) + len(data) + len(tail)
+    params = {"phase": phase} if phase else None
+    headers = {"Content-Type": content_type, "Content-Length": str(total)}
+    if len(data) < PROGRESS_BAR_MIN_BYTES:
+        return api.post("/v1/submissions", content=head + data + tail, headers=headers, params=params)
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("upload"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("upload", total=total)
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            progress.advance(task, len(head))
+            step = 256 * 1024
+            for start in range(0, len(data), step):
+                piece = data[start : start + step]
+                yield piece
+                progress.advance(task, len(piece))
+            yield tail
+            progress.advance(task, len(tail))
+
+        return api.post("/v1/submissions", content=chunks(), headers=headers, params=params)
+
+
+# -- following a submission -------------------------------------------------------------------------
+
+
+def _describe(sub: dict[str, Any]) -> str:
+    progress = sub.get("progress") or {}
+    parts = [
+        sub["id"],
+        sub["state"],
+        f"{progress.get('studies_done', 0)}/{progress.get('studies_total', 0)} studies",
+    ]
+    if sub.get("score") is not None:
+        parts.append(f"score {sub['score']:.3f}")
+    elif sub.get("partial_score") is not None:
+        label = "partial score" if sub["state"] == "stopped" else "running score"
+        parts.append(f"{label} {sub['partial_score']:.3f}")
+    if sub.get("failure"):
+        parts.append(f"failed: {sub['failure']['cause']}: {sub['failure']['message']}")
+    return "  ".join(parts)
+
+
+def _follow(api: Api, sid: str, *, as_json_lines: bool, interval: float) -> dict[str, Any]:
+    """Poll until the submission is terminal. JSON lines: one object per change on stdout; otherwise a
+    progress bar with the running score on stderr. Returns the last object."""
+    try:
+        if as_json_lines:
+            last = None
+            while True:
+                sub = api.get(f"/v1/submissions/{sid}")
+                if sub != last:
+                    emit_json(sub)
+                    last = sub
+                if sub["state"] in TERMINAL:
+                    return sub
+                time.sleep(interval)
+        return _follow_bar(api, sid, interval)
+    except KeyboardInterrupt:
+        err.print(f"stopped following; {sid} keeps going (`bbo status {sid}`, `bbo stop {sid}`)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _follow_bar(api: Api, sid: str, interval: float) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[score]}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task(sid, total=None, score="")
+        while True:
+            sub = api.get(f"/v1/submissions/{sid}")
+            counts = sub.get("progress") or {}
+            shown = sub.get("score") if sub.get("score") is not None else sub.get("partial_score")
+            label = "score" if sub.get("score") is not None else "running score"
+            progress.update(
+                task,
+                description=f"{sid} {sub['state']}",
+                completed=counts.get("studies_done", 0),
+                total=counts.get("studies_total") or None,
+                score="" if shown is None else f"{label} {shown:.3f}",
+            )
+            if sub["state"] in TERMINAL:
+                return sub
+            time.sleep(interval)
+
+
+def _report(sub: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(sub)
+    else:
+        typer.echo(_describe(sub))
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def login(
+    server: str = typer.Option(
+        ..., "--server", help="The competition's gateway URL, e.g. https://bbo.example.org"
+    ),
+    token: str = typer.Option(
+        ..., "--token", help="Your team's token, from the organizers (shown to them once)."
+    ),
+) -> None:
+    """Check a team token against the server and save both in the config file (mode 0600)."""
+    server = _normalize_server(server)
+    info = Api(server, token).get("/v1/info")
+    if "team" not in info:
+        _fail("the server did not recognise a team for this token")
+    path = save_config(server, token)
+    err.print(f"logged in to {info.get('competition', server)} as team [bold]{info['team']}[/]; saved {path}")
+
+
+def submit(
+    path: Path = typer.Argument(..., help="A folder with optimizer.py at its top level, or a zip of one."),
+    phase: str = typer.Option(None, "--phase", help="Phase to enter: feedback (default) or final."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the scoring live until it ends."),
+    as_json: bool = JsonOpt,
+    interval: float = IntervalOpt,
+) -> None:
+    """Zip a submission like the starter kit does, upload it, and (with --wait) follow it to its score."""
+    api = _api()
+    info = api.get("/v1/info")
+    data, filename = pack(path)
+    max_mb = (info.get("submission") or {}).get("max_zip_mb")
+    if max_mb and len(data) > max_mb * 1024 * 1024:
+        _fail(f"{filename} is {len(data) / 2**20:.1f} MiB; this competition accepts at most {max_mb} MiB")
+    sub = _upload(api, data, filename, phase)
+    err.print(f"submitted [bold]{sub['id']}[/] ({_size(len(data))}): {sub['state']}")
+    if wait:
+        sub = _follow(api, sub["id"], as_json_lines=False, interval=interval)
+    _report(sub, as_json)
+
+
+def status(
+    sid: str = typer.Argument(None, metavar="[ID]", help="Submission id (default: your latest submission)."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Keep following until it ends (with --json: one JSON line per change)."
+    ),
+    as_json: bool = JsonOpt,
+    interval: float = IntervalOpt,
+) -> None:
+    """Show a submission's state, progress and (running) score."""
+    api = _api()
+    if sid is None:
+        found = api.get("/v1/submissions", params={"limit": 1})
+        if not found:
+            _fail("you have no submissions yet (`bbo submit PATH`)")
+        sid = found[0]["id"]
+    if watch:
+        sub = _follow(api, sid, as_json_lines=as_json, interval=interval)
+        if not as_json:
+            typer.echo(_describe(sub))
+        return
+    _report(api.get(f"/v1/submissions/{sid}"), as_json)
+
+
+def stop(
+    sid: str = typer.Argument(..., metavar="ID", help="The submission to stop (queued or running)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stop one of your submissions; finished studies are kept, the rest is cancelled or killed."""
+    sub = _api().post(f"/v1/submissions/{sid}/stop")
+    err.print(f"stopped {sid}")
+    _report(sub, as_json)
+
+
+def submissions(
+    as_json: bool = JsonOpt,
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="How many, newest first."),
+) -> None:
+    """List your submissions, newest first."""
+    subs = _api().get("/v1/submissions", params={"limit": limit})
+    if as_json:
+        emit_json(subs)
+        return
+    if not subs:
+        err.print("no submissions yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("id", "created (UTC)", "state", "studies", "score"):
+        table.add_column(column, justify="right" if column in ("studies", "score") else "left", no_wrap=True)
+    for sub in subs:
+        counts = sub["progress"]
+        if sub.get("score") is not None:
+            score = f"{sub['score']:.3f}"
+        elif sub.get("partial_score") is not None:
+            score = f"({sub['partial_score']:.3f})"
+        else:
+            score = sub["failure"]["cause"] if sub.get("failure") else ""
+        table.add_row(
+            sub["id"],
+            sub["created_at"],
+            sub["state"],
+            f"{counts['studies_done']}/{counts['studies_total']}",
+            score,
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def leaderboard(
+    phase: str = typer.Option("feedback", "--phase", help="Which leaderboard: feedback or final."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The public leaderboard: each team's best scored submission, best first."""
+    board = _api(need_token=False).get("/v1/leaderboard", params={"phase": phase})
+    if as_json:
+        emit_json({"phase": board["phase"], "rows": board["rows"]})
+        return
+    if not board["rows"]:
+        err.print(f"no scored submissions in the {phase} phase yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{board.get('competition', '')} {phase} leaderboard".strip())
+    for column in ("rank", "team", "score", "submission", "scored (UTC)"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left", no_wrap=True)
+    for row in board["rows"]:
+        table.add_row(
+            str(row["rank"]), row["team"], f"{row['score']:.3f}", row["submission"], row["scored_at"]
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def info(as_json: bool = JsonOpt) -> None:
+    """The competition's rules, phase windows and your remaining quota for today."""
+    data = _api(need_token=False).get("/v1/info")
+    if as_json:
+        emit_json(data)
+        return
+    lines = [f"{data['competition']}: {data.get('description', '')}".rstrip(": ")]
+    lines.append(f"studies of {data['rounds']} rounds x {data['batch']} suggestions")
+    for phase in data["phases"]:
+        window = (
+            f"opens {phase['opens'] or 'now'}, closes {phase['closes'] or 'never'}, "
+            f"{'open' if phase['open'] else 'closed'}"
+        )
+        lines.append(
+            f"phase {phase['name']}: {phase['problems']} problems x {phase['studies']} studies; {window}"
+        )
+    limits = data.get("limits", {})
+    rules = data.get("submission", {})
+    lines.append(
+        f"optimizer time per study {limits.get('suggest_budget_s')} s, "
+        f"per call {limits.get('call_timeout_s')} s; zip up to {rules.get('max_zip_mb')} MiB; "
+        f"{rules.get('daily_quota')} submissions per UTC day"
+    )
+    if "quota" in data:
+        quota = data["quota"]
+        lines.append(
+            f"team {data['team']}: {quota['remaining']} of {quota['limit']} submissions left today "
+            f"(resets {quota['resets_at']})"
+        )
+    typer.echo("\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the team commands to the `bbo` app."""
+    for command in (login, submit, status, stop, submissions, leaderboard, info):
+        app.command(command.__name__)(command)
