@@ -11,11 +11,17 @@ from pathlib import Path
 
 import typer
 
-from cli import baselines_cmd
+from cli import admin_team, baselines_cmd, sandbox_cmd
 from cli.output import emit_json, err, fail
 
-app = typer.Typer(help="Run the competition: score, workers, baselines, export.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run the competition: serve, workers, teams, baselines, sandbox, score, export.",
+    no_args_is_help=True,
+)
 app.add_typer(baselines_cmd.app, name="baselines")
+app.add_typer(admin_team.app, name="team")
+app.add_typer(sandbox_cmd.app, name="sandbox")
+app.command("serve")(admin_team.serve_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin
+from cli import admin, team
 
 app = typer.Typer(
     name="bbo",
@@ -14,6 +14,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(admin.app, name="admin")
+team.register(app)
 
 
 @app.callback()

@@ -19,7 +19,6 @@ from typing import Any
 
 import redis
 
-from competition import team_keys
 from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.records import add_event, load_submission, update_record
@@ -86,7 +85,7 @@ def _charged_today(r: redis.Redis, team: str, now: float) -> int:
 
 
 def _live_holds(r: redis.Redis, team: str, now: float) -> int:
-    return int(r.zcount(team_keys.quota_holds(team), now - HOLD_TTL_S, "+inf"))
+    return int(r.zcount(keys.quota_holds(team), now - HOLD_TTL_S, "+inf"))
 
 
 def remaining(r: redis.Redis, team: str, spec: Spec, now: float | None = None) -> QuotaStatus:
@@ -104,7 +103,7 @@ def check_and_reserve(r: redis.Redis, team: str, spec: Spec, now: float | None =
     exists or was refused. Raises QuotaExceeded when none is left."""
     now = time.time() if now is None else now
     limit = spec.submission.daily_quota
-    holds_key = team_keys.quota_holds(team)
+    holds_key = keys.quota_holds(team)
     with r.pipeline() as pipe:
         while True:
             try:
@@ -127,7 +126,7 @@ def check_and_reserve(r: redis.Redis, team: str, spec: Spec, now: float | None =
 
 
 def release(r: redis.Redis, team: str, hold: str) -> None:
-    r.zrem(team_keys.quota_holds(team), hold)
+    r.zrem(keys.quota_holds(team), hold)
 
 
 def refund(r: redis.Redis, team: str, sid: str) -> bool:

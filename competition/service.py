@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from competition import lifecycle, quotas, team_keys, teams
+from competition import lifecycle, quotas, teams
 from competition.artifacts import InvalidSubmission
 from competition.quotas import QuotaExceeded
 from competition.scores import BaselineError
@@ -328,6 +328,6 @@ def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
         "submissions": states,
         "failures": causes,
         "workers": Worker.count(connection=conn),
-        "teams": int(r.zcard(team_keys.teams_index())),
+        "teams": int(r.zcard(keys.teams_index())),
         "studies_done": studies_done,
     }

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from competition import team_keys
+from queue_schema import keys
 from queue_schema.records import add_event
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{2,40}$")
@@ -76,7 +76,7 @@ def add_team(r: redis.Redis, name: str) -> str:
     token = new_token()
     digest = token_hash(token)
     now = time.time()
-    record = team_keys.team_record(name)
+    record = keys.team_record(name)
     with r.pipeline() as pipe:
         while True:
             try:
@@ -95,8 +95,8 @@ def add_team(r: redis.Redis, name: str) -> str:
                         "disabled": "0",
                     },
                 )
-                pipe.set(team_keys.token(digest), name)
-                pipe.zadd(team_keys.teams_index(), {name: now})
+                pipe.set(keys.token(digest), name)
+                pipe.zadd(keys.teams_index(), {name: now})
                 pipe.execute()
                 break
             except redis.WatchError:
@@ -110,10 +110,10 @@ def authenticate(r: redis.Redis, token: str | None) -> str | None:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     digest = token_hash(token)
-    team = r.get(team_keys.token(digest))
+    team = r.get(keys.token(digest))
     if team is None:
         return None
-    stored, disabled = r.hmget(team_keys.team_record(team), "token_hash", "disabled")
+    stored, disabled = r.hmget(keys.team_record(team), "token_hash", "disabled")
     if stored is None or not hmac.compare_digest(stored.encode(), digest.encode()):
         return None
     if disabled == "1":
@@ -122,7 +122,7 @@ def authenticate(r: redis.Redis, token: str | None) -> str | None:
 
 
 def _replace_token(r: redis.Redis, name: str, digest: str | None) -> None:
-    record = team_keys.team_record(name)
+    record = keys.team_record(name)
     with r.pipeline() as pipe:
         while True:
             try:
@@ -133,12 +133,12 @@ def _replace_token(r: redis.Redis, name: str, digest: str | None) -> None:
                 old = pipe.hget(record, "token_hash")
                 pipe.multi()
                 if old:
-                    pipe.delete(team_keys.token(old))
+                    pipe.delete(keys.token(old))
                 if digest is None:
                     pipe.hset(record, "token_hash", "")
                 else:
                     pipe.hset(record, mapping={"token_hash": digest, "token_created_at": repr(time.time())})
-                    pipe.set(team_keys.token(digest), name)
+                    pipe.set(keys.token(digest), name)
                 pipe.execute()
                 return
             except redis.WatchError:
@@ -161,7 +161,7 @@ def revoke_token(r: redis.Redis, name: str) -> None:
 
 def set_disabled(r: redis.Redis, name: str, disabled: bool) -> None:
     """A disabled team cannot authenticate (its token is kept for when it is enabled again)."""
-    record = team_keys.team_record(name)
+    record = keys.team_record(name)
     if not r.exists(record):
         raise UnknownTeam(f"no team {name!r}")
     r.hset(record, "disabled", "1" if disabled else "0")
@@ -169,20 +169,20 @@ def set_disabled(r: redis.Redis, name: str, disabled: bool) -> None:
 
 
 def get_team(r: redis.Redis, name: str) -> Team | None:
-    raw = r.hgetall(team_keys.team_record(name))
+    raw = r.hgetall(keys.team_record(name))
     return _team(raw) if raw else None
 
 
 def team_exists(r: redis.Redis, name: str) -> bool:
-    return bool(r.exists(team_keys.team_record(name)))
+    return bool(r.exists(keys.team_record(name)))
 
 
 def list_teams(r: redis.Redis) -> list[Team]:
     """Every team, oldest first."""
-    names = r.zrange(team_keys.teams_index(), 0, -1)
+    names = r.zrange(keys.teams_index(), 0, -1)
     pipe = r.pipeline(transaction=False)
     for name in names:
-        pipe.hgetall(team_keys.team_record(name))
+        pipe.hgetall(keys.team_record(name))
     return [_team(raw) for raw in pipe.execute() if raw]
 
 
