@@ -376,7 +376,22 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
             raise BuildError(f"docker build finished but {tag} is missing")
         seconds = time.monotonic() - started
         log(f"image {tag} built in {seconds:.0f} s: {image.id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB")
+        _drop_superseded(client, tag, log)
         return _record(image, tag, seconds=seconds, reused=False)
+
+
+def _drop_superseded(client, keep: str, log: Log) -> None:
+    """Untag images of older recipes; the engine refuses while a container still uses one."""
+    from docker.errors import DockerException
+
+    for image in client.images.list(name=IMAGE_REPO):
+        for old in image.tags:
+            if old.startswith(f"{IMAGE_REPO}:") and old != keep:
+                try:
+                    client.images.remove(old)
+                    log(f"removed superseded image {old}")
+                except DockerException:
+                    pass
 
 
 def _link_tree(source: Path, target: Path) -> None:
