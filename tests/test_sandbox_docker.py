@@ -342,3 +342,79 @@ def test_unreachable_engine_is_an_infrastructure_failure(monkeypatch):
     assert docker_backend.available() is False
     with pytest.raises(SandboxUnavailable, match="start-dockerd"):
         docker_backend.DockerBackend()
+
+
+def test_sweep_removes_containers_of_dead_workers(backend, engine):
+    from workers.sandbox.docker import ROLE_LABEL, WORKER_LABEL, sweep
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = engine.containers.create(
+        backend.image.id,
+        command=["/submission"],
+        network_mode="none",
+        labels={ROLE_LABEL: "sandbox", WORKER_LABEL: f"{socket.gethostname()}:{dead.pid}"},
+    )
+    alive = engine.containers.create(
+        backend.image.id,
+        command=["/submission"],
+        network_mode="none",
+        labels={ROLE_LABEL: "sandbox", WORKER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+    )
+    try:
+        assert sweep() >= 1
+        assert_gone(engine, orphan.id)
+        engine.containers.get(alive.id)  # a live worker's container stays
+    finally:
+        alive.remove(force=True)
+
+
+# -- the admin command ------------------------------------------------------------------------------
+
+
+def test_cli_build_reuses_the_tagged_image(backend):
+    from typer.testing import CliRunner
+
+    from cli.sandbox_cmd import app
+
+    started = time.monotonic()
+    outcome = CliRunner().invoke(app, ["build", "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    record = json.loads(outcome.stdout.strip().splitlines()[-1])
+    assert record["reused"] is True and record["tag"] == backend.tag
+    assert record["image_id"] == backend.image.id
+    assert time.monotonic() - started < 10
+    status = CliRunner().invoke(app, ["status", "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["present"] is True
+
+
+def test_cli_without_engine_says_how_to_start_one(monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.sandbox_cmd import app
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    outcome = CliRunner().invoke(app, ["build"])
+    assert outcome.exit_code == 2
+    assert "start-dockerd" in outcome.output and "Traceback" not in outcome.output
+
+
+def test_container_removed_behind_our_back_is_infrastructure(backend, engine, small_spec):
+    launch = backend.launch(SUBMISSIONS / "random_search", small_spec.limits)
+    proc = OptimizerProcess(launch).start()
+    try:
+        assert proc.wait_hello(20).ok
+        engine.containers.get(launch.argv[-1]).remove(force=True)
+        proc.proc.wait(10)
+        assert launch.exit_cause(proc.returncode) == FailureCause.INFRASTRUCTURE.value
+    finally:
+        proc.kill()
+
+
+def test_container_that_never_started_is_infrastructure(backend, engine, small_spec):
+    launch = backend.launch(SUBMISSIONS / "random_search", small_spec.limits)
+    try:
+        assert launch.exit_cause(1) == FailureCause.INFRASTRUCTURE.value
+    finally:
+        launch.cleanup()
+    assert_gone(engine, launch.argv[-1])

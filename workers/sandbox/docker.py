@@ -308,13 +308,21 @@ class DockerBackend:
                 container.remove(force=True)
 
         def exit_cause(returncode: int | None) -> str | None:
+            # resource_limit: docker saw the OOM killer. infrastructure: the engine or the container went
+            # away, or the container never started (the CLI could not reach the engine): not the team's
+            # doing. None: the optimizer's own exit.
+            with contextlib.suppress(Exception):
+                container.wait(timeout=5)
             try:
-                with contextlib.suppress(Exception):
-                    container.wait(timeout=5)
                 container.reload()
             except docker.errors.DockerException:
-                return None
-            return FailureCause.RESOURCE_LIMIT.value if container.attrs["State"].get("OOMKilled") else None
+                return FailureCause.INFRASTRUCTURE.value
+            state = container.attrs.get("State") or {}
+            if state.get("OOMKilled"):
+                return FailureCause.RESOURCE_LIMIT.value
+            if str(state.get("StartedAt", "")).startswith("0001-"):
+                return FailureCause.INFRASTRUCTURE.value
+            return None
 
         env = {name: os.environ[name] for name in _CLI_ENV if name in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
