@@ -356,7 +356,8 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
     tag = image_tag()
     with _build_lock():
         image = _image(client, tag)
-        if image is not None and not force and base in (AUTO, image.labels.get(LABEL_BASE)):
+        wanted = offline_base_tag() if base == DEBOOTSTRAP else base
+        if image is not None and not force and wanted in (AUTO, image.labels.get(LABEL_BASE)):
             log(f"image {tag} present ({image.id[:19]})")
             return _record(image, tag, seconds=0.0, reused=True)
         started = time.monotonic()
