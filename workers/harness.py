@@ -45,6 +45,10 @@ class FatalOptimizerError(BaseException):
         super().__init__(f"{cause.value}: {message}")
 
 
+class SandboxInfrastructureError(BaseException):
+    """Our infrastructure lost the sandbox (engine gone, container vanished): retried, not charged."""
+
+
 class OptimizerRaised(Exception):
     """The optimizer's own suggest/observe raised: bayesmark falls back (random batch) or ignores it."""
 
@@ -138,6 +142,8 @@ class RemoteOptimizer:
 def _died(exc: OptimizerDied, proc: OptimizerProcess) -> FatalOptimizerError:
     explain = proc.launch.exit_cause
     known = explain(exc.returncode) if explain is not None else None
+    if known == FailureCause.INFRASTRUCTURE.value:
+        raise SandboxInfrastructureError(f"the sandbox was lost during {exc.during} (exit {exc.returncode})")
     if known == FailureCause.RESOURCE_LIMIT.value or (known is None and exc.returncode in (_SIGKILL, 137)):
         return FatalOptimizerError(
             FailureCause.RESOURCE_LIMIT,
@@ -169,16 +175,10 @@ class StudyOutcome:
     log: list[str] = field(default_factory=list)
 
 
-def run_one_study(
-    proc: OptimizerProcess,
-    problem: str,
-    study: int,
-    spec: Spec,
-    describe: dict[str, str],
-    log: Callable[[str], None],
-) -> StudyResult:
-    """Drive one study to its end (complete or cut off); raise FatalOptimizerError for the batch."""
-    started = time.monotonic()
+def _drive(
+    proc: OptimizerProcess, problem: str, study: int, spec: Spec, log: Callable[[str], None]
+) -> tuple[SeededProblem, RemoteOptimizer, StudyState, str | None]:
+    """Load, init and run the study loop; the caller closes the sandbox whatever happens."""
     try:
         hello = proc.wait_hello(spec.limits.call_timeout_s)
     except CallTimeout:
@@ -211,6 +211,21 @@ def run_one_study(
     except ValueError as exc:
         # run_study's own check: "Optimizer suggestion is out of range."
         raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"{exc} (study {study})") from None
+    return objective, remote, state, reason
+
+
+def run_one_study(
+    proc: OptimizerProcess,
+    problem: str,
+    study: int,
+    spec: Spec,
+    describe: dict[str, str],
+    log: Callable[[str], None],
+) -> StudyResult:
+    """Drive one study to its end (complete or cut off); raise FatalOptimizerError for the batch."""
+    started = time.monotonic()
+    try:
+        objective, remote, state, reason = _drive(proc, problem, study, spec, log)
     finally:
         proc.close()
 

@@ -25,7 +25,7 @@ from queue_schema.payloads import ScoreJob
 from queue_schema.records import add_event, finished_study_indices, load_submission, transition, write_study
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
-from workers.harness import FatalOptimizerError, run_one_study
+from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
 from workers.joblog import JobLog
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select
@@ -117,6 +117,9 @@ class ProblemRun:
                 upcoming = launch() if position + 1 < len(pending) else None
                 try:
                     result = run_one_study(proc, job.problem, study, spec, describe, self.log)
+                except SandboxInfrastructureError as lost:
+                    # An ordinary exception: RQ retries the job, which resumes at this study.
+                    raise RuntimeError(str(lost)) from None
                 except FatalOptimizerError as fatal:
                     if self._stop.is_set():
                         return {"status": "stopped"}

@@ -22,6 +22,17 @@ def preload() -> None:
     import workers.job  # noqa: F401
 
 
+def _sweep_orphan_sandboxes() -> None:
+    """Containers left by a worker that died on this host would otherwise hold memory forever."""
+    import contextlib
+
+    from workers.sandbox import docker
+
+    with contextlib.suppress(Exception):
+        if docker.available():
+            docker.sweep()
+
+
 def run_worker(*, burst: bool = False, name: str | None = None, priority_only: bool = False) -> bool:
     pin_threads()
     from rq import Worker
@@ -30,6 +41,7 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
     from queue_schema.connection import rq_connection
 
     preload()
+    _sweep_orphan_sandboxes()
     queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
     worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
     worker = Worker(queues, connection=rq_connection(), name=worker_name)

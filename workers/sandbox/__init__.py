@@ -18,12 +18,23 @@ def select(name: str) -> SandboxBackend:
         raise SandboxUnavailable(f"unknown sandbox backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name == "process":
         return ProcessBackend()
-    if name in ("auto", "docker", "bwrap"):
-        raise SandboxUnavailable(
-            f"sandbox backend {name!r} is not available on this build: docker and bwrap backends are not "
-            "installed yet; use --backend process with BBO_ALLOW_UNSAFE_SANDBOX=1 for development"
-        )
-    raise AssertionError(name)
+    # Imported lazily: the docker SDK and the bwrap probe cost time a process-backend run never needs.
+    from workers.sandbox import bwrap, docker
+
+    if name == "docker":
+        return docker.DockerBackend()  # SandboxUnavailable when no engine answers or no image is built
+    if name == "bwrap":
+        if not bwrap.available():
+            raise SandboxUnavailable("bubblewrap cannot run a sandbox here (apt-get install bubblewrap)")
+        return bwrap.BwrapBackend()
+    if docker.available():
+        return docker.DockerBackend()
+    if bwrap.available():
+        return bwrap.BwrapBackend()
+    raise SandboxUnavailable(
+        "no isolating sandbox here: start a container engine and run `bbo admin sandbox build`, or install "
+        "bubblewrap; `--backend process` (with BBO_ALLOW_UNSAFE_SANDBOX=1) runs without isolation"
+    )
 
 
 __all__ = ["BACKENDS", "SandboxBackend", "SandboxRefused", "SandboxUnavailable", "select"]
