@@ -99,8 +99,7 @@ def assert_no_survivors(marker: str, within_s: float = 5.0) -> None:
 
 
 def assert_nothing_left(state_dir: Path) -> None:
-    scratch = state_dir / "scratch"
-    assert not list(scratch.glob("bwrap-*")) if scratch.exists() else True
+    assert not list((state_dir / "scratch").glob("bwrap-*"))
     for controller in ("memory", "pids", "cpu"):
         base = bwrap._cgroup_v1_base(controller)
         if base is not None:
@@ -281,6 +280,30 @@ def test_unprivileged_and_no_host_environment(probe_run):
     assert env["HOME"] == env["TMPDIR"] == "/tmp" and env["OPENBLAS_NUM_THREADS"] == "1"
 
 
+def test_seccomp_refuses_namespaces_and_keyrings_but_not_threads_or_processes(probe_run):
+    _, probe, _, _ = probe_run
+    assert probe["unshare_user"] == probe["unshare_net"] == "EPERM"
+    assert probe["keyctl"] == probe["bpf"] == probe["io_uring"] == "EPERM"
+    assert probe["works"] == {"thread": "ok", "subprocess": "42", "pool": 6}
+
+
+def test_rlimits_inside(probe_run, backend):
+    from competition.spec import load
+
+    limits = load("demo").limits
+    inside = probe_run[1]["limits"]
+    mb = 1024 * 1024
+    assert inside["Max file size"] == [str(limits.file_size_mb * mb)] * 2
+    assert inside["Max core file size"] == ["0", "0"]
+    assert inside["Max open files"] == [str(bwrap.NOFILE)] * 2
+    cpu = 30 + 10 + bwrap.CPU_SLACK_S  # the probe's budget and call timeout, one cpu
+    assert inside["Max cpu time"] == [str(cpu), str(cpu + 5)]
+    nproc = bwrap.NPROC_BACKSTOP if backend.mode == "cgroup" else limits.pids
+    assert inside["Max processes"] == [str(nproc)] * 2
+    if backend.mode == "rlimit":
+        assert inside["Max data size"] == [str(limits.memory_mb * mb)] * 2
+
+
 def test_nothing_survives_from_one_study_to_the_next(backend, small_spec, state_dir):
     for study in (0, 1):
         result, lines = run(backend, SUBMISSIONS / "tmp_marker", small_spec, study=study)
@@ -361,3 +384,19 @@ def test_file_size_and_tmpfs_limits(backend, small_spec, tmp_path):
     disk = json.loads(found)
     assert disk["big_errno"] == 27 and disk["big_bytes"] == 8 << 20, disk  # EFBIG at the file size limit
     assert disk["fill_errno"] == 28 and disk["fill_bytes"] <= 32 << 20, disk  # ENOSPC at the tmpfs size
+
+
+def test_sweep_removes_groups_of_dead_workers(state_dir):
+    if not bwrap.cgroups_usable():
+        pytest.skip("this worker cannot create cgroup v1 groups")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = bwrap._Cgroups.create(None, f"{bwrap.CGROUP_PREFIX}{dead.pid}-stale")
+    mine = bwrap._Cgroups.create(None, f"{bwrap.CGROUP_PREFIX}{os.getpid()}-live")
+    try:
+        assert bwrap.sweep_cgroups() >= 2  # memory and pids (and cpu) of the dead worker
+        assert all(not path.exists() for path in stale.dirs.values())
+        assert all(path.exists() for path in mine.dirs.values())
+    finally:
+        stale.remove(timeout=0)
+        mine.remove(timeout=0)

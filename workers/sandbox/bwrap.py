@@ -9,6 +9,12 @@ private tmpfs mounts at /tmp (HOME and TMPDIR) and /dev/shm; a fresh /proc and /
 read-only. New network (loopback only), pid, ipc, uts and cgroup namespaces, `--die-with-parent`,
 `--new-session`, every capability dropped, and a fixed environment (nothing of the worker's). Nothing of
 /root, /home, the state folder, the Redis socket, the source tree or another study's scratch is mounted.
+Before anything of the submission loads, the in-sandbox bootstrap installs a seccomp filter (see
+`seccomp_filter`): no new namespaces (measured without it: `unshare(CLONE_NEWUSER)` succeeds inside and
+gives a full CapEff in the new namespace), no kernel keyrings (per uid, so a channel between studies;
+measured without it: keyctl succeeds), no bpf, perf_event_open, userfaultfd or io_uring. Threads,
+subprocesses and multiprocessing pools work. Start-up, launch to `hello` for the random-search example,
+10 runs here: p50 0.50 s, p95 0.59 s (process backend: 0.45 s, 0.50 s).
 
 The unprivileged user. rlimits do not bind root, and `bwrap --unshare-all --uid 65534` run as root does
 not help: bwrap maps the sandbox uid to the *caller's* uid, so the process is uid 65534 inside but kernel
@@ -108,10 +114,100 @@ STUDY_ENV = {
     **THREAD_ENV,
 }
 
-# Runs inside the sandbox as `python -s -P -c BOOTSTRAP /submission`: puts the host code first on the path
-# and makes a MemoryError that escapes the optimizer fatal (exit MEMORY_EXIT) instead of a reply.
+# -- seccomp ---------------------------------------------------------------------------------------------
+
+# Syscalls the optimizer gets EPERM for. Namespaces: an unprivileged process may otherwise make a user
+# namespace (measured here: unshare(CLONE_NEWUSER) succeeds in the sandbox, with a full CapEff inside it)
+# and reach kernel code that needs CAP_SYS_ADMIN there. Keyrings are per user, so uid 65534's keyring would
+# be a channel from one study to the next. The rest is kernel attack surface an optimizer has no use for.
+# clone3 gets ENOSYS, which makes the C library fall back to clone, whose flags the filter can read.
+_SYSCALLS = {
+    "x86_64": {
+        "unshare": 272, "setns": 308, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321,
+        "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "clone": 56, "clone3": 435,
+    },
+    "aarch64": {
+        "unshare": 97, "setns": 268, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
+        "perf_event_open": 241, "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "clone": 220, "clone3": 435,
+    },
+}  # fmt: skip
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_X32_BIT = 0x40000000  # x32 ABI syscalls on x86_64: refused wholesale
+# clone's namespace flags (not CLONE_NEWTIME, whose bit is part of clone's exit-signal byte).
+_CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+_EPERM, _ENOSYS = 1, 38
+
+
+def seccomp_filter(machine: str | None = None) -> bytes:
+    """The classic-BPF program (struct sock_filter[]) the bootstrap installs before the submission loads."""
+    import platform
+    import struct
+
+    machine = machine or platform.machine()
+    if machine not in _SYSCALLS:
+        raise SandboxUnavailable(f"no seccomp filter for this architecture ({machine})")
+    numbers = _SYSCALLS[machine]
+    ld_abs, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
+    allow, kill = 0x7FFF0000, 0x80000000
+
+    def errno(code: int) -> int:
+        return 0x00050000 | code
+
+    program: list[tuple[int, int, int, int]] = [
+        (ld_abs, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, kill),  # a foreign ABI (int 0x80 from a 64-bit process)
+        (ld_abs, 0, 0, 0),  # seccomp_data.nr
+    ]
+    if machine == "x86_64":
+        program += [(jge, 0, 1, _X32_BIT), (ret, 0, 0, errno(_ENOSYS))]
+    for name, number in numbers.items():
+        if name in ("clone", "clone3"):
+            continue
+        program += [(jeq, 0, 1, number), (ret, 0, 0, errno(_EPERM))]
+    program += [
+        (jeq, 0, 1, numbers["clone3"]),
+        (ret, 0, 0, errno(_ENOSYS)),
+        (jeq, 1, 0, numbers["clone"]),
+        (ret, 0, 0, allow),
+        (ld_abs, 0, 0, 16),  # seccomp_data.args[0], low 32 bits (little-endian): clone's flags
+        (jset, 0, 1, _CLONE_NAMESPACES),
+        (ret, 0, 0, errno(_EPERM)),
+        (ret, 0, 0, allow),
+    ]
+    return b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in program)
+
+
+# Runs first in the sandbox's Python, before anything of the submission: installs the filter (the process
+# already has no_new_privs, from bwrap and setpriv) or exits with SECCOMP_EXIT.
+SECCOMP_EXIT = 87
+_SECCOMP_PRELUDE = """\
+import ctypes, os, sys
+def _install_seccomp(program):
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    prog = _Prog(len(program) // 8, program)
+    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        sys.stderr.write("[sandbox] cannot install the seccomp filter: "
+                         + os.strerror(ctypes.get_errno()) + "\\n")
+        sys.stderr.flush()
+        os._exit(%d)
+_install_seccomp(bytes.fromhex(%r))
+del _install_seccomp
+"""
+
+
+def _prelude() -> str:
+    return _SECCOMP_PRELUDE % (SECCOMP_EXIT, seccomp_filter().hex())
+
+
+# Runs inside the sandbox as `python -s -P -c BOOTSTRAP /submission`, after the prelude: puts the host
+# code first on the path and makes a MemoryError that escapes the optimizer fatal (exit MEMORY_EXIT)
+# instead of a reply.
 BOOTSTRAP = f"""\
-import os, sys
 sys.path.insert(0, {HOST_MOUNT!r})
 import host
 
@@ -222,6 +318,9 @@ def unavailable_reason(python: str | None = None) -> str | None:
     return _trial(python)
 
 
+_TRIED_OK: set[str | None] = set()  # a trial that worked is not repeated; a failed one is, next time
+
+
 def available(python: str | None = None) -> bool:
     """bwrap and setpriv are present, the worker is root, and a trivial sandbox actually runs."""
     return unavailable_reason(python) is None
@@ -238,7 +337,7 @@ def _trial(python: str | None) -> str | None:
                 folder / "etc",
                 binds=[],
                 tmpfs_bytes=16 << 20,
-                command=[rt.executable, "-s", "-P", "-c", "import os; print(os.getuid(), os.getgid())"],
+                command=[rt.executable, "-s", "-P", "-c", _prelude() + "print(os.getuid(), os.getgid())"],
             )
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(STUDY_ENV))
     except SandboxUnavailable as exc:
@@ -315,7 +414,7 @@ class _Cgroups:
                     group._write("memory", "memory.memsw.limit_in_bytes", memory)
                 group._write("pids", "pids.max", limits.pids)
                 if "cpu" in made:
-                    with contextlib.suppress(OSError):
+                    with contextlib.suppress(OSError, SandboxUnavailable):
                         group._write("cpu", "cpu.cfs_period_us", 100_000)
                         group._write("cpu", "cpu.cfs_quota_us", max(1000, int(limits.cpus * 100_000)))
         except BaseException:
@@ -389,11 +488,39 @@ class _Cgroups:
                 del self.dirs[controller]
 
 
+def sweep_cgroups() -> int:
+    """Remove study groups left by workers of this machine that died (their pid is in the name)."""
+    removed = 0
+    for controller in ("memory", "pids", "cpu"):
+        base = _cgroup_v1_base(controller)
+        if base is None:
+            continue
+        for path in base.glob(f"{CGROUP_PREFIX}*"):
+            owner = path.name[len(CGROUP_PREFIX) :].split("-")[0]
+            if not owner.isdigit() or _pid_alive(int(owner)):
+                continue
+            stale = _Cgroups({controller: path})
+            stale.kill_all()
+            stale.remove(timeout=1.0)
+            removed += not path.exists()
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @functools.cache
 def cgroups_usable() -> bool:
     """Whether this worker can make the memory and pids groups (tried once, then removed)."""
     try:
-        _Cgroups.create(None, f"{CGROUP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex[:8]}").remove()
+        _Cgroups.create(None, f"{CGROUP_PREFIX}{os.getpid()}-probe-{uuid.uuid4().hex[:8]}").remove()
     except (SandboxUnavailable, OSError):
         return False
     return True
@@ -416,6 +543,8 @@ class BwrapBackend:
         if cgroups and not usable:
             raise SandboxUnavailable("bwrap backend: cgroup limits were required but cannot be created here")
         self.mode = "cgroup" if (usable if cgroups is None else cgroups) else "rlimit"
+        if usable:
+            sweep_cgroups()
 
     def describe(self) -> dict[str, str]:
         return {"backend": self.name, "bwrap": version(), "limits": self.mode, "python": self.runtime.version}
@@ -452,7 +581,7 @@ class BwrapBackend:
             work / "etc",
             binds=[(work / "host", HOST_MOUNT), submission_bind],
             tmpfs_bytes=limits.tmpfs_mb * 1024 * 1024,
-            command=[self.runtime.executable, "-s", "-P", "-c", BOOTSTRAP, target],
+            command=[self.runtime.executable, "-s", "-P", "-c", _prelude() + BOOTSTRAP, target],
         )
         preexec = _preexec(limits, group.procs_files() if group else [], rlimit_mode=group is None)
 

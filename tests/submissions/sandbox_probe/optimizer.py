@@ -5,10 +5,15 @@ abstract names starting with "@") and host files to try. The loopback port is tr
 in every suggest; a suggest that reaches it raises. One `PROBE {json}` line is printed at construction.
 """
 
+import ctypes
 import json
+import multiprocessing
 import os
+import platform
 import socket
+import subprocess
 import sys
+import threading
 
 import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
@@ -79,6 +84,49 @@ def _interfaces():
         return sorted(line.split(":")[0].strip() for line in handle if ":" in line)
 
 
+def _syscall_errno(name, *args):
+    """Call a raw syscall; "ok" or the errno name it failed with."""
+    numbers = {
+        "x86_64": {"unshare": 272, "keyctl": 250, "bpf": 321, "io_uring_setup": 425},
+        "aarch64": {"unshare": 97, "keyctl": 219, "bpf": 280, "io_uring_setup": 425},
+    }[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(numbers[name], *args) == -1:
+        import errno
+
+        return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    return "ok"
+
+
+def _works():
+    """What an optimizer may legitimately do: threads, subprocesses, a multiprocessing pool."""
+    out = {}
+    box = []
+    thread = threading.Thread(target=lambda: box.append(1))
+    thread.start()
+    thread.join()
+    out["thread"] = "ok" if box else "failed"
+    try:
+        out["subprocess"] = subprocess.run(
+            [sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except OSError as exc:
+        out["subprocess"] = f"{type(exc).__name__}: {exc}"
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            out["pool"] = sum(pool.map(abs, [-1, -2, -3]))
+    except Exception as exc:  # noqa: BLE001
+        out["pool"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _limits():
+    """/proc/self/limits as {name: [soft, hard]}."""
+    with open("/proc/self/limits") as handle:
+        lines = handle.read().splitlines()[1:]
+    return {line[:26].strip(): line[26:].split()[:2] for line in lines}
+
+
 IMPORT_LOOPBACK = _connect("127.0.0.1", PORT)
 
 
@@ -116,6 +164,13 @@ def probe():
         "pid1": _read("/proc/1/cmdline"),
         "pid1_environ": _read("/proc/1/environ"),
         "hostname": socket.gethostname(),
+        "unshare_user": _syscall_errno("unshare", 0x10000000),
+        "unshare_net": _syscall_errno("unshare", 0x40000000),
+        "keyctl": _syscall_errno("keyctl", 0, -4, 0),  # KEYCTL_GET_KEYRING_ID of the user keyring
+        "bpf": _syscall_errno("bpf", 0, 0, 0),
+        "io_uring": _syscall_errno("io_uring_setup", 1, 0),
+        "works": _works(),
+        "limits": _limits(),
     }
 
 
