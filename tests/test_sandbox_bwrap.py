@@ -255,6 +255,8 @@ def test_no_host_files(probe_run, backend):
     assert "bwrap" in probe["pid1"]
     assert "Error" in probe["pid1_environ"]
     assert probe["hostname"] == "sandbox"
+    # Its parent is bwrap's reaper, root-owned: the optimizer cannot kill it (nor see the worker).
+    assert probe["ppid"] == 1 and probe["kill_parent"].startswith("PermissionError"), probe["kill_parent"]
 
 
 def test_read_only_except_tmp(probe_run):

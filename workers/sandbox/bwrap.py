@@ -24,7 +24,8 @@ CAP_SETUID, CAP_SETGID and CAP_SETPCAP, and execs `setpriv --reuid 65534 --regid
 --inh-caps -all --bounding-set -all`, which makes the process really uid/gid 65534 (kernel uid, no
 supplementary groups, CapEff = CapPrm = CapBnd = 0, NoNewPrivs 1) before it execs Python. The rlimits are
 set in the worker's preexec (as root, where they do not bind) and inherited through bwrap and setpriv;
-they bind from the uid switch on. Measured: with RLIMIT_NPROC 20 the sandbox's 20th fork fails with EAGAIN.
+they bind from the uid switch on. Measured: with RLIMIT_NPROC 20 the sandbox forks 19 children (20
+processes of uid 65534), then fork fails with EAGAIN.
 This needs the worker to run as root (bwrap then needs no setuid bit and no user namespaces).
 
 Limits, two modes.
@@ -35,8 +36,10 @@ Limits, two modes.
   sandbox is inside. A memory hog is OOM-killed by the kernel; `exit_cause` reads memory.oom_control's
   oom_kill counter (and pids.events) and reports `resource_limit`. Measured: a hog of 32 MB chunks under a
   256 MB group dies at about 224 MB, bwrap exits 137 and oom_kill reads 1. A fork bomb stops at pids.max
-  per study, however many sandboxes run on the machine. `kill` SIGKILLs whatever is left in the group and
-  cleanup removes the groups. RLIMIT_NPROC stays as a machine-wide backstop for uid 65534 (NPROC_BACKSTOP).
+  per study, however many sandboxes run on the machine (measured with pids 32: 31 processes inside, the
+  32nd task of the group being bwrap itself; in rlimit mode 33: 32 of uid 65534 plus bwrap's root reaper).
+  `kill` SIGKILLs whatever is left in the group and cleanup removes the groups. RLIMIT_NPROC stays as a
+  machine-wide backstop for uid 65534 (NPROC_BACKSTOP).
 - `rlimit` (fallback where cgroups are not writable, e.g. a pure cgroup v2 host): RLIMIT_DATA =
   limits.memory_mb and RLIMIT_NPROC = limits.pids. RLIMIT_DATA rather than RLIMIT_AS: address space is not
   memory, and it fights the numerics. Measured with one OpenBLAS thread, importing numpy, bayesmark,

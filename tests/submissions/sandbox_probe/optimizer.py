@@ -127,6 +127,14 @@ def _limits():
     return {line[:26].strip(): line[26:].split()[:2] for line in lines}
 
 
+def _kill(pid):
+    try:
+        os.kill(pid, 9)
+        return "killed"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 IMPORT_LOOPBACK = _connect("127.0.0.1", PORT)
 
 
@@ -170,6 +178,8 @@ def probe():
         "bpf": _syscall_errno("bpf", 0, 0, 0),
         "io_uring": _syscall_errno("io_uring_setup", 1, 0),
         "works": _works(),
+        "ppid": os.getppid(),
+        "kill_parent": _kill(os.getppid()),
         "limits": _limits(),
     }
 
