@@ -28,6 +28,10 @@ OP_SUGGEST = "suggest"
 OP_OBSERVE = "observe"
 OP_CLOSE = "close"
 
+# The host's exit code when the optimizer ran out of memory (a MemoryError under an rlimit): the harness
+# reports resource_limit, not a crash.
+EXIT_OUT_OF_MEMORY = 86
+
 # Error kinds the host reports.
 ERR_LOAD = "load_failed"  # the submission could not be loaded: no optimizer.py, syntax or import error...
 ERR_NO_CLASS = "no_optimizer_class"  # optimizer.py never passed a class to experiment_main

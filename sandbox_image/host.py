@@ -140,6 +140,8 @@ def _load(submission_dir: str) -> tuple[type | None, dict[str, Any] | None]:
             "SyntaxError",
         )
     except BaseException as exc:  # noqa: BLE001 - anything the submission raises is its own failure
+        if isinstance(exc, MemoryError):
+            _out_of_memory()
         traceback.print_exc()
         return None, protocol.error(
             protocol.OP_HELLO,
@@ -173,7 +175,17 @@ def _seed(seed: int) -> None:
         pass
 
 
+def _out_of_memory() -> None:
+    try:
+        sys.stderr.write("[sandbox] MemoryError: the optimizer ran out of memory\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(protocol.EXIT_OUT_OF_MEMORY)
+
+
 def _raised(op: str, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MemoryError):
+        _out_of_memory()
     traceback.print_exc()
     return protocol.error(op, protocol.ERR_RAISED, f"{type(exc).__name__}: {exc}", type(exc).__name__)
 

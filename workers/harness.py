@@ -144,7 +144,8 @@ def _died(exc: OptimizerDied, proc: OptimizerProcess) -> FatalOptimizerError:
     known = explain(exc.returncode) if explain is not None else None
     if known == FailureCause.INFRASTRUCTURE.value:
         raise SandboxInfrastructureError(f"the sandbox was lost during {exc.during} (exit {exc.returncode})")
-    if known == FailureCause.RESOURCE_LIMIT.value or (known is None and exc.returncode in (_SIGKILL, 137)):
+    limit_codes = (_SIGKILL, 137, protocol.EXIT_OUT_OF_MEMORY)
+    if known == FailureCause.RESOURCE_LIMIT.value or (known is None and exc.returncode in limit_codes):
         return FatalOptimizerError(
             FailureCause.RESOURCE_LIMIT,
             f"the optimizer was killed during {exc.during} (memory or process limit)",

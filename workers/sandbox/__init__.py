@@ -24,9 +24,7 @@ def select(name: str) -> SandboxBackend:
     if name == "docker":
         return docker.DockerBackend()  # SandboxUnavailable when no engine answers or no image is built
     if name == "bwrap":
-        if not bwrap.available():
-            raise SandboxUnavailable("bubblewrap cannot run a sandbox here (apt-get install bubblewrap)")
-        return bwrap.BwrapBackend()
+        return bwrap.BwrapBackend()  # SandboxUnavailable naming the reason when it cannot run here
     if docker.available():
         return docker.DockerBackend()
     if bwrap.available():

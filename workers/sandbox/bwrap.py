@@ -90,6 +90,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from competition.spec import Limits
+from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
@@ -101,7 +102,7 @@ SUBMISSION_MOUNT = "/submission"
 HOST_MOUNT = "/host"
 NOFILE = 1024
 NPROC_BACKSTOP = 4096  # cgroup mode: all uid-65534 tasks on the machine; the pids group is per study
-MEMORY_EXIT = 86  # the bootstrap's exit code for a MemoryError that escaped the optimizer
+MEMORY_EXIT = protocol.EXIT_OUT_OF_MEMORY  # the host's exit code for a MemoryError
 CPU_SLACK_S = 10
 CGROUP_PREFIX = "bbo-bwrap-"
 # Only these; /usr and whatever of these exists (real directories, or the links of a merged /usr).
@@ -208,33 +209,10 @@ def _prelude() -> str:
 
 
 # Runs inside the sandbox as `python -s -P -c BOOTSTRAP /submission`, after the prelude: puts the host
-# code first on the path and makes a MemoryError that escapes the optimizer fatal (exit MEMORY_EXIT)
-# instead of a reply.
+# code first on the path. The host itself exits with MEMORY_EXIT when the optimizer runs out of memory.
 BOOTSTRAP = f"""\
 sys.path.insert(0, {HOST_MOUNT!r})
 import host
-
-def _out_of_memory():
-    try:
-        sys.stderr.write("[sandbox] MemoryError: the optimizer ran out of memory\\n")
-        sys.stderr.flush()
-    finally:
-        os._exit({MEMORY_EXIT})
-
-_raised, _load = getattr(host, "_raised", None), getattr(host, "_load", None)
-if _raised is not None:
-    def _raised_or_exit(op, exc):
-        if isinstance(exc, MemoryError):
-            _out_of_memory()
-        return _raised(op, exc)
-    host._raised = _raised_or_exit
-if _load is not None:
-    def _load_or_exit(path):
-        cls, error = _load(path)
-        if error is not None and (error.get("error") or {{}}).get("type") == "MemoryError":
-            _out_of_memory()
-        return cls, error
-    host._load = _load_or_exit
 host.main()
 """
 
