@@ -47,6 +47,21 @@ def build(
 
 
 @app.command()
+def venv(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Build the bwrap backend's optimizer environment: the image's packages as a venv (no engine needed)."""
+    from sandbox_image.build import BuildError, ensure_sandbox_venv
+
+    try:
+        path = ensure_sandbox_venv()
+    except BuildError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json({"venv": str(path), "python": str(path / "bin" / "python")})
+    else:
+        err.print(f"sandbox venv ready: {path}", soft_wrap=True)
+
+
+@app.command()
 def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Say which image this source tree needs, whether the engine answers and has it; exit 1 if not."""
     from sandbox_image.build import BuildError, engine, image_tag, recorded

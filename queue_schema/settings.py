@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 STATE_DIR_ENV = "BBO_STATE_DIR"
+CACHE_DIR_ENV = "BBO_CACHE_DIR"
 REDIS_URL_ENV = "BBO_REDIS_URL"
 UNSAFE_SANDBOX_ENV = "BBO_ALLOW_UNSAFE_SANDBOX"
 
@@ -14,6 +15,14 @@ def state_dir() -> Path:
     """The one folder for Redis data, artifacts, logs; never inside the source tree."""
     raw = os.environ.get(STATE_DIR_ENV)
     path = Path(raw).expanduser() if raw else Path.home() / ".local" / "state" / "bbo-arena"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def cache_dir() -> Path:
+    """Machine-level build products shared by every state folder: wheelhouse, image base, sandbox venv."""
+    raw = os.environ.get(CACHE_DIR_ENV)
+    path = Path(raw).expanduser() if raw else Path.home() / ".cache" / "bbo-arena"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
 

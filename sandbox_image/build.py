@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from queue_schema.settings import state_dir
+from queue_schema.settings import cache_dir
 
 HERE = Path(__file__).resolve().parent
 IMAGE_REPO = "bbo-sandbox"
@@ -91,7 +91,8 @@ def image_tag() -> str:
 
 
 def _sandbox_dir() -> Path:
-    path = state_dir() / "sandbox"
+    # Not the state folder: these are rebuilt from the source tree and shared by every competition here.
+    path = cache_dir() / "sandbox"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -311,6 +312,64 @@ def ensure_wheelhouse(log: Log = _stderr) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     log(f"wheelhouse ready: {len(wheels)} wheels in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def sandbox_venv_dir() -> Path:
+    return _sandbox_dir() / "venv" / wheelhouse_key()
+
+
+def sandbox_python() -> str | None:
+    """The interpreter of the optimizer environment built for the bwrap backend, if it is complete."""
+    target = sandbox_venv_dir()
+    python = target / "bin" / "python"
+    return str(python) if (target / ".complete").is_file() and python.exists() else None
+
+
+def ensure_sandbox_venv(log: Log = _stderr) -> Path:
+    """The image's optimizer environment as a venv on this host, for the bwrap backend (no engine needed).
+
+    Installed from the same locked wheelhouse as the image, so a study sees the same packages under both
+    backends; the worker's own venv stays free of the participants' libraries.
+    """
+    target = sandbox_venv_dir()
+    if (target / ".complete").is_file():
+        log(f"sandbox venv {target} present")
+        return target
+    wheels = ensure_wheelhouse(log)
+    started = time.monotonic()
+    shutil.rmtree(target, ignore_errors=True)
+    base_python = getattr(sys, "_base_executable", None) or sys.executable
+    log(f"creating the sandbox venv {target}")
+    steps = [
+        [base_python, "-m", "venv", str(target)],
+        [
+            str(target / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "-r",
+            str(HERE / "requirements.txt"),
+            "-c",
+            str(HERE / "constraints.txt"),
+        ],
+    ]
+    for command in steps:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+            raise BuildError(f"sandbox venv: {' | '.join(errors[-3:]) or done.stderr.strip()[-300:]}")
+    # The sandbox runs as an unprivileged uid: everything must be readable, nothing writable.
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+    (target / ".complete").write_text(wheelhouse_key() + "\n")
+    log(f"sandbox venv ready in {time.monotonic() - started:.0f} s")
     return target
 
 

@@ -285,8 +285,18 @@ def version() -> str:
     return out.stdout.strip().split()[-1] if out.stdout.strip() else "unknown"
 
 
+def default_python() -> str | None:
+    """The sandbox venv built by `bbo admin sandbox venv` (the image's optimizer environment), if any."""
+    try:
+        from sandbox_image.build import sandbox_python
+    except ImportError:
+        return None
+    return sandbox_python()
+
+
 def unavailable_reason(python: str | None = None) -> str | None:
     """Why the bwrap backend cannot run here, or None when a trivial sandbox actually ran."""
+    python = python or default_python()
     if _bwrap() is None:
         return "bubblewrap is not installed (apt-get install bubblewrap; scripts/setup does it)"
     if _setpriv() is None:
@@ -516,6 +526,7 @@ class BwrapBackend:
     def __init__(self, python: str | None = None, cgroups: bool | None = None) -> None:
         """`python`: the interpreter the sandbox runs (default: the worker's); `cgroups`: True requires
         cgroup limits, False uses rlimits only, None (default) uses cgroups where the worker can."""
+        python = python or default_python()
         reason = unavailable_reason(python)
         if reason is not None:
             raise SandboxUnavailable(f"bwrap backend unavailable: {reason}")
