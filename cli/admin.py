@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli import admin_team, baselines_cmd, sandbox_cmd
+from cli import admin_team, baselines_cmd, sandbox_cmd, up
 from cli.output import emit_json, err, fail
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(baselines_cmd.app, name="baselines")
 app.add_typer(admin_team.app, name="team")
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command("serve")(admin_team.serve_command)
+app.command("up")(up.up_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 

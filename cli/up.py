@@ -1,0 +1,148 @@
+"""`bbo admin up`: the whole service on one machine, in the foreground.
+
+Owns the embedded Redis (unless BBO_REDIS_URL points elsewhere), runs the gateway and N workers as child
+processes, restarts a child that dies (with a back-off, so a crash loop does not spin), and on Ctrl-C or
+SIGTERM stops everything warmly: workers finish nothing new, running studies' sandboxes are killed with
+them, and Redis flushes its AOF last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import typer
+
+from cli.output import err, fail
+
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        self.started.append(time.monotonic())
+
+    def check(self, now: float) -> None:
+        """Restart after an exit, backing off when it keeps dying."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            code = self.proc.returncode
+            delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
+            err.print(f"[yellow]{self.name} exited with {code}; restarting in {delay} s[/]")
+            self.proc, self.restarts, self.next_start = None, self.restarts + 1, now + delay
+        if now >= self.next_start:
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def up_command(
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=0, help="Scoring workers to run."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Gateway port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Gateway interface."),
+    spec_name: str = typer.Option("demo", "--spec", help="Competition spec: a shipped name or a path."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Sandbox for studies: auto, docker, bwrap, process."
+    ),
+    autoscale: str = typer.Option(
+        "none",
+        "--autoscale",
+        help="Fleet sizing: none (a fixed number of workers). local and docker come with the autoscaler.",
+    ),
+) -> None:
+    """Run the embedded Redis, the gateway and the workers in the foreground; Ctrl-C stops all of it."""
+    from competition.redis_server import ensure_redis
+    from competition.spec import SpecError, load
+    from queue_schema.connection import RedisUnavailable
+    from workers.sandbox import SandboxRefused, SandboxUnavailable, select
+
+    if autoscale != "none":
+        fail(
+            f"--autoscale {autoscale} is not available yet: this build runs a fixed fleet (--autoscale none)"
+        )
+    try:
+        spec = load(spec_name)
+        select(backend)  # refuse an unusable or unsafe sandbox before starting anything
+    except (SpecError, SandboxRefused, SandboxUnavailable) as exc:
+        fail(str(exc))
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        with ensure_redis() as url:
+            env = {**os.environ, "BBO_REDIS_URL": url}
+            cli = [sys.executable, "-m", "cli", "admin"]
+            children = [
+                Child(
+                    "gateway",
+                    [
+                        *cli,
+                        "serve",
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--spec",
+                        spec_name,
+                        "--backend",
+                        backend,
+                        "--log-level",
+                        "warning",
+                    ],
+                    env,
+                )
+            ] + [
+                Child(f"worker-{i}", [*cli, "worker", "--name", f"up-{os.getpid()}-{i}"], env)
+                for i in range(workers)
+            ]
+            for child in children:
+                child.start()
+            err.print(
+                f"bbo-arena up: [bold]{spec.name}[/] on http://{host}:{port}, {workers} worker(s), sandbox "
+                f"{backend}, store {url}; Ctrl-C to stop",
+                soft_wrap=True,
+            )
+            while not stopping:
+                now = time.monotonic()
+                for child in children:
+                    child.check(now)
+                time.sleep(0.5)
+            err.print("stopping: workers finish nothing new, the gateway closes, Redis flushes")
+            for child in children:
+                child.stop()
+            deadline = time.monotonic() + 30
+            for child in children:
+                child.wait(deadline)
+    except RedisUnavailable as exc:
+        fail(str(exc))

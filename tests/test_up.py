@@ -1,0 +1,123 @@
+"""`bbo admin up`: one command runs Redis, the gateway and workers; it scores, heals and stops cleanly."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.conftest import SUBMISSIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def zipped(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for path in folder.iterdir():
+            z.write(path, path.name)
+    return buffer.getvalue()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def workers_of(up: subprocess.Popen) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(up.pid).children()
+        if "worker" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_up_scores_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "BBO_REDIS_URL"}
+    env |= {"BBO_STATE_DIR": str(tmp_path), "BBO_ALLOW_UNSAFE_SANDBOX": "1"}
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "admin",
+            "up",
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+            "--backend",
+            "process",
+        ],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 60, "the gateway")
+        added = subprocess.run(
+            [sys.executable, "-m", "cli", "admin", "team", "add", "ada", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = json.loads(added.stdout)["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        files = {"file": ("rs.zip", zipped(SUBMISSIONS / "random_search"), "application/zip")}
+        created = httpx.post(f"{base}/v1/submissions", headers=auth, files=files, timeout=30)
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+
+        def scored():
+            body = httpx.get(f"{base}/v1/submissions/{sid}", headers=auth, timeout=5).json()
+            return body if body["state"] in ("scored", "failed", "stopped") else None
+
+        final = wait_for(scored, 240, "the score")
+        assert final["state"] == "scored" and final["score"] is not None
+
+        (victim,) = workers_of(up)
+        victim.kill()
+        wait_for(lambda: [w for w in workers_of(up) if w.pid != victim.pid], 20, "a restarted worker")
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0, up.stderr.read()[-2000:]
+    assert not (tmp_path / "redis" / "redis.sock").exists()
+    assert (tmp_path / "redis" / "appendonly.aof").exists()
