@@ -46,11 +46,15 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def workers_of(up: subprocess.Popen) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process(up.pid).children()
-        if "worker" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    found = []
+    for proc in psutil.Process(up.pid).children():
+        try:
+            # A killed worker is a zombie until `up` reaps it, and then it is gone: skip both.
+            if proc.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_up_scores_restarts_a_dead_worker_and_stops_cleanly(tmp_path):

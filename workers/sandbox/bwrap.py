@@ -94,7 +94,7 @@ from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox.base import THREAD_ENV, SandboxUnavailable
+from workers.sandbox.base import THREAD_ENV, SandboxUnavailable, pid_alive
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -488,23 +488,13 @@ def sweep_cgroups() -> int:
             continue
         for path in base.glob(f"{CGROUP_PREFIX}*"):
             owner = path.name[len(CGROUP_PREFIX) :].split("-")[0]
-            if not owner.isdigit() or _pid_alive(int(owner)):
+            if not owner.isdigit() or pid_alive(int(owner)):
                 continue
             stale = _Cgroups({controller: path})
             stale.kill_all()
             stale.remove(timeout=1.0)
             removed += not path.exists()
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @functools.cache

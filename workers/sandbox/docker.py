@@ -45,7 +45,7 @@ from competition.spec import Limits
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
+from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, pid_alive
 
 SANDBOX_UID = 10001
 ROLE_LABEL = "bbo-arena.role"
@@ -482,7 +482,7 @@ def sweep(max_age_s: float | None = None) -> int:
     for container in client.containers.list(all=True, filters={"label": ROLE_LABEL}):
         owner = container.labels.get(WORKER_LABEL, "")
         name, _, pid = owner.rpartition(":")
-        orphan = name == host and pid.isdigit() and not _pid_alive(int(pid))
+        orphan = name == host and pid.isdigit() and not pid_alive(int(pid))
         if max_age_s is not None and not orphan:
             created = container.attrs.get("Created", "")
             orphan = _age_s(created, now) > max_age_s
@@ -491,16 +491,6 @@ def sweep(max_age_s: float | None = None) -> int:
                 container.remove(force=True)
                 removed += 1
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _age_s(created: str, now: float) -> float:
