@@ -63,6 +63,7 @@ from baselines.store import (  # noqa: F401  (re-exported: callers load what the
     load_baselines,
 )
 from queue_schema.seeds import optimizer_seed
+from queue_schema.settings import pin_threads
 
 if TYPE_CHECKING:
     from competition.spec import Spec
@@ -76,7 +77,6 @@ RANDOM_METHOD = "RandomSearch_baseline"
 STRONG_METHOD = "TrustRegion_baseline"
 # The long run's evaluation seeds: a study index no submission uses.
 STRONG_STUDY = -1
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 # progress(done, total, what just finished)
 Progress = Callable[[int, int, str], None]
@@ -196,8 +196,7 @@ def run_unit(unit: Unit) -> np.ndarray:
 
 def _pin_threads() -> None:
     """Worker initializer: one thread per numerical library, quiet models."""
-    for var in THREAD_VARS:
-        os.environ[var] = "1"
+    pin_threads()
     global _limits
     _limits = threadpool_limits(1)  # keep a reference: the limit lasts as long as the process
     warnings.simplefilter("ignore")  # sklearn convergence chatter, once per evaluation otherwise

@@ -12,9 +12,7 @@ from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
 from queue_schema.records import transition
-from queue_schema.states import FailureCause, SubmissionState
-
-_ACTIVE = (SubmissionState.QUEUED, SubmissionState.RUNNING)
+from queue_schema.states import ACTIVE_STATES, FailureCause, SubmissionState
 
 
 def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: str) -> Submission | None:
@@ -29,7 +27,7 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
         sid,
         SubmissionState.FAILED,
         version=version,
-        only_from=_ACTIVE,
+        only_from=ACTIVE_STATES,
         failure=(cause, message),
         **updates,
     )

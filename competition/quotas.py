@@ -21,6 +21,7 @@ import redis
 
 from competition.spec import Spec
 from queue_schema import keys
+from queue_schema.payloads import utc_iso
 from queue_schema.records import add_event, load_submission, update_record
 
 DAY_S = 86_400
@@ -54,7 +55,7 @@ class QuotaStatus:
             "limit": self.limit,
             "used": self.used,
             "remaining": self.remaining,
-            "resets_at": _iso(self.resets_at),
+            "resets_at": utc_iso(self.resets_at),
         }
 
 
@@ -146,10 +147,6 @@ def _exceeded(limit: int, used: int, held: int, now: float) -> QuotaExceeded:
     pending = f" (and {held} upload(s) in progress)" if held else ""
     message = (
         f"daily quota reached: {used} of {limit} submissions used today (UTC){pending}; "
-        f"it resets at {_iso(resets_at)}, in {hours} h {minutes:02d} min"
+        f"it resets at {utc_iso(resets_at)}, in {hours} h {minutes:02d} min"
     )
     return QuotaExceeded(message, resets_at=resets_at, retry_after=wait)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

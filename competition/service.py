@@ -22,9 +22,9 @@ from competition.scores import BaselineError
 from competition.spec import Spec, SpecError
 from competition.submit import create_submission
 from queue_schema import keys
-from queue_schema.payloads import Submission
+from queue_schema.payloads import Submission, utc_iso
 from queue_schema.records import add_event, load_submission, load_submissions, transition
-from queue_schema.states import TERMINAL_STATES, FailureCause, SubmissionState
+from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, FailureCause, SubmissionState
 
 __all__ = [
     "BaselineError",
@@ -48,8 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("bbo.service")
-
-_ACTIVE = (SubmissionState.QUEUED, SubmissionState.RUNNING)
 
 
 class ServiceError(Exception):
@@ -78,10 +76,6 @@ class ServiceUnavailable(ServiceError):
     """Our side is not ready (missing baselines, Redis down): not the team's fault, try later."""
 
     code = "unavailable"
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 # -- views ------------------------------------------------------------------------------------------
@@ -114,8 +108,8 @@ def phase_window(spec: Spec, phase: str, now: float | None = None) -> dict[str, 
     opens, closes = _when(p.opens), _when(p.closes)
     is_open = (opens is None or now >= opens) and (closes is None or now < closes)
     return {
-        "opens": None if opens is None else _iso(opens),
-        "closes": None if closes is None else _iso(closes),
+        "opens": None if opens is None else utc_iso(opens),
+        "closes": None if closes is None else utc_iso(closes),
         "open": is_open,
     }
 
@@ -197,7 +191,7 @@ def stop(r: redis.Redis, sid: str, by_team: str | None = None) -> Submission:
     sub = status(r, by_team, sid)
     if sub.state in TERMINAL_STATES:
         raise Conflict(f"submission {sid} is already {sub.state.value}; only queued or running ones stop")
-    stopped = transition(r, sid, SubmissionState.STOPPED, version=sub.score_version, only_from=_ACTIVE)
+    stopped = transition(r, sid, SubmissionState.STOPPED, version=sub.score_version, only_from=ACTIVE_STATES)
     if stopped is None:
         now = load_submission(r, sid)
         state = now.state.value if now else "gone"
@@ -244,7 +238,7 @@ def leaderboard(
             "score": sub.score,
             "submission": sub.id,
             "score_version": sub.score_version,
-            "scored_at": _iso(sub.updated_at),
+            "scored_at": utc_iso(sub.updated_at),
         }
         for rank, sub in enumerate(ordered, start=1)
     ]

@@ -81,7 +81,7 @@ class Submission(Payload):
                 "studies_done": self.progress.studies_done,
                 "studies_total": self.progress.studies_total,
             },
-            "created_at": _iso(self.created_at),
+            "created_at": utc_iso(self.created_at),
         }
         if self.state == SubmissionState.STOPPED and self.partial_score is not None:
             out["partial_score"] = self.partial_score
@@ -149,5 +149,6 @@ class Heartbeat(Payload):
     ts: float = Field(default_factory=time.time)
 
 
-def _iso(ts: float) -> str:
+def utc_iso(ts: float) -> str:
+    """The one timestamp format every face shows: ISO 8601, UTC, whole seconds."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -11,6 +11,21 @@ REDIS_URL_ENV = "BBO_REDIS_URL"
 UNSAFE_SANDBOX_ENV = "BBO_ALLOW_UNSAFE_SANDBOX"
 
 
+# Numerical libraries run one thread per job so that jobs on one machine do not fight over cores.
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+}
+
+
+def pin_threads() -> None:
+    """Call before numpy is imported: the libraries read these once, when they load."""
+    os.environ.update(THREAD_ENV)
+
+
 def state_dir() -> Path:
     """The one folder for Redis data, artifacts, logs; never inside the source tree."""
     raw = os.environ.get(STATE_DIR_ENV)

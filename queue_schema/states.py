@@ -29,6 +29,7 @@ class FailureCause(StrEnum):
     INFRASTRUCTURE = "infrastructure"
 
 
+ACTIVE_STATES = frozenset({SubmissionState.QUEUED, SubmissionState.RUNNING})
 TERMINAL_STATES = frozenset({SubmissionState.SCORED, SubmissionState.STOPPED, SubmissionState.FAILED})
 
 # A rescore starts a new score version, which re-enters the queue from any terminal state.

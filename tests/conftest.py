@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from queue_schema.settings import pin_threads
+
 # Before anything imports numpy: tests, like workers, run numerical code on one thread.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+pin_threads()
 
 SUBMISSIONS = Path(__file__).parent / "submissions"
 

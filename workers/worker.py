@@ -5,13 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from workers.sandbox.base import THREAD_ENV
-
-
-def pin_threads() -> None:
-    """Before numpy is imported: jobs on one machine must not fight over cores."""
-    for name, value in THREAD_ENV.items():
-        os.environ[name] = value
+from queue_schema.settings import pin_threads
 
 
 def preload() -> None:

@@ -7,16 +7,8 @@ from pathlib import Path
 from typing import Protocol
 
 from competition.spec import Limits
+from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
 from workers.optimizer_process import LaunchSpec
-
-# Numerical libraries run one thread per job so that jobs on one machine do not fight over cores.
-THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "NUMEXPR_NUM_THREADS": "1",
-    "VECLIB_MAXIMUM_THREADS": "1",
-}
 
 
 def pid_alive(pid: int) -> bool:
