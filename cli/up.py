@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import typer
 
@@ -30,11 +30,9 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
-    started: list[float] = field(default_factory=list)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
-        self.started.append(time.monotonic())
 
     def check(self, now: float) -> None:
         """Restart after an exit, backing off when it keeps dying."""

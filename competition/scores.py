@@ -137,9 +137,7 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
     problems = []
     for problem, found in studies.items():
         clip, opt = clip_opt(baselines, problem)
-        normalized = [
-            scoring.study_normalized_curve(losses, clip, opt, spec.rounds)[-1] for losses in _losses(found)
-        ]
+        normalized = [study_normalized(baselines, problem, s, spec.rounds) for s in found]
         mean = sum(normalized) / len(normalized) if normalized else None
         problems.append(
             {
@@ -147,7 +145,7 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
                 "clip": clip,
                 "opt": opt,
                 "normalized": mean,
-                "score": None if mean is None else 100.0 * (1.0 - mean),
+                "score": None if mean is None else scoring.leaderboard_score(mean),
                 "studies": [
                     {
                         "study": s.study,

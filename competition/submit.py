@@ -122,5 +122,5 @@ _COST_RANK = {
 
 def _cost_rank(problem: str) -> int:
     # A coarse order from the measured per-model costs until `bbo admin estimate` writes a table.
-    model = parse(problem).model
-    return _COST_RANK.get(model, 2) * 10 + (5 if parse(problem).dataset == "digits" else 0)
+    parsed = parse(problem)
+    return _COST_RANK.get(parsed.model, 2) * 10 + (5 if parsed.dataset == "digits" else 0)

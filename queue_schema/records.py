@@ -86,13 +86,6 @@ def _from_hash(raw: dict[str, str]) -> Submission:
     return sub
 
 
-def running_score(r: redis.Redis, sid: str) -> float | None:
-    total, count = r.hmget(keys.submission(sid), "norm_sum", "norm_count")
-    if not count or int(count) == 0:
-        return None
-    return 100.0 * (1.0 - float(total) / int(count))
-
-
 def _atomic_update(
     r: redis.Redis, sid: str, change: Callable[[Submission], tuple[dict[str, str], Event | None] | None]
 ) -> Submission | None:

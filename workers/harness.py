@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from bayesmark.experiment import run_study
@@ -168,12 +167,6 @@ def load_failure(reply_error: dict[str, Any]) -> FatalOptimizerError:
     if kind in (protocol.ERR_LOAD, protocol.ERR_NO_CLASS):
         return FatalOptimizerError(FailureCause.INVALID_SUBMISSION, message)
     return FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, message)
-
-
-@dataclass
-class StudyOutcome:
-    result: StudyResult
-    log: list[str] = field(default_factory=list)
 
 
 def _drive(

@@ -188,6 +188,6 @@ class ProblemRun:
 
     def _kill_all(self) -> None:
         with self._lock:
-            procs, self._procs = list(self._procs), [p for p in self._procs if p.returncode is None]
+            procs, self._procs = self._procs, []
         for proc in procs:
             proc.kill()
