@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import typer
 
 from cli import admin_team, baselines_cmd, sandbox_cmd, up
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, studies_progress
+from cli.up import Child
 
 app = typer.Typer(
     help="Run the competition: serve, workers, teams, baselines, sandbox, score, export.",
@@ -82,11 +82,11 @@ def score(
                 f"submission [bold]{sub.id}[/]: {sub.progress.studies_total} studies on "
                 f"{len(spec.phase(phase).problems)} problems ({spec.name}/{phase}), {workers} worker(s)"
             )
-            procs = _start_workers(url, workers)
+            fleet = _start_workers(url, workers)
             try:
-                final = _wait(r, sub.id, procs, url, timeout)
+                final = _wait(r, sub.id, fleet, timeout)
             finally:
-                _stop_workers(procs)
+                _stop_workers(fleet)
             report = scores.report(r, final.id)
     except RedisUnavailable as exc:
         fail(str(exc))
@@ -96,43 +96,30 @@ def score(
         _print_report(report)
 
 
-def _start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+def _start_workers(url: str, count: int) -> list[Child]:
     env = {**os.environ, "BBO_REDIS_URL": url}
-    return [
-        subprocess.Popen([sys.executable, "-m", "cli", "admin", "worker"], env=env, stdin=subprocess.DEVNULL)
-        for _ in range(count)
+    workers = [
+        Child(f"worker-{i}", [sys.executable, "-m", "cli", "admin", "worker"], env) for i in range(count)
     ]
+    for worker in workers:
+        worker.start()
+    return workers
 
 
-def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # RQ's warm shutdown: finish nothing new, exit
+def _stop_workers(workers: list[Child]) -> None:
+    for worker in workers:
+        worker.stop()  # RQ's warm shutdown: finish nothing new, exit
     deadline = time.monotonic() + 15
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    for worker in workers:
+        worker.wait(deadline)
 
 
-def _wait(r, sid: str, procs, url: str, timeout: float):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _wait(r, sid: str, workers: list[Child], timeout: float):
     from queue_schema.records import load_submission
     from queue_schema.states import TERMINAL_STATES
 
     started = time.monotonic()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[score]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as progress:
+    with studies_progress() as progress:
         task = progress.add_task("studies", total=None, score="")
         while True:
             sub = load_submission(r, sid)
@@ -146,7 +133,7 @@ def _wait(r, sid: str, procs, url: str, timeout: float):
             )
             if sub.state in TERMINAL_STATES:
                 return sub
-            if all(p.poll() is not None for p in procs):
+            if not any(worker.alive for worker in workers):
                 fail(
                     "every worker exited before the submission finished; see the worker output above", code=1
                 )

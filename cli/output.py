@@ -8,8 +8,21 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 err = Console(stderr=True, highlight=False)
+
+
+def studies_progress() -> Progress:
+    """The bar `bbo admin score` and `bbo submit --wait` show: state, studies done, running score, time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[score]}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
 
 
 def emit_json(value: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from cli.output import emit_json, err
+from cli.output import emit_json, err, studies_progress
 
 CONFIG_DIR_ENV = "BBO_CONFIG_DIR"
 SERVER_ENV = "BBO_SERVER"
@@ -286,16 +286,7 @@ def _follow(api: Api, sid: str, *, as_json_lines: bool, interval: float) -> dict
 
 
 def _follow_bar(api: Api, sid: str, interval: float) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[score]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as progress:
+    with studies_progress() as progress:
         task = progress.add_task(sid, total=None, score="")
         while True:
             sub = api.get(f"/v1/submissions/{sid}")

@@ -36,7 +36,7 @@ class Child:
 
     def check(self, now: float) -> None:
         """Restart after an exit, backing off when it keeps dying."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive:
             return
         if self.proc is not None:
             code = self.proc.returncode
@@ -46,8 +46,12 @@ class Child:
         if now >= self.next_start:
             self.start()
 
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.alive:
             self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, deadline: float) -> None:
