@@ -24,6 +24,7 @@ import pytest
 
 from queue_schema.states import FailureCause, StudyState
 from tests.conftest import SUBMISSIONS
+from tests.sandbox_helpers import run_launched
 from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import bwrap
@@ -53,24 +54,7 @@ def each_mode(request, state_dir) -> bwrap.BwrapBackend:
 
 def run(backend, submission: Path, spec, problem: str = "DT-iris-acc", study: int = 0):
     """One study through the harness: (result or the FatalOptimizerError, organizer log lines)."""
-    lines: list[str] = []
-    launch = backend.launch(submission, spec.limits)
-    explain = launch.exit_cause
-    assert explain is not None
-
-    def exit_cause(returncode: int | None) -> str | None:
-        cause = explain(returncode)
-        lines.append(f"[test] exit code {returncode}, backend's cause {cause}")
-        return cause
-
-    launch.exit_cause = exit_cause
-    proc = OptimizerProcess(launch, log=lines.append).start()
-    try:
-        result = run_one_study(proc, problem, study, spec, backend.describe(), lines.append)
-    except FatalOptimizerError as fatal:
-        proc.kill()
-        return fatal, lines
-    return result, lines
+    return run_launched(backend, backend.launch(submission, spec.limits), spec, problem, study)
 
 
 def copy_with(tmp_path: Path, name: str, **files: str) -> Path:

@@ -21,6 +21,7 @@ import pytest
 
 from queue_schema.states import FailureCause, StudyState
 from tests.conftest import SUBMISSIONS
+from tests.sandbox_helpers import run_launched
 from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox.base import InstallFailed, SandboxUnavailable
@@ -68,26 +69,10 @@ def engine(backend):
 
 def run(backend, submission: Path, spec, problem: str = "DT-iris-acc", study: int = 0):
     """One study through the harness; returns (result or the FatalOptimizerError, log lines, container id)."""
-    lines: list[str] = []
     backend.prepare(submission, spec.limits)
     launch = backend.launch(submission, spec.limits, study=f"test-{study}")
-    container_id = launch.argv[-1]
-    explain = launch.exit_cause
-    assert explain is not None
-
-    def exit_cause(returncode: int | None) -> str | None:
-        cause = explain(returncode)
-        lines.append(f"[test] exit code {returncode}, backend's cause {cause}")
-        return cause
-
-    launch.exit_cause = exit_cause
-    proc = OptimizerProcess(launch, log=lines.append).start()
-    try:
-        result = run_one_study(proc, problem, study, spec, backend.describe(), lines.append)
-    except FatalOptimizerError as fatal:
-        proc.kill()
-        return fatal, lines, container_id
-    return result, lines, container_id
+    outcome, lines = run_launched(backend, launch, spec, problem, study)
+    return outcome, lines, launch.argv[-1]
 
 
 def assert_gone(engine, container_id: str) -> None:
