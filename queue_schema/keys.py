@@ -108,5 +108,10 @@ def quota_holds(team: str) -> str:
     return f"{PREFIX}:team:{team}:holds"
 
 
+def audit_log() -> str:
+    """Stream: every organizer action (who, what, on what, why), append-only and never trimmed."""
+    return f"{PREFIX}:audit"
+
+
 def lock(name: str) -> str:
     return f"{PREFIX}:lock:{name}"
