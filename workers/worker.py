@@ -29,14 +29,21 @@ def _sweep_orphan_sandboxes() -> None:
 
 def run_worker(*, burst: bool = False, name: str | None = None, priority_only: bool = False) -> bool:
     pin_threads()
-    from rq import Worker
-
     from queue_schema import keys
     from queue_schema.connection import rq_connection
+    from workers.fair_worker import FairWorker
 
     preload()
     _sweep_orphan_sandboxes()
     queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
     worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
-    worker = Worker(queues, connection=rq_connection(), name=worker_name)
-    return worker.work(burst=burst, logging_level="WARNING")
+    worker = FairWorker(queues, connection=rq_connection(), name=worker_name, teams=not priority_only)
+    # Recovery (workers/heartbeat.py): the work horse dies with this process, a thread beats and reaps.
+    from workers.heartbeat import WorkerHeartbeat, horses_die_with_worker
+
+    horses_die_with_worker()
+    heartbeat = WorkerHeartbeat(worker).start()
+    try:
+        return worker.work(burst=burst, logging_level="WARNING")
+    finally:
+        heartbeat.stop()
