@@ -5,8 +5,7 @@ from __future__ import annotations
 import redis
 from rq import Callback, Queue, Retry
 
-from baselines.catalogue import parse
-from competition import artifacts, scores
+from competition import artifacts, dispatch, scores
 from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.connection import rq_connection
@@ -66,9 +65,11 @@ def enqueue_jobs(
 ) -> list[str]:
     """One job per (problem, chunk of studies); ids are deterministic, so enqueueing twice is a no-op."""
     phase = spec.phase(sub.phase)
-    queue = Queue(keys.PRIORITY_QUEUE if priority else keys.SCORE_QUEUE, connection=rq_connection())
-    # Longest problems first, so the submission's last job is a short one.
-    problems = sorted(phase.problems, key=lambda p: -_cost_rank(p))
+    # Organizer work jumps every team; a team's jobs wait only behind its own (competition/dispatch.py).
+    name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
+    queue = Queue(name, connection=rq_connection())
+    # Longest problems first (by the cost table), so the submission's last job is a short one.
+    problems = dispatch.order_problems(spec.name, phase.problems)
     ids = []
     for problem in problems:
         for chunk, studies in phase.chunks():
@@ -105,22 +106,3 @@ def _job_timeout(spec: Spec, studies: int) -> int:
     # needs about 2 s per evaluation single-threaded).
     per_study = spec.limits.suggest_budget_s + 3.0 * spec.evals_per_study + 60
     return int(studies * per_study + 300)
-
-
-_COST_RANK = {
-    "kNN": 7,
-    "SVM": 6,
-    "ada": 5,
-    "MLP-adam": 4,
-    "MLP-sgd": 4,
-    "RF": 3,
-    "DT": 1,
-    "lasso": 1,
-    "linear": 1,
-}
-
-
-def _cost_rank(problem: str) -> int:
-    # A coarse order from the measured per-model costs until `bbo admin estimate` writes a table.
-    parsed = parse(problem)
-    return _COST_RANK.get(parsed.model, 2) * 10 + (5 if parsed.dataset == "digits" else 0)

@@ -38,6 +38,13 @@ def render(snapshot: dict[str, Any]) -> str:
         "Jobs being worked on (RQ started-job registry) per queue.",
         [({"queue": q}, v["running"]) for q, v in queues.items()],
     )
+    # Queues are per team, so the totals the fleet is sized by are given too.
+    family(
+        "bbo_jobs",
+        "gauge",
+        "Jobs over all queues, waiting (queued) or being worked on (running).",
+        [({"state": s}, n) for s, n in snapshot["jobs"].items()],
+    )
     family(
         "bbo_submissions",
         "gauge",

@@ -102,7 +102,7 @@ def test_a_good_upload_is_stored_and_its_jobs_enqueued(env, good_zip, r):
     assert body["progress"] == {"studies_done": 0, "studies_total": 8}
     assert response.headers["location"] == f"/v1/submissions/{body['id']}"
     assert len(r.smembers(keys.submission_jobs(body["id"], 1))) == 4
-    assert Queue(keys.SCORE_QUEUE, connection=rq_connection()).count == 4
+    assert Queue(keys.team_queue("alpha"), connection=rq_connection()).count == 4
     listed = client.get("/v1/submissions", headers=auth(tokens["alpha"])).json()
     assert [s["id"] for s in listed] == [body["id"]]
     # nothing about problems in what the team sees
@@ -187,7 +187,7 @@ def test_stop_of_a_queued_submission_cancels_its_jobs(env, good_zip, r):
     conn = rq_connection()
     for job_id in r.smembers(keys.submission_jobs(sid, 1)):
         assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.CANCELED
-    assert Queue(keys.SCORE_QUEUE, connection=conn).count == 0
+    assert Queue(keys.team_queue("alpha"), connection=conn).count == 0
     again = client.post(f"/v1/submissions/{sid}/stop", headers=auth(tokens["alpha"]))
     assert "already stopped" in assert_error(again, 409, "conflict")
 
@@ -266,7 +266,7 @@ def test_metrics_are_prometheus_text(env, good_zip, r):
             assert match, f"not a Prometheus sample: {line!r}"
             assert match.group(1) in typed, f"{match.group(1)} has no TYPE line"
             samples[line.rsplit(" ", 1)[0]] = float(match.group(4))
-    assert samples['bbo_queue_depth{queue="bbo-score"}'] == 4  # alpha's four jobs; beta's were cancelled
+    assert samples['bbo_queue_depth{queue="bbo-team-alpha"}'] == 4  # alpha's four jobs; beta's were cancelled
     assert samples['bbo_submissions{state="queued"}'] == 1
     assert samples['bbo_failures_total{cause="optimizer_crashed"}'] == 1
     assert samples["bbo_teams"] == 2 and samples["bbo_workers"] == 0

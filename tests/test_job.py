@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from competition import artifacts
 from competition.spec import load
@@ -15,6 +15,7 @@ from queue_schema.connection import rq_connection
 from queue_schema.payloads import ScoreJob
 from queue_schema.records import load_submission, read_events, read_job_log
 from tests.conftest import SUBMISSIONS
+from workers.fair_worker import FairSimpleWorker
 from workers.job import score_problem
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")
@@ -28,14 +29,13 @@ def submit(r, folder: str):
 
 def work(burst_jobs: int | None = None) -> None:
     conn = rq_connection()
-    queues = [Queue(keys.PRIORITY_QUEUE, connection=conn), Queue(keys.SCORE_QUEUE, connection=conn)]
-    SimpleWorker(queues, connection=conn).work(burst=True, max_jobs=burst_jobs, logging_level="WARNING")
+    FairSimpleWorker(connection=conn).work(burst=True, max_jobs=burst_jobs, logging_level="WARNING")
 
 
 def test_a_rerun_job_skips_finished_studies_and_counts_nothing_twice(r):
     sub, spec = submit(r, "random_search")
     first_job_id = sorted(r.smembers(keys.submission_jobs(sub.id, 1)))[0]
-    payload = Queue(keys.SCORE_QUEUE, connection=rq_connection()).fetch_job(first_job_id).args[0]
+    payload = Queue(keys.team_queue("t"), connection=rq_connection()).fetch_job(first_job_id).args[0]
     assert score_problem(payload)["status"] == "done"
     after_first = load_submission(r, sub.id).progress
     again = score_problem(payload)  # a retried or duplicated job
@@ -63,7 +63,7 @@ def test_a_fatal_error_fails_the_batch_and_cancels_queued_jobs(r):
     assert failed.state.value == "failed"
     assert failed.failure.cause.value == "optimizer_crashed"
     assert "wrong number of points" in failed.failure.message
-    queue = Queue(keys.SCORE_QUEUE, connection=rq_connection())
+    queue = Queue(keys.team_queue("t"), connection=rq_connection())
     assert queue.count == 0  # the other three problems' jobs were cancelled, never run
     job_ids = r.smembers(keys.submission_jobs(sub.id, 1))
     assert any(read_job_log(r, j) for j in job_ids)  # the organizer log kept the story

@@ -16,16 +16,15 @@ import time
 import pytest
 import typer
 import uvicorn
-from rq import Queue, SimpleWorker
 from typer.testing import CliRunner
 
 from cli import team as team_cli
 from competition import service, teams
 from competition.spec import load
 from gateway.app import create_app
-from queue_schema import keys
 from queue_schema.connection import rq_connection
 from tests.conftest import SUBMISSIONS
+from workers.fair_worker import FairSimpleWorker
 
 SUBMISSION_KEYS = {"id", "team", "state", "score", "failure", "progress", "created_at"}
 OPTIONAL_KEYS = {"partial_score"}
@@ -110,8 +109,7 @@ def assert_submission_shape(obj: dict) -> None:
 
 def work() -> None:
     conn = rq_connection()
-    queues = [Queue(keys.PRIORITY_QUEUE, connection=conn), Queue(keys.SCORE_QUEUE, connection=conn)]
-    SimpleWorker(queues, connection=conn).work(burst=True, logging_level="WARNING")
+    FairSimpleWorker(connection=conn).work(burst=True, logging_level="WARNING")
 
 
 def test_login_checks_the_token_and_writes_a_private_config(server, config_dir, r):

@@ -1,0 +1,105 @@
+"""`bbo admin estimate`: measure each problem's cost on this machine, write the cost table, print the
+CPU-hours a submission takes per phase."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.output import emit_json, err, fail
+
+
+def estimate(
+    spec_name: str = typer.Option(
+        ..., "--spec", help="Competition spec: a shipped name (demo, neurips2020) or a path."
+    ),
+    evals: int = typer.Option(8, "--evals", min=1, help="Random evaluations timed per problem."),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=1, help="Processes measuring in parallel (default: cores)."
+    ),
+    finalists: int = typer.Option(
+        10, "--finalists", min=1, help="Submissions scored in the final phase, for its total."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Also write the table here (e.g. competition/costs/SPEC.json to ship it)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Time a short grid of evaluations of every problem of SPEC, write the cost table that orders jobs
+    (to $BBO_STATE_DIR/estimates/SPEC.json), and print CPU-hours per submission and phase."""
+    from baselines.build import rich_progress
+    from competition import dispatch
+    from competition.estimate import measure, workload
+    from competition.spec import SpecError, load
+
+    try:
+        spec = load(spec_name)
+    except SpecError as exc:
+        fail(str(exc))
+    with rich_progress(f"estimate {spec.name}") as progress:
+        table = measure(spec, evals, workers, progress)
+    try:
+        paths = [dispatch.save_table(table, dispatch.measured_path(spec.name))]
+        if out is not None:
+            paths.append(dispatch.save_table(table, out))
+    except OSError as exc:
+        fail(f"cannot write the cost table: {exc}")
+    summary = workload(spec, table["seconds_per_eval"], finalists)
+    err.print(f"measured in {table['wall_seconds']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    if as_json:
+        emit_json({"paths": [str(p) for p in paths], "table": table, "workload": summary})
+        return
+    _print(spec, table, summary)
+
+
+def _hours(value: float) -> str:
+    # Small specs cost fractions of an hour: keep three significant figures there.
+    return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)  # piped: whole rows
+
+
+def _print(spec, table: dict[str, Any], summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    problems = Table(title=f"{spec.name}: cost per problem ({table['grid']['evals_per_problem']} evals each)")
+    for column in ("problem", "phase", "s/eval", "CPU-h per submission"):
+        problems.add_column(column, justify="left" if column in ("problem", "phase") else "right")
+    rows = [
+        (problem, phase, hours)
+        for phase, entry in summary["phases"].items()
+        for problem, hours in entry["per_problem_cpu_hours"].items()
+    ]
+    for problem, phase, hours in sorted(rows, key=lambda row: -row[2]):
+        problems.add_row(problem, phase, f"{table['seconds_per_eval'][problem]:.3f}", _hours(hours))
+    console.print(problems)
+
+    phases = Table(title="CPU-hours per submission")
+    for column in ("phase", "jobs", "objective", "+ optimizer budget", "ceiling", "longest job (obj.)"):
+        phases.add_column(column, justify="left" if column == "phase" else "right")
+    for name, entry in summary["phases"].items():
+        phases.add_row(
+            name,
+            str(entry["jobs"]),
+            _hours(entry["objective_cpu_hours"]),
+            _hours(entry["optimizer_budget_cpu_hours"]),
+            _hours(entry["ceiling_cpu_hours"]),
+            f"{entry['longest_job_objective_hours'] * 60:.1f} min",
+        )
+    console.print(phases)
+    if "final_total" in summary:
+        total = summary["final_total"]
+        console.print(
+            f"final phase, {total['finalists']} finalists: {_hours(total['objective_cpu_hours'])} CPU-h "
+            f"objective, {_hours(total['ceiling_cpu_hours'])} CPU-h with the whole optimizer budget"
+        )
+    console.print(f"objective: {summary['basis']['objective']}; optimizer: {summary['basis']['optimizer']}")

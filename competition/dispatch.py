@@ -1,0 +1,256 @@
+"""Fair share: which queue a job goes to, in which order workers take them, and what a problem costs.
+
+- Every team has its own RQ queue (`bbo-team-<team>`), registered in a Redis set when first used, so
+  a team's tenth submission waits behind its own nine, not behind everybody's. Organizer work (final
+  phase, rescore) goes to `bbo-priority`, which every worker empties first.
+- Workers take the next job round-robin over the team queues, fleet-wide: one atomic Redis script pops
+  from the first non-empty team queue after the one any worker popped from last (a cursor key) and
+  moves the cursor (`fair_pop`, used by workers/fair_worker.py).
+- Within a submission, problems are enqueued longest first by the cost table that `bbo admin estimate`
+  writes, so a submission's last job is a short one and its time to score is close to its longest job.
+
+Every reader that lists queues (metrics, reaper, autoscaler) goes through `queue_names`/`queue_depths`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
+
+from baselines.catalogue import parse
+from queue_schema import keys
+from queue_schema.settings import state_dir
+
+log = logging.getLogger("bbo.dispatch")
+
+COSTS_DIR = Path(__file__).parent / "costs"
+COST_FORMAT = 1
+
+# Organizer work before every team; the shared queue of older releases after them.
+HEAD_QUEUES = (keys.PRIORITY_QUEUE,)
+TAIL_QUEUES = (keys.SCORE_QUEUE,)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- queues ------------------------------------------------------------------------------------------
+
+
+def team_queue(r: redis.Redis, team: str) -> str:
+    """The team's queue name, registered so that workers discover it (idempotent, one SADD)."""
+    name = keys.team_queue(team)
+    r.sadd(keys.team_queues(), name)
+    return name
+
+
+def team_queue_names(r: redis.Redis) -> list[str]:
+    """Every registered team queue, sorted: the ring workers go round."""
+    return sorted(_text(name) for name in r.smembers(keys.team_queues()))
+
+
+def queue_names(r: redis.Redis) -> list[str]:
+    """Every queue a worker listens to, in the order it serves them (the ring from its start)."""
+    return [*HEAD_QUEUES, *team_queue_names(r), *TAIL_QUEUES]
+
+
+def queue_depths(r: redis.Redis) -> dict[str, Any]:
+    """{"queued": n, "running": m, "per_queue": {name: {"depth", "running"}}}, in one round trip.
+
+    Read-only: "running" counts RQ's started-job registry as it stands; noticing dead workers' jobs is
+    the reaper's business, not a reader's.
+    """
+    names = queue_names(r)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+        pipe.zcard(StartedJobRegistry.key_template.format(name))
+    counts = pipe.execute()
+    per_queue = {
+        name: {"depth": int(counts[2 * i]), "running": int(counts[2 * i + 1])} for i, name in enumerate(names)
+    }
+    return {
+        "queued": sum(q["depth"] for q in per_queue.values()),
+        "running": sum(q["running"] for q in per_queue.values()),
+        "per_queue": per_queue,
+    }
+
+
+# KEYS[1] is the cursor, then the head, ring and tail queues' keys; ARGV: head count, ring count, ring names.
+# The ring starts just after the cursor's queue; a cursor this caller does not know yet (a team queue
+# newer than its list) starts the ring from the top.
+_FAIR_POP = """
+local n_head = tonumber(ARGV[1])
+local n_ring = tonumber(ARGV[2])
+local function take(i)
+  local job = redis.call('LPOP', KEYS[i])
+  if job then
+    redis.call('ZADD', KEYS[2], ARGV[3], job)
+    return {i - 3, job}
+  end
+  return nil
+end
+for i = 3, 2 + n_head do
+  local got = take(i)
+  if got then return got end
+end
+if n_ring > 0 then
+  local cursor = redis.call('GET', KEYS[1])
+  local start = 0
+  if cursor then
+    for i = 1, n_ring do
+      if ARGV[3 + i] == cursor then start = i break end
+    end
+  end
+  for step = 1, n_ring do
+    local i = (start + step - 1) % n_ring + 1
+    local got = take(2 + n_head + i)
+    if got then
+      redis.call('SET', KEYS[1], ARGV[3 + i])
+      return got
+    end
+  end
+end
+for i = 3 + n_head + n_ring, #KEYS do
+  local got = take(i)
+  if got then return got end
+end
+return false
+"""
+
+
+def fair_pop(r: redis.Redis, head: list[str], ring: list[str], tail: list[str]) -> tuple[str, str] | None:
+    """Pop the next job id fairly, without blocking: (queue name, job id), or None if all are empty.
+
+    Head queues in order, then the ring (team queues) from just after the fleet-wide cursor, then the
+    tail; popping from the ring moves the cursor, all in one atomic script.
+    """
+    names = [*head, *ring, *tail]
+    queue_keys = [Queue.redis_queue_namespace_prefix + name for name in names]
+    script = r.register_script(_FAIR_POP)  # EVALSHA, loading the script once per server
+    result = script(
+        keys=[keys.dispatch_cursor(), keys.dispatch_inflight(), *queue_keys],
+        args=[len(head), len(ring), repr(time.time()), *ring],
+    )
+    if not result:
+        return None
+    index, job_id = result
+    return names[int(index)], _text(job_id)
+
+
+def note_dequeued(r: redis.Redis, queue_name: str, job_id: str) -> None:
+    """After a blocking pop (which bypasses the script): record the job in flight and, for a team queue,
+    move the cursor."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.dispatch_inflight(), {job_id: time.time()})
+        if queue_name.startswith(keys.TEAM_QUEUE_PREFIX):
+            pipe.set(keys.dispatch_cursor(), queue_name)
+        pipe.execute()
+
+
+def note_started(r: redis.Redis, job_id: str) -> None:
+    """The job's run is registered with RQ: it is no longer only in a worker's hands."""
+    r.zrem(keys.dispatch_inflight(), job_id)
+
+
+# -- costs -------------------------------------------------------------------------------------------
+
+# Seconds per evaluation by model, single-threaded, from the per-study timings in DESIGN.md: only used
+# for problems that no measured or shipped cost table covers.
+_COARSE_SECONDS = {
+    "kNN": 2.0,
+    "SVM": 1.5,
+    "ada": 1.0,
+    "MLP-adam": 0.45,
+    "MLP-sgd": 0.4,
+    "RF": 0.2,
+    "DT": 0.02,
+    "lasso": 0.02,
+    "linear": 0.02,
+}
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per evaluation of each problem asked for, and where each figure came from."""
+
+    seconds_per_eval: dict[str, float]
+    sources: dict[str, str]
+
+
+def measured_path(spec_name: str) -> Path:
+    """Where `bbo admin estimate` writes this machine's table."""
+    return state_dir() / "estimates" / f"{spec_name}.json"
+
+
+def shipped_path(spec_name: str) -> Path:
+    return COSTS_DIR / f"{spec_name}.json"
+
+
+def save_table(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_table(path: Path) -> dict[str, float]:
+    """A cost table's seconds per evaluation; {} for a missing or unreadable file (never fatal: costs
+    only order jobs)."""
+    try:
+        data = json.loads(path.read_text())
+        return {str(p): float(s) for p, s in data["seconds_per_eval"].items() if float(s) >= 0}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring the cost table %s: %s", path, exc)
+        return {}
+
+
+def _candidate_tables(spec_name: str) -> list[Path]:
+    """This spec's measured table, its shipped one, then any other table (a problem costs the same
+    under any spec)."""
+    own = [measured_path(spec_name), shipped_path(spec_name)]
+    others = sorted(measured_path(spec_name).parent.glob("*.json")) + sorted(COSTS_DIR.glob("*.json"))
+    return own + [p for p in others if p not in own]
+
+
+def coarse_seconds(problem: str) -> float:
+    parsed = parse(problem)
+    seconds = _COARSE_SECONDS.get(parsed.model, 0.2)
+    return seconds * (2.0 if parsed.dataset == "digits" else 1.0)
+
+
+def costs_for(spec_name: str, problems: list[str] | tuple[str, ...]) -> Costs:
+    seconds: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for path in _candidate_tables(spec_name):
+        missing = [p for p in problems if p not in seconds]
+        if not missing:
+            break
+        table = load_table(path)
+        for problem in missing:
+            if problem in table:
+                seconds[problem] = table[problem]
+                sources[problem] = str(path)
+    for problem in problems:
+        if problem not in seconds:
+            seconds[problem] = coarse_seconds(problem)
+            sources[problem] = "coarse"
+    return Costs(seconds, sources)
+
+
+def order_problems(spec_name: str, problems: list[str] | tuple[str, ...]) -> list[str]:
+    """Longest first (every problem of a phase runs the same studies x rounds x batch), ties by name."""
+    seconds = costs_for(spec_name, problems).seconds_per_eval
+    return sorted(problems, key=lambda p: (-seconds[p], p))
