@@ -15,7 +15,7 @@ import redis
 
 from queue_schema import keys
 from queue_schema.payloads import Event, Failure, Progress, StudyResult, Submission
-from queue_schema.states import FailureCause, SubmissionState, can_transition
+from queue_schema.states import TERMINAL_STATES, FailureCause, SubmissionState, can_transition
 
 EVENTS_MAXLEN = 100_000
 SUBMISSION_EVENTS_MAXLEN = 2_000
@@ -153,6 +153,35 @@ def transition(
         data = {"from": previous.value, "to": new_state.value, "version": sub.score_version}
         if failure is not None:
             data |= {"cause": failure[0].value, "message": failure[1]}
+        return fields, Event(kind="state", submission_id=sid, data=data)
+
+    return _atomic_update(r, sid, change)
+
+
+def start_score_version(r: redis.Redis, sid: str, version: int, **updates: Any) -> Submission | None:
+    """Begin score version `version + 1` of a terminal submission (a rescore), in one atomic step: state
+    queued, score, running score and failure cleared, live counters reset, `updates` applied. None when
+    the submission is not terminal or its version moved on (someone else rescored first). Earlier
+    versions keep their study results under their own keys."""
+
+    def change(sub: Submission) -> tuple[dict[str, str], Event | None] | None:
+        if sub.score_version != version or sub.state not in TERMINAL_STATES:
+            return None
+        previous = sub.state
+        sub.state = SubmissionState.QUEUED
+        sub.score_version = version + 1
+        sub.score = sub.partial_score = sub.failure = None
+        sub.updated_at = time.time()
+        for name, value in updates.items():
+            setattr(sub, name, value)
+        sub.progress.studies_done = sub.progress.evals_done = 0
+        fields = {
+            "record": sub.to_json(),
+            "state": sub.state.value,
+            "score_version": str(sub.score_version),
+            **dict.fromkeys(_COUNTERS, "0"),
+        }
+        data = {"from": previous.value, "to": sub.state.value, "version": sub.score_version, "rescore": True}
         return fields, Event(kind="state", submission_id=sid, data=data)
 
     return _atomic_update(r, sid, change)
