@@ -19,9 +19,12 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
     """Mark the score version failed with a typed cause and cancel its queued jobs.
 
     Running jobs of the same version notice the state within a second and kill their sandboxes.
-    Infrastructure failures are not the team's fault and are not charged to its quota.
+    Infrastructure failures of an upload's first scoring are not the team's fault and are refunded.
     """
-    updates = {"charged": False} if cause == FailureCause.INFRASTRUCTURE else {}
+    # Only the upload's own scoring (version 1) decides the quota: an organizer's rescore that hits
+    # infrastructure trouble must not refund an upload that was scored.
+    refund = cause == FailureCause.INFRASTRUCTURE and version == 1
+    updates = {"charged": False} if refund else {}
     sub = transition(
         r,
         sid,

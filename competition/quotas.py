@@ -1,4 +1,5 @@
-"""Daily submission quota per team (UTC day), from the spec's `submission.daily_quota`.
+"""Daily submission quota per team (UTC day), from the spec's `submission.daily_quota` unless an
+organizer set that team's own limit (`set_override`, audited).
 
 There is no counter to drift: the quota used today is the number of the team's submissions created this
 UTC day whose record is still `charged`. An infrastructure failure clears that flag (lifecycle.fail), so
@@ -19,6 +20,7 @@ from typing import Any
 
 import redis
 
+from competition import audit, teams
 from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.payloads import utc_iso
@@ -89,10 +91,43 @@ def _live_holds(r: redis.Redis, team: str, now: float) -> int:
     return int(r.zcount(keys.quota_holds(team), now - HOLD_TTL_S, "+inf"))
 
 
+# -- per-team override ------------------------------------------------------------------------------
+
+
+def daily_limit(r: redis.Redis, team: str, spec: Spec) -> int:
+    """The team's submissions per UTC day: its organizer-set override, else the spec's."""
+    override = r.hget(keys.quota_overrides(), team)
+    return spec.submission.daily_quota if override is None else int(override)
+
+
+def used_today(r: redis.Redis, team: str, now: float | None = None) -> int:
+    """Charged submissions of the team this UTC day."""
+    return _charged_today(r, team, time.time() if now is None else now)
+
+
+def overrides(r: redis.Redis) -> dict[str, int]:
+    """Every team with its own daily limit."""
+    return {team: int(limit) for team, limit in r.hgetall(keys.quota_overrides()).items()}
+
+
+def set_override(r: redis.Redis, team: str, limit: int | None, *, actor: str | None = None) -> None:
+    """Give `team` its own daily limit (0 blocks its uploads); None goes back to the spec's."""
+    if not teams.team_exists(r, team):
+        raise teams.UnknownTeam(f"no team {team!r}")
+    if limit is None:
+        r.hdel(keys.quota_overrides(), team)
+        audit.record(r, "quota_clear", team, actor=actor)
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise teams.TeamError(f"a daily quota is a whole number of submissions, 0 or more, not {limit!r}")
+    r.hset(keys.quota_overrides(), team, str(limit))
+    audit.record(r, "quota_override", team, actor=actor, daily_quota=limit)
+
+
 def remaining(r: redis.Redis, team: str, spec: Spec, now: float | None = None) -> QuotaStatus:
     now = time.time() if now is None else now
     return QuotaStatus(
-        limit=spec.submission.daily_quota,
+        limit=daily_limit(r, team, spec),
         used=_charged_today(r, team, now),
         held=_live_holds(r, team, now),
         resets_at=day_bounds(now)[1],
@@ -103,7 +138,7 @@ def check_and_reserve(r: redis.Redis, team: str, spec: Spec, now: float | None =
     """Reserve one of today's submissions for `team`; returns a hold id to `release` once the submission
     exists or was refused. Raises QuotaExceeded when none is left."""
     now = time.time() if now is None else now
-    limit = spec.submission.daily_quota
+    limit = daily_limit(r, team, spec)
     holds_key = keys.quota_holds(team)
     with r.pipeline() as pipe:
         while True:

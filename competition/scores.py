@@ -6,7 +6,9 @@ study data from Redis and decides when a score version is complete.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import redis
 
 from baselines import scoring
 from baselines.store import BaselineError, MissingBaseline, load_baselines
+from competition.provenance import score_provenance
 from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
@@ -63,10 +66,15 @@ def study_normalized(baselines: Any, problem: str, result: StudyResult, rounds: 
     return scoring.study_normalized_curve(losses, clip, opt, rounds)[-1]
 
 
-def _load_spec(r: redis.Redis, sub: Submission) -> Spec:
-    raw = r.get(keys.spec(sub.spec_hash))
+def _load_spec(r: redis.Redis, sub: Submission, version: int | None = None) -> Spec:
+    """The spec a score version was computed under: a rescore may have moved the submission to a newer
+    spec, and an old version must still read with its own problems and rounds."""
+    spec_hash = sub.spec_hash
+    if version is not None and version != sub.score_version:
+        spec_hash = r.hget(keys.score_version(sub.id, version), "spec_hash") or spec_hash
+    raw = r.get(keys.spec(spec_hash))
     if raw is None:
-        raise ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
+        raise ScoreError(f"spec {spec_hash} of submission {sub.id} is not in the store")
     return Spec.from_json(raw)
 
 
@@ -104,12 +112,15 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
         lifecycle.fail(r, sid, version, FailureCause.INFRASTRUCTURE, str(exc))
         return False
     result = scoring.score_problems({p: _losses(s) for p, s in studies.items()}, baselines, spec.rounds)
+    scored_at = time.time()
     r.hset(
         keys.score_version(sid, version),
         mapping={
             "score": repr(result.score),
             "spec_hash": spec.hash,
             "baseline_version": sub.baseline_version,
+            "scored_at": repr(scored_at),
+            "provenance": json.dumps(score_provenance(sub, spec, baselines, studies), sort_keys=True),
         },
     )
     return (
@@ -120,6 +131,7 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
             version=version,
             only_from=[SubmissionState.RUNNING, SubmissionState.QUEUED],
             score=result.score,
+            scored_at=scored_at,
         )
         is not None
     )
@@ -131,7 +143,7 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
     if sub is None:
         raise ScoreError(f"no submission {sid}")
     version = version or sub.score_version
-    spec = _load_spec(r, sub)
+    spec = _load_spec(r, sub, version)
     baselines = baselines_for(spec)
     studies = _studies_by_problem(r, sub, spec, version)
     problems = []
@@ -165,10 +177,24 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
             "phase": sub.phase,
             "score_version": version,
             "baseline_version": sub.baseline_version,
+            "provenance": provenance(r, sub, spec, baselines, version, studies),
             "problems": problems,
         }
     )
     return out
+
+
+def provenance(
+    r: redis.Redis,
+    sub: Submission,
+    spec: Spec,
+    baselines: Any,
+    version: int,
+    studies: dict[str, list[StudyResult]],
+) -> dict[str, Any]:
+    """What the score version was computed with: as stored when it was scored, else from its studies."""
+    stored = r.hget(keys.score_version(sub.id, version), "provenance")
+    return json.loads(stored) if stored else score_provenance(sub, spec, baselines, studies)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -181,8 +207,9 @@ def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | N
     sub = load_submission(r, sid)
     if sub is None:
         raise ScoreError(f"no submission {sid}")
-    spec = _load_spec(r, sub)
-    studies = _studies_by_problem(r, sub, spec, version or sub.score_version)
+    version = version or sub.score_version
+    spec = _load_spec(r, sub, version)
+    studies = _studies_by_problem(r, sub, spec, version)
     if not any(studies.values()):
         raise ScoreError(f"submission {sid} has no finished studies to export")
     return write(studies, baselines_for(spec), directory, optimizer_name=f"{sub.team}-{sub.id}")

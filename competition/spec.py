@@ -11,7 +11,7 @@ import json
 import random
 import tomllib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Phase:
     studies_per_job: int
     opens: str | None = None  # ISO 8601, UTC
     closes: str | None = None
+    # After this moment the public leaderboard shows only what was scored before it (organizers see live).
+    leaderboard_freeze: str | None = None
 
     def chunks(self) -> list[tuple[int, list[int]]]:
         """(chunk index, study indices) per job, so that no job runs for hours."""
@@ -101,7 +103,7 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("source")
-        data["phases"] = {k: asdict(v) | {"problems": list(v.problems)} for k, v in self.phases.items()}
+        data["phases"] = {k: _phase_dict(v) for k, v in self.phases.items()}
         return data
 
     @property
@@ -115,6 +117,13 @@ class Spec:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Spec:
         return _build(json.loads(raw), source="<redis>", resolved=True)
+
+
+def _phase_dict(phase: Phase) -> dict[str, Any]:
+    data = asdict(phase) | {"problems": list(phase.problems)}
+    if data["leaderboard_freeze"] is None:
+        del data["leaderboard_freeze"]  # specs without a freeze keep the hash they always had
+    return data
 
 
 def available() -> list[str]:
@@ -239,7 +248,17 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
     opens, closes = (_when(raw.get(k), f"{prefix}{k}", fail) for k in ("opens", "closes"))
     if opens and closes and closes <= opens:
         raise fail(f"{prefix}closes must come after opens")
-    return Phase(name, tuple(problems), studies, min(per_job, studies), opens, closes)
+    freeze = _when(raw.get("leaderboard_freeze"), f"{prefix}leaderboard_freeze", fail)
+    if freeze and opens and _instant(freeze) <= _instant(opens):
+        raise fail(f"{prefix}leaderboard_freeze must come after opens")
+    return Phase(
+        name, tuple(problems), studies, min(per_job, studies), opens, closes, leaderboard_freeze=freeze
+    )
+
+
+def _instant(iso: str) -> datetime:
+    moment = datetime.fromisoformat(iso)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _when(value: Any, label: str, fail) -> str | None:

@@ -3,7 +3,8 @@
 A token is random (256 bits), shown once when it is made, and stored only as its sha256: the token key
 maps that hash to the team, and the team record keeps the hash so that a lookup is confirmed with a
 constant-time comparison. Rotating replaces the token at once; revoking leaves the team without one.
-Every change is an event on the global stream (the organizers' audit trail); tokens never are.
+Every change is an event on the global stream and an entry in the organizers' audit log (who did it);
+tokens never are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import redis
 
+from competition import audit
 from queue_schema import keys
 from queue_schema.records import add_event
 
@@ -70,7 +72,7 @@ def validate_name(name: str) -> str:
     return name
 
 
-def add_team(r: redis.Redis, name: str) -> str:
+def add_team(r: redis.Redis, name: str, *, actor: str | None = None) -> str:
     """Register a team; returns its token (the only time it is ever visible)."""
     validate_name(name)
     token = new_token()
@@ -102,6 +104,7 @@ def add_team(r: redis.Redis, name: str) -> str:
             except redis.WatchError:
                 continue
     add_event(r, "team_added", team=name)
+    audit.record(r, "team_add", name, actor=actor)
     return token
 
 
@@ -145,27 +148,30 @@ def _replace_token(r: redis.Redis, name: str, digest: str | None) -> None:
                 continue
 
 
-def rotate_token(r: redis.Redis, name: str) -> str:
+def rotate_token(r: redis.Redis, name: str, *, actor: str | None = None) -> str:
     """A new token for the team; the old one stops working at once. Returns the new token (shown once)."""
     token = new_token()
     _replace_token(r, name, token_hash(token))
     add_event(r, "token_rotated", team=name)
+    audit.record(r, "token_rotate", name, actor=actor)
     return token
 
 
-def revoke_token(r: redis.Redis, name: str) -> None:
+def revoke_token(r: redis.Redis, name: str, *, actor: str | None = None) -> None:
     """The team's token stops working; it has none until the next rotate."""
     _replace_token(r, name, None)
     add_event(r, "token_revoked", team=name)
+    audit.record(r, "token_revoke", name, actor=actor)
 
 
-def set_disabled(r: redis.Redis, name: str, disabled: bool) -> None:
+def set_disabled(r: redis.Redis, name: str, disabled: bool, *, actor: str | None = None) -> None:
     """A disabled team cannot authenticate (its token is kept for when it is enabled again)."""
     record = keys.team_record(name)
     if not r.exists(record):
         raise UnknownTeam(f"no team {name!r}")
     r.hset(record, "disabled", "1" if disabled else "0")
     add_event(r, "team_disabled" if disabled else "team_enabled", team=name)
+    audit.record(r, "team_disable" if disabled else "team_enable", name, actor=actor)
 
 
 def get_team(r: redis.Redis, name: str) -> Team | None:
@@ -175,6 +181,11 @@ def get_team(r: redis.Redis, name: str) -> Team | None:
 
 def team_exists(r: redis.Redis, name: str) -> bool:
     return bool(r.exists(keys.team_record(name)))
+
+
+def submission_count(r: redis.Redis, name: str) -> int:
+    """How many submissions the team ever made."""
+    return int(r.zcard(keys.team_submissions(name)))
 
 
 def list_teams(r: redis.Redis) -> list[Team]:

@@ -17,6 +17,7 @@ from typing import Any
 from bayesmark.experiment import run_study
 
 from baselines.objective import SeededProblem
+from competition.provenance import scoring_packages, study_seeds
 from competition.spec import Spec
 from queue_schema import protocol
 from queue_schema.payloads import StudyResult
@@ -241,4 +242,7 @@ def run_one_study(
         observe_errors=remote.observe_errors,
         backend=describe.get("backend", ""),
         image_digest=describe.get("image_digest"),
+        sandbox=dict(describe),
+        packages=scoring_packages(),
+        seeds=study_seeds(problem, study),
     )
