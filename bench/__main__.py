@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"overhead": "bench.overhead"}
+BENCHMARKS = {"overhead": "bench.overhead", "service": "bench.service"}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cli import admin_team, baselines_cmd, sandbox_cmd, up
+from cli import admin_team, audit_cmd, baselines_cmd, estimate_cmd, final_cmd, reproduce_cmd, sandbox_cmd, up
 from cli.output import emit_json, err, fail, studies_progress
 from cli.up import Child
 
@@ -23,6 +23,13 @@ app.add_typer(admin_team.app, name="team")
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command("serve")(admin_team.serve_command)
 app.command("up")(up.up_command)
+app.command("estimate")(estimate_cmd.estimate)
+app.command("reproduce")(reproduce_cmd.reproduce_command)
+app.command("audit")(audit_cmd.audit_command)
+app.command("disqualify")(audit_cmd.disqualify_command)
+app.command("requalify")(audit_cmd.requalify_command)
+app.command("rescore")(final_cmd.rescore_command)
+app.command("final")(final_cmd.final_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 
@@ -187,6 +194,8 @@ def redis() -> None:
         fail("a Redis already answers at the embedded socket")
     except RedisUnavailable:
         pass
+    # Blocked before the server starts, so a SIGTERM is waited for, not fatal (which would orphan it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     server = EmbeddedRedis()
     server.start()
     err.print(f"embedded Redis at {server.url} (data in {server.directory}); Ctrl-C to stop")

@@ -5,12 +5,16 @@ These call `competition` directly; tokens are printed once and never stored in c
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import typer
 
 from cli.output import emit_json, err, fail
 
 app = typer.Typer(
-    help="Teams and their tokens: add, list, rotate, revoke, disable, enable.", no_args_is_help=True
+    help="Teams and their tokens: add, list, rotate, revoke, disable, enable, quota (audited).",
+    no_args_is_help=True,
 )
 
 NameArg = typer.Argument(..., metavar="NAME", help="Team name: 2-40 characters among a-z, 0-9, '_' and '-'.")
@@ -47,13 +51,25 @@ def add(name: str = NameArg, as_json: bool = JsonOpt) -> None:
     _print_token(name, token, as_json, "added")
 
 
+def _team_rows(r) -> list[dict]:
+    from competition import quotas, teams
+
+    overrides = quotas.overrides(r)
+    return [
+        t.to_dict()
+        | {
+            "daily_quota_override": overrides.get(t.name),
+            "submissions": teams.submission_count(r, t.name),
+            "charged_today": quotas.used_today(r, t.name),
+        }
+        for t in teams.list_teams(r)
+    ]
+
+
 @app.command("list")
 def list_(as_json: bool = JsonOpt) -> None:
-    """List the teams (never their tokens)."""
-    from competition import teams
-
-    found = _redis_call(teams.list_teams)
-    rows = [t.to_dict() for t in found]
+    """List the teams (never their tokens), their submission counts and quota overrides."""
+    rows = _redis_call(_team_rows)
     if as_json:
         emit_json(rows)
         return
@@ -64,14 +80,17 @@ def list_(as_json: bool = JsonOpt) -> None:
     from rich.table import Table
 
     table = Table()
-    for column in ("team", "created (UTC)", "token", "status"):
+    for column in ("team", "created (UTC)", "token", "status", "today / all", "daily quota"):
         table.add_column(column, no_wrap=True)
     for row in rows:
+        override = row["daily_quota_override"]
         table.add_row(
             row["team"],
             row["created_at"],
             "yes" if row["has_token"] else "revoked",
             "disabled" if row["disabled"] else "active",
+            f"{row['charged_today']} / {row['submissions']}",
+            "spec" if override is None else str(override),
         )
     Console().print(table)
 
@@ -112,6 +131,28 @@ def enable(name: str = NameArg) -> None:
     err.print(f"team {name} is enabled")
 
 
+@app.command()
+def quota(
+    name: str = NameArg,
+    limit: int = typer.Argument(None, metavar="[N]", min=0, help="Submissions per UTC day for this team."),
+    clear: bool = typer.Option(False, "--clear", help="Go back to the spec's daily quota."),
+) -> None:
+    """Set a team's own daily submission quota (0 blocks its uploads), or --clear it."""
+    from competition import quotas
+
+    if (limit is None) != clear:
+        fail("give the team's daily quota N, or --clear to go back to the spec's")
+    _redis_call(quotas.set_override, name, limit)
+    if clear:
+        err.print(f"team {name} has the spec's daily quota again")
+    else:
+        err.print(f"team {name} may submit {limit} time(s) per UTC day")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve_command(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port to listen on."),
     host: str = typer.Option(
@@ -122,9 +163,21 @@ def serve_command(
         "auto", "--backend", help="Sandbox the jobs ask workers for: auto, docker, bwrap, process."
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning, info, debug)."),
+    ssl_certfile: Path = typer.Option(
+        None, "--ssl-certfile", exists=True, dir_okay=False, help="Serve HTTPS: PEM certificate (chain)."
+    ),
+    ssl_keyfile: Path = typer.Option(
+        None, "--ssl-keyfile", exists=True, dir_okay=False, help="Serve HTTPS: the certificate's PEM key."
+    ),
 ) -> None:
     """Run the teams' HTTP gateway. With BBO_REDIS_URL unset it uses (or starts and owns) the embedded
-    Redis for as long as it runs."""
+    Redis for as long as it runs. TLS: a reverse proxy in front, or --ssl-certfile/--ssl-keyfile."""
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        fail("--ssl-certfile and --ssl-keyfile go together")
+    scheme = "https" if ssl_certfile else "http"
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as an exception it still lets an embedded
+    # Redis this command owns flush and stop (a process manager such as honcho stops us with SIGTERM).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     import uvicorn
 
     from competition.redis_server import ensure_redis
@@ -140,10 +193,18 @@ def serve_command(
             except (SpecError, ValueError) as exc:
                 fail(str(exc))
             err.print(
-                f"gateway for [bold]{application.state.spec.name}[/] on http://{host}:{port} "
+                f"gateway for [bold]{application.state.spec.name}[/] on {scheme}://{host}:{port} "
                 f"(store {url}, sandbox {backend}); Ctrl-C to stop",
                 soft_wrap=True,
             )
-            uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
+            uvicorn.run(
+                application,
+                host=host,
+                port=port,
+                log_level=log_level,
+                proxy_headers=True,
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+            )
     except RedisUnavailable as exc:
         fail(str(exc))

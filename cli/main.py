@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, team
+from cli import admin, team, validate_cmd
 
 app = typer.Typer(
     name="bbo",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(admin.app, name="admin")
 team.register(app)
+app.command("validate")(validate_cmd.validate)
 
 
 @app.callback()

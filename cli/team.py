@@ -1,4 +1,4 @@
-"""The team commands of `bbo`: login, submit, status, stop, submissions, leaderboard, info.
+"""The team commands of `bbo`: login, submit, status, stop, submissions, leaderboard, select, info.
 
 They speak HTTP to the gateway only (httpx); the server and token come from `bbo login`'s config file
 ($BBO_CONFIG_DIR/config.json, else ~/.config/bbo/config.json, mode 0600), overridden by BBO_SERVER and
@@ -429,8 +429,10 @@ def leaderboard(
     """The public leaderboard: each team's best scored submission, best first."""
     board = _api(need_token=False).get("/v1/leaderboard", params={"phase": phase})
     if as_json:
-        emit_json({"phase": board["phase"], "rows": board["rows"]})
+        emit_json({"phase": board["phase"], "frozen": board.get("frozen", False), "rows": board["rows"]})
         return
+    if board.get("frozen"):
+        err.print(f"the leaderboard is frozen since {board['frozen_at']}: later scores are not shown")
     if not board["rows"]:
         err.print(f"no scored submissions in the {phase} phase yet")
         return
@@ -438,13 +440,40 @@ def leaderboard(
     from rich.table import Table
 
     table = Table(title=f"{board.get('competition', '')} {phase} leaderboard".strip())
-    for column in ("rank", "team", "score", "submission", "scored (UTC)"):
-        table.add_column(column, justify="right" if column in ("rank", "score") else "left", no_wrap=True)
+    # The final board says how sure it is: a 95% interval over studies and how often the rank holds.
+    uncertain = "ci_low" in board["rows"][0]
+    extra = ("95% interval", "rank holds") if uncertain else ()
+    for column in ("rank", "team", "score", *extra, "submission", "scored (UTC)"):
+        left = column in ("team", "submission", "scored (UTC)")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for row in board["rows"]:
+        cells = ()
+        if uncertain:
+            cells = (f"{row['ci_low']:.3f} - {row['ci_high']:.3f}", f"{row['rank_stability']:.0%}")
         table.add_row(
-            str(row["rank"]), row["team"], f"{row['score']:.3f}", row["submission"], row["scored_at"]
+            str(row["rank"]), row["team"], f"{row['score']:.3f}", *cells, row["submission"], row["scored_at"]
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def select(
+    sid: str = typer.Argument(
+        None, metavar="[ID]", help="One of your scored feedback submissions (none: show your current entry)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Choose the submission you enter the final phase with; without a choice, your best one enters."""
+    api = _api()
+    chosen = api.post(f"/v1/submissions/{sid}/select") if sid else api.get("/v1/selection")
+    if as_json:
+        emit_json(chosen)
+        return
+    if chosen["submission"] is None:
+        typer.echo("no scored feedback submission yet: your best one will enter the final phase")
+        return
+    how = "your pick" if chosen["selected"] else "your best (no pick made)"
+    locked = "; locked: the final phase has been launched" if chosen["locked"] else ""
+    typer.echo(f"final-phase entry: {chosen['submission']} ({how}), score {chosen['score']:.3f}{locked}")
 
 
 def info(as_json: bool = JsonOpt) -> None:
@@ -481,5 +510,5 @@ def info(as_json: bool = JsonOpt) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the team commands to the `bbo` app."""
-    for command in (login, submit, status, stop, submissions, leaderboard, info):
+    for command in (login, submit, status, stop, submissions, leaderboard, select, info):
         app.command(command.__name__)(command)

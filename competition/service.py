@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from competition import lifecycle, quotas, teams
+from competition import audit, lifecycle, quotas, teams
 from competition.artifacts import InvalidSubmission
 from competition.quotas import QuotaExceeded
 from competition.scores import BaselineError
@@ -39,9 +39,13 @@ __all__ = [
     "WindowClosed",
     "info",
     "leaderboard",
+    "leaderboard_view",
     "list_submissions",
     "metrics_snapshot",
     "public_view",
+    "rescore",
+    "select",
+    "selection",
     "status",
     "stop",
     "submit",
@@ -102,16 +106,26 @@ def _when(value: str | None) -> float | None:
 
 
 def phase_window(spec: Spec, phase: str, now: float | None = None) -> dict[str, Any]:
-    """{"opens", "closes", "open"} of one phase (ISO strings in UTC, or null for unbounded)."""
+    """{"opens", "closes", "open", "leaderboard_freeze"} of one phase (ISO strings in UTC, or null for
+    unbounded / no freeze)."""
     now = time.time() if now is None else now
     p = spec.phase(phase)
     opens, closes = _when(p.opens), _when(p.closes)
     is_open = (opens is None or now >= opens) and (closes is None or now < closes)
+    freeze = _when(p.leaderboard_freeze)
     return {
         "opens": None if opens is None else utc_iso(opens),
         "closes": None if closes is None else utc_iso(closes),
         "open": is_open,
+        "leaderboard_freeze": None if freeze is None else utc_iso(freeze),
     }
+
+
+def frozen_at(spec: Spec, phase: str, now: float | None = None) -> float | None:
+    """The phase's leaderboard freeze time once it has passed (the public board stops there), else None."""
+    freeze = _when(spec.phase(phase).leaderboard_freeze)
+    now = time.time() if now is None else now
+    return freeze if freeze is not None and now >= freeze else None
 
 
 def check_window(spec: Spec, phase: str, now: float | None = None) -> None:
@@ -184,11 +198,14 @@ def latest(r: redis.Redis, team: str) -> Submission | None:
 # -- stop -------------------------------------------------------------------------------------------
 
 
-def stop(r: redis.Redis, sid: str, by_team: str | None = None) -> Submission:
+def stop(r: redis.Redis, sid: str, by_team: str | None = None, *, actor: str | None = None) -> Submission:
     """Stop a queued or running submission: the state becomes `stopped` at once (running jobs see it
     within a second and kill their sandboxes), queued jobs are cancelled, finished studies are kept.
-    A team may stop only its own (others' look unknown); `by_team=None` is an organizer."""
+    A team may stop only its own (others' look unknown); `by_team=None` is an organizer (`actor`, audited)."""
     sub = status(r, by_team, sid)
+    if by_team is not None and sub.source is not None:
+        # A final-phase run is the organizers' scoring of the team's pick; the team cannot end it.
+        raise Forbidden(f"submission {sid} is the organizers' final-phase run; only they can stop it")
     if sub.state in TERMINAL_STATES:
         raise Conflict(f"submission {sid} is already {sub.state.value}; only queued or running ones stop")
     stopped = transition(r, sid, SubmissionState.STOPPED, version=sub.score_version, only_from=ACTIVE_STATES)
@@ -200,6 +217,10 @@ def stop(r: redis.Redis, sid: str, by_team: str | None = None) -> Submission:
     add_event(
         r, "stop", sid, by=by_team or "organizers", cancelled_jobs=cancelled, version=stopped.score_version
     )
+    if by_team is None:
+        audit.record(
+            r, "stop", sid, actor=actor, team=sub.team, cancelled=cancelled, version=stopped.score_version
+        )
     return load_submission(r, sid) or stopped
 
 
@@ -207,25 +228,38 @@ def stop(r: redis.Redis, sid: str, by_team: str | None = None) -> Submission:
 
 
 def leaderboard(
-    r: redis.Redis, phase: str, spec_name: str, *, registered_only: bool = True
+    r: redis.Redis,
+    phase: str,
+    spec_name: str,
+    *,
+    registered_only: bool = True,
+    scored_before: float | None = None,
 ) -> list[dict[str, Any]]:
     """Each team's best scored submission of the phase, best first; a tie goes to the earlier upload.
 
     By default only registered, enabled teams appear (organizer test runs under other names do not).
+    Disqualified submissions never appear; with `scored_before` (a freeze), only what was scored by then.
+    A submission being rescored shows its last scored version (the row's `score_version` says which).
+    The final phase's board is competition/final.py's: final entries with confidence intervals.
     """
+    if phase == "final":
+        return _final_leaderboard(r, spec_name, registered_only, scored_before)
     ids = r.zrange(keys.submissions_index(), 0, -1)
     pipe = r.pipeline(transaction=False)
     for sid in ids:
-        pipe.hget(keys.submission(sid), "state")
-    scored = [sid for sid, state in zip(ids, pipe.execute(), strict=True) if state == "scored"]
+        pipe.hmget(keys.submission(sid), "state", "previous_version")
+    found = zip(ids, pipe.execute(), strict=True)
+    scored = [sid for sid, (state, previous) in found if state == "scored" or previous]
     allowed: set[str] | None = None
     if registered_only:
         allowed = {t.name for t in teams.list_teams(r) if not t.disabled}
     best: dict[str, Submission] = {}
-    for sub in load_submissions(r, scored):
+    for sub in filter(None, (s.last_scored() for s in load_submissions(r, scored))):
         if sub.phase != phase or sub.spec_name != spec_name or sub.score is None:
             continue
         if allowed is not None and sub.team not in allowed:
+            continue
+        if sub.disqualified is not None or (scored_before is not None and scored_time(sub) > scored_before):
             continue
         current = best.get(sub.team)
         if current is None or (sub.score, -sub.created_at) > (current.score, -current.created_at):
@@ -238,10 +272,76 @@ def leaderboard(
             "score": sub.score,
             "submission": sub.id,
             "score_version": sub.score_version,
-            "scored_at": utc_iso(sub.updated_at),
+            "scored_at": utc_iso(scored_time(sub)),
         }
         for rank, sub in enumerate(ordered, start=1)
     ]
+
+
+def _final_leaderboard(
+    r: redis.Redis, spec_name: str, registered_only: bool, scored_before: float | None
+) -> list[dict[str, Any]]:
+    from competition import final
+
+    return final.final_leaderboard(r, spec_name, registered_only=registered_only, scored_before=scored_before)
+
+
+def scored_time(sub: Submission) -> float:
+    # Records scored before `scored_at` existed: their last update was the scoring.
+    return sub.scored_at if sub.scored_at is not None else sub.updated_at
+
+
+def leaderboard_view(
+    r: redis.Redis, spec: Spec, phase: str, *, organizer: bool = False, now: float | None = None
+) -> dict[str, Any]:
+    """The leaderboard as teams get it: {"phase", "competition", "frozen", "frozen_at", "rows"}.
+
+    After the phase's freeze the public board keeps showing what was scored up to the freeze (final
+    days of a competition without a live board to probe): `frozen` is true. Organizers keep seeing it
+    live (`frozen` false), and `frozen_at` tells them the public board froze."""
+    spec.phase(phase)
+    freeze = frozen_at(spec, phase, now)
+    rows = leaderboard(r, phase, spec.name, scored_before=None if organizer else freeze)
+    return {
+        "phase": phase,
+        "competition": spec.name,
+        "frozen": freeze is not None and not organizer,
+        "frozen_at": None if freeze is None else utc_iso(freeze),
+        "rows": rows,
+    }
+
+
+# -- rescore and the final phase's selection (competition/rescore.py, competition/final.py) --------
+
+
+def rescore(
+    r: redis.Redis,
+    sid: str,
+    *,
+    actor: str | None = None,
+    spec: Spec | None = None,
+    reason: str = "",
+    backend: str | None = None,
+) -> Submission:
+    """Organizers: a new score version of a terminal submission's artifact (current spec and baselines
+    unless `spec` is given); old versions stay readable. Audited, never charged."""
+    from competition import rescore as rescoring
+
+    return rescoring.rescore(r, sid, actor=actor, spec=spec, reason=reason, backend=backend)
+
+
+def select(r: redis.Redis, team: str, sid: str, spec: Spec) -> dict[str, Any]:
+    """A team picks one of its scored feedback submissions for the final phase; returns `selection`."""
+    from competition import final
+
+    return final.select(r, team, sid, spec)
+
+
+def selection(r: redis.Redis, team: str, spec: Spec) -> dict[str, Any]:
+    """The submission a team enters the final phase with: its pick if still usable, else its best."""
+    from competition import final
+
+    return final.selection(r, team, spec)
 
 
 # -- info -------------------------------------------------------------------------------------------
@@ -291,15 +391,13 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
 def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
     workers, teams, studies done. One pipelined pass over the submission hashes (no job scans)."""
-    from rq import Queue, Worker
+    from rq import Worker
 
+    from competition import dispatch
     from queue_schema.connection import rq_connection
 
     conn = rq_connection()
-    queues: dict[str, dict[str, int]] = {}
-    for name in (keys.PRIORITY_QUEUE, keys.SCORE_QUEUE):
-        queue = Queue(name, connection=conn)
-        queues[name] = {"depth": queue.count, "running": queue.started_job_registry.count}
+    depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
     ids = r.zrange(keys.submissions_index(), 0, -1)
     pipe = r.pipeline(transaction=False)
     for sid in ids:
@@ -318,7 +416,8 @@ def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
         if sub.failure is not None:
             causes[sub.failure.cause.value] += 1
     return {
-        "queues": queues,
+        "queues": depths["per_queue"],
+        "jobs": {"queued": depths["queued"], "running": depths["running"]},
         "submissions": states,
         "failures": causes,
         "workers": Worker.count(connection=conn),

@@ -37,6 +37,25 @@ MULTIPART_SLACK = 64 * 1024
 LEADERBOARD_CACHE_S = 2.0
 
 
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The submission zip"},
+                        "phase": {"type": "string", "description": "feedback (default) or final"},
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+
 class _TooLarge(Exception):
     pass
 
@@ -56,6 +75,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         title=f"bbo-arena: {spec.name}",
         description="Submit black-box optimizers, follow their scores, see the leaderboard.",
         version="1",
+        responses=errors.ERROR_RESPONSES,
     )
     app.state.spec = spec
     app.state.backend = backend
@@ -69,7 +89,12 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         app.state.redis.ping()
         return JSONResponse({"status": "ok", "competition": spec.name})
 
-    @app.post("/v1/submissions", status_code=201, summary="Upload a submission zip (multipart field `file`)")
+    @app.post(
+        "/v1/submissions",
+        status_code=201,
+        summary="Upload a submission zip (multipart field `file`)",
+        openapi_extra=UPLOAD_BODY,  # the body is parsed by hand (streamed, size-capped): documented here
+    )
     async def upload(
         request: Request,
         team: str = Depends(require_team),
@@ -123,15 +148,26 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         return JSONResponse([service.public_view(s) for s in subs])
 
     @app.get("/v1/submissions/{sid}", summary="One of my submissions, with live progress")
-    def status(sid: str, team: str = Depends(require_team)) -> JSONResponse:
+    def status(sid: str, request: Request) -> JSONResponse:
+        # The hot path (every `status --watch` polls it): the token is checked in this worker thread, not
+        # in a dependency, which FastAPI would run in a thread hop of its own.
+        team = require_team(request)
         return JSONResponse(service.public_view(service.status(app.state.redis, team, sid)))
 
     @app.post("/v1/submissions/{sid}/stop", summary="Stop one of my queued or running submissions")
     def stop(sid: str, team: str = Depends(require_team)) -> JSONResponse:
         return JSONResponse(service.public_view(service.stop(app.state.redis, sid, by_team=team)))
 
+    @app.post("/v1/submissions/{sid}/select", summary="Enter the final phase with this scored submission")
+    def select(sid: str, team: str = Depends(require_team)) -> JSONResponse:
+        return JSONResponse(service.select(app.state.redis, team, sid, spec))
+
+    @app.get("/v1/selection", summary="The submission I enter the final phase with (my pick, else my best)")
+    def selection(team: str = Depends(require_team)) -> JSONResponse:
+        return JSONResponse(service.selection(app.state.redis, team, spec))
+
     # The public board reads every scored record: a short cache keeps a crowd of readers cheap.
-    boards: dict[str, tuple[float, list]] = {}
+    boards: dict[str, tuple[float, dict]] = {}
 
     @app.get("/v1/leaderboard", summary="Each team's best scored submission of a phase (public)")
     def leaderboard(
@@ -140,9 +176,9 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         spec.phase(phase)
         cached = boards.get(phase)
         if cached is None or time.monotonic() - cached[0] >= app.state.leaderboard_cache_s:
-            cached = (time.monotonic(), service.leaderboard(app.state.redis, phase, spec.name))
+            cached = (time.monotonic(), service.leaderboard_view(app.state.redis, spec, phase))
             boards[phase] = cached
-        return JSONResponse({"phase": phase, "competition": spec.name, "rows": cached[1]})
+        return JSONResponse(cached[1])
 
     @app.get("/v1/info", summary="Rules, phase windows and (with a token) my remaining quota")
     def info(request: Request) -> JSONResponse:

@@ -12,6 +12,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from competition import service
@@ -21,6 +22,24 @@ from competition.spec import SpecError
 from queue_schema.connection import RedisUnavailable
 
 log = logging.getLogger("bbo.gateway")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, as the OpenAPI document states it for every refusal."""
+
+    error: ErrorDetail
+
+
+# Documented on every operation (FastAPI's default 422 schema is not what `install` answers).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorBody, "description": "Refused: bad input, token, quota, state or window"},
+    503: {"model": ErrorBody, "description": "The competition's store is not reachable; retry later"},
+}
 
 
 class ApiError(Exception):

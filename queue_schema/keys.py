@@ -7,9 +7,33 @@ from __future__ import annotations
 
 PREFIX = "bbo"
 
-# Queues (RQ queue names, not raw keys): organizer work has its own queue so that it runs first.
+# Queues (RQ queue names, not raw keys): organizer work has its own queue so that it runs first; each
+# team has its own, served round-robin (competition/dispatch.py). SCORE_QUEUE is the shared queue of
+# older releases, still listened to so that jobs enqueued before an upgrade run.
 SCORE_QUEUE = "bbo-score"
 PRIORITY_QUEUE = "bbo-priority"
+TEAM_QUEUE_PREFIX = "bbo-team-"
+
+
+def team_queue(team: str) -> str:
+    """RQ queue name of one team's jobs (team names are [a-z0-9_-], so the name needs no escaping)."""
+    return f"{TEAM_QUEUE_PREFIX}{team}"
+
+
+def team_queues() -> str:
+    """Set: names of every team queue ever used, so workers discover a new team's queue."""
+    return f"{PREFIX}:queues:teams"
+
+
+def dispatch_inflight() -> str:
+    """Sorted set: job id -> time a worker popped it, until its run is registered as started; the reaper
+    requeues a job a worker took and then died before starting (RQ's multi-queue pop has that gap)."""
+    return f"{PREFIX}:dispatch:inflight"
+
+
+def dispatch_cursor() -> str:
+    """String: the team queue some worker dequeued from last: the fleet-wide round-robin position."""
+    return f"{PREFIX}:dispatch:cursor"
 
 
 def submission(sid: str) -> str:
@@ -78,13 +102,19 @@ def job_log(job_id: str) -> str:
 
 
 def heartbeat(worker: str) -> str:
-    """Hash with a TTL: a worker's last heartbeat payload."""
+    """Hash with a TTL: a worker's last heartbeat (`json`: the Heartbeat payload; `job`: the job it runs)."""
     return f"{PREFIX}:hb:{worker}"
 
 
 def heartbeats_index() -> str:
     """Sorted set: worker name -> last heartbeat time, for the reaper and the fleet view."""
     return f"{PREFIX}:hbs"
+
+
+def job_heartbeat(job_id: str) -> str:
+    """String with a TTL: a running job's own heartbeat (JobHeartbeat JSON), refreshed by its work horse;
+    its absence is how the reaper (competition/recovery.py) tells a job nobody runs any more."""
+    return f"{PREFIX}:jobhb:{job_id}"
 
 
 def teams_index() -> str:
@@ -108,9 +138,37 @@ def quota_holds(team: str) -> str:
     return f"{PREFIX}:team:{team}:holds"
 
 
+def quota_overrides() -> str:
+    """Hash: team -> daily submission limit an organizer set for it (instead of the spec's)."""
+    return f"{PREFIX}:quota:overrides"
+
+
 def audit_log() -> str:
     """Stream: every organizer action (who, what, on what, why), append-only and never trimmed."""
     return f"{PREFIX}:audit"
+
+
+# -- rescore and the final phase (competition/rescore.py, competition/final.py) ----------------------
+
+
+def study_scores(sid: str, version: int) -> str:
+    """String: JSON {problem: [normalized score of each study]} of a scored version, computed once."""
+    return f"{PREFIX}:studyscores:{sid}:v{version}"
+
+
+def team_selection(team: str) -> str:
+    """String: the feedback submission id a team chose for the final phase (unset: its best)."""
+    return f"{PREFIX}:team:{team}:selection"
+
+
+def final_entries(spec_name: str) -> str:
+    """Hash: team -> its final-phase submission id (the one the final leaderboard shows)."""
+    return f"{PREFIX}:final:{spec_name}:entries"
+
+
+def final_launches(spec_name: str) -> str:
+    """Hash: "team:spec hash:artifact sha256" -> final-phase submission id, so a second run reuses it."""
+    return f"{PREFIX}:final:{spec_name}:launches"
 
 
 def lock(name: str) -> str:

@@ -50,6 +50,16 @@ class Progress(BaseModel):
     evals_total: int = 0
 
 
+class ScoredVersion(BaseModel):
+    """An earlier score version that was scored, kept on the record while a rescore replaces it."""
+
+    version: int
+    score: float
+    scored_at: float
+    spec_hash: str
+    baseline_version: str = ""
+
+
 class Submission(Payload):
     id: str
     team: str
@@ -68,6 +78,34 @@ class Submission(Payload):
     failure: Failure | None = None
     progress: Progress = Field(default_factory=Progress)
     charged: bool = True
+    # When the current score version was scored: the leaderboard freeze compares against this.
+    scored_at: float | None = None
+    # An organizer's reason for taking the submission off the leaderboard (None: in good standing).
+    disqualified: str | None = None
+    # The last scored version while a rescore runs (or after it ended unscored): the leaderboard shows it.
+    previous: ScoredVersion | None = None
+    # A final-phase submission launched by `bbo admin final`: the feedback submission it came from.
+    source: str | None = None
+
+    def last_scored(self) -> Submission | None:
+        """This record as of its last scored version: itself once scored; during a rescore (or after one
+        ended unscored) a scored copy carrying the previous version; None if no version was ever scored."""
+        if self.state == SubmissionState.SCORED and self.score is not None:
+            return self
+        if self.previous is None:
+            return None
+        return self.model_copy(
+            update={
+                "state": SubmissionState.SCORED,
+                "score": self.previous.score,
+                "score_version": self.previous.version,
+                "scored_at": self.previous.scored_at,
+                "spec_hash": self.previous.spec_hash,
+                "baseline_version": self.previous.baseline_version,
+                "failure": None,
+                "partial_score": None,
+            }
+        )
 
     def public_view(self) -> dict[str, Any]:
         """The command contract's submission object (what `--json` prints and the gateway returns)."""
@@ -85,6 +123,8 @@ class Submission(Payload):
         }
         if self.state == SubmissionState.STOPPED and self.partial_score is not None:
             out["partial_score"] = self.partial_score
+        if self.disqualified is not None:
+            out["disqualified"] = self.disqualified
         return out
 
 
@@ -120,6 +160,11 @@ class StudyResult(Payload):
     worker: str = ""
     backend: str = ""
     image_digest: str | None = None
+    # Provenance, so that `reproduce` can tell what changed: the sandbox's own description, the scoring
+    # stack's package versions in the worker, and the seeds the study used.
+    sandbox: dict[str, Any] = Field(default_factory=dict)
+    packages: dict[str, str] = Field(default_factory=dict)
+    seeds: dict[str, Any] = Field(default_factory=dict)
     finished_at: float = Field(default_factory=time.time)
 
     @staticmethod
@@ -145,6 +190,18 @@ class Heartbeat(Payload):
     state: str  # idle | busy | draining
     current_job: str | None = None
     backend: str = ""
+    started_at: float
+    ts: float = Field(default_factory=time.time)
+
+
+class JobHeartbeat(Payload):
+    """A running job's own heartbeat, written by the process that runs it (the work horse)."""
+
+    job_id: str
+    worker: str  # the RQ worker's name (its Heartbeat's `worker`)
+    host: str
+    pid: int
+    study: int | None = None  # the study being run, None before the first
     started_at: float
     ts: float = Field(default_factory=time.time)
 

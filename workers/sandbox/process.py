@@ -18,8 +18,10 @@ from workers.sandbox.base import THREAD_ENV, SandboxRefused
 class ProcessBackend:
     name = "process"
 
-    def __init__(self) -> None:
-        if not unsafe_sandbox_allowed():
+    def __init__(self, *, allow_unsafe: bool = False) -> None:
+        # `allow_unsafe`: the caller runs code it owns on its own machine (`bbo validate`), so the
+        # environment opt-in that guards the service's workers does not apply.
+        if not (allow_unsafe or unsafe_sandbox_allowed()):
             raise SandboxRefused(
                 f"the process backend runs participant code without isolation; set {UNSAFE_SANDBOX_ENV}=1 "
                 "to allow it (development only)"
