@@ -10,7 +10,17 @@ from pathlib import Path
 
 import typer
 
-from cli import admin_team, audit_cmd, baselines_cmd, estimate_cmd, final_cmd, reproduce_cmd, sandbox_cmd, up
+from cli import (
+    admin_team,
+    audit_cmd,
+    baselines_cmd,
+    estimate_cmd,
+    final_cmd,
+    reproduce_cmd,
+    sandbox_cmd,
+    submissions_cmd,
+    up,
+)
 from cli.output import emit_json, err, fail, studies_progress
 from cli.up import Child
 
@@ -30,6 +40,8 @@ app.command("disqualify")(audit_cmd.disqualify_command)
 app.command("requalify")(audit_cmd.requalify_command)
 app.command("rescore")(final_cmd.rescore_command)
 app.command("final")(final_cmd.final_command)
+app.command("submissions")(submissions_cmd.submissions_command)
+app.command("stop")(submissions_cmd.stop_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 

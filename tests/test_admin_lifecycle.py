@@ -248,3 +248,46 @@ def test_admin_commands_refuse_bad_input_with_one_line(r):
         result = _admin(*args)
         assert result.exit_code != 0, args
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_organizers_list_every_teams_submissions_and_stop_any_of_them(r, monkeypatch):
+    monkeypatch.setenv("BBO_ACTOR", "referee")
+    spec = load("demo")
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    teams.add_team(r, "ada")
+    teams.add_team(r, "bob")
+    first = service.submit(r, "ada", data, "a.zip", spec, backend="process")
+    second = service.submit(r, "bob", data, "b.zip", spec, backend="process")
+
+    listed = _admin("submissions", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [row["id"] for row in rows] == [second.id, first.id]  # newest first, every team
+    assert {row["state"] for row in rows} == {"queued"}
+    only_ada = json.loads(_admin("submissions", "--team", "ada", "--json").stdout)
+    assert [row["id"] for row in only_ada] == [first.id]
+
+    stopped = _admin("stop", first.id, "--json")
+    assert stopped.exit_code == 0, stopped.output
+    assert json.loads(stopped.stdout)["state"] == "stopped"
+    (entry,) = [e for e in audit.read(r) if e.action == "stop"]
+    assert entry.actor == "referee" and entry.target == first.id
+    assert json.loads(_admin("submissions", "--state", "stopped", "--json").stdout)[0]["id"] == first.id
+
+    again = _admin("stop", first.id)
+    assert again.exit_code != 0 and "already stopped" in again.output
+    unknown = _admin("stop", "s-nope")
+    assert unknown.exit_code != 0 and "no submission" in unknown.output
+
+
+def test_a_team_cannot_stop_its_final_phase_run_but_organizers_can(r):
+    from queue_schema.records import update_record
+
+    spec = load("demo")
+    teams.add_team(r, "ada")
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    sub = service.submit(r, "ada", data, "a.zip", spec, backend="process")
+    update_record(r, sub.id, source="s-feedback-pick")  # as the final phase launches it
+    with pytest.raises(service.Forbidden, match="final-phase"):
+        service.stop(r, sub.id, by_team="ada")
+    assert service.stop(r, sub.id).state.value == "stopped"
