@@ -391,12 +391,8 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
 def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
     workers, teams, studies done. One pipelined pass over the submission hashes (no job scans)."""
-    from rq import Worker
+    from competition import dispatch, recovery
 
-    from competition import dispatch
-    from queue_schema.connection import rq_connection
-
-    conn = rq_connection()
     depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
     ids = r.zrange(keys.submissions_index(), 0, -1)
     pipe = r.pipeline(transaction=False)
@@ -420,7 +416,8 @@ def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
         "jobs": {"queued": depths["queued"], "running": depths["running"]},
         "submissions": states,
         "failures": causes,
-        "workers": Worker.count(connection=conn),
+        # Live heartbeats, not RQ's registry: a killed worker stays registered there for minutes.
+        "workers": len(recovery.workers(r)),
         "teams": int(r.zcard(keys.teams_index())),
         "studies_done": studies_done,
     }

@@ -63,7 +63,7 @@ def render(snapshot: dict[str, Any]) -> str:
         "Failed submissions by cause.",
         [({"cause": c}, n) for c, n in snapshot["failures"].items()],
     )
-    family("bbo_workers", "gauge", "RQ workers registered.", [({}, snapshot["workers"])])
+    family("bbo_workers", "gauge", "Workers with a live heartbeat.", [({}, snapshot["workers"])])
     family("bbo_teams", "gauge", "Registered teams.", [({}, snapshot["teams"])])
     family(
         "bbo_studies_done_total",
