@@ -201,6 +201,7 @@ def _launch(
         ),
         charged=False,  # organizer work: never on the team's quota
         source=source.id,
+        backend=backend,
     )
     # Not create_submission: the artifact is stored and checked already, and the record must be
     # uncharged from its first moment (a charged instant could refuse a concurrent upload at the quota).

@@ -48,10 +48,12 @@ from competition import lifecycle
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Heartbeat, ScoreJob
-from queue_schema.records import add_event
-from queue_schema.states import FailureCause
+from queue_schema.records import add_event, load_submission
+from queue_schema.states import ACTIVE_STATES, FailureCause
 
 log = logging.getLogger("bbo.recovery")
+
+ACTIVE_VALUES = frozenset(state.value for state in ACTIVE_STATES)
 
 # A worker beats every WORKER_BEAT_S into a key that lives WORKER_HEARTBEAT_TTL_S (three missed beats);
 # a job every JOB_BEAT_S into one that lives JOB_HEARTBEAT_TTL_S. START_GRACE_S covers the moment between
@@ -67,6 +69,10 @@ START_GRACE_S = 15.0
 # RQ's monitor kills a horse at timeout + 60 s and looks every 30 s: past this, RQ is not going to.
 STUCK_SLACK_S = 120.0
 MAX_REAPS = 3
+# Submissions younger than ENQUEUE_GRACE_S may still be enqueueing; older than ORPHAN_WINDOW_S are not
+# looked at (a week: no submission waits that long, and the scan stays bounded).
+ENQUEUE_GRACE_S = 60.0
+ORPHAN_WINDOW_S = 7 * 24 * 3600.0
 REAPS_META = "bbo_reaps"  # job.meta counter: how many times the reaper took this job back
 REAPER_LOCK = "reaper"
 _CLAIM_ATTEMPTS = 5
@@ -94,12 +100,13 @@ class ReapReport:
     failed: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # submissions whose missing jobs were enqueued
 
     def to_dict(self) -> dict[str, list[str]]:
         return asdict(self)
 
     def __bool__(self) -> bool:
-        return any((self.requeued, self.failed, self.stuck, self.dead_workers))
+        return any((self.requeued, self.failed, self.stuck, self.dead_workers, self.restored))
 
 
 @dataclass
@@ -244,6 +251,7 @@ def reap(r: redis.Redis, now: float | None = None, *, rq_conn: redis.Redis | Non
     queues = Queue.all(connection=conn)
     report.dead_workers = _drop_dead_workers(r, conn, queues)
     report.requeued.extend(_requeue_lost_in_flight(r, conn, now))
+    report.restored = _enqueue_missing_jobs(r, now)
     started = _started(conn, queues)
     if not started:
         return report
@@ -300,6 +308,44 @@ def _requeue_lost_in_flight(r: redis.Redis, conn: redis.Redis, now: float) -> li
         log.warning("reaper: requeued job %s lost between dequeue and start", job_id)
         requeued.append(job_id)
     return requeued
+
+
+def _enqueue_missing_jobs(r: redis.Redis, now: float) -> list[str]:
+    """Active submissions (of the last week) with fewer enqueued jobs than their score version has: the
+    process that accepted or rescored them died before enqueueing them all. Enqueue the missing ones.
+
+    ENQUEUE_GRACE_S leaves a live process time to finish enqueueing (milliseconds in practice)."""
+    from competition.spec import Spec
+    from competition.submit import enqueue_jobs, expected_jobs
+
+    ids = r.zrangebyscore(keys.submissions_index(), now - ORPHAN_WINDOW_S, now - ENQUEUE_GRACE_S)
+    pipe = r.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hmget(keys.submission(sid), "state", "score_version")
+    active = [
+        (sid, int(version))
+        for sid, (state, version) in zip(ids, pipe.execute(), strict=True)
+        if state in ACTIVE_VALUES and version
+    ]
+    restored = []
+    for sid, version in active:
+        enqueued = r.smembers(keys.submission_jobs(sid, version))
+        sub = load_submission(r, sid)
+        raw_spec = r.get(keys.spec(sub.spec_hash)) if sub else None
+        if sub is None or raw_spec is None or sub.score_version != version:
+            continue
+        spec = Spec.from_json(raw_spec)
+        missing = set(expected_jobs(sub, spec)) - enqueued
+        if not missing:
+            continue
+        if not r.set(keys.lock(f"enqueue:{sid}:v{version}"), "1", nx=True, ex=60):
+            continue  # another reaper is on it
+        organizers = sub.source is not None or sub.score_version > 1
+        added = enqueue_jobs(r, sub, spec, backend=sub.backend, priority=organizers, skip=frozenset(enqueued))
+        add_event(r, "jobs_restored", sid, jobs=len(added), version=version)
+        log.warning("reaper: enqueued %d missing jobs of %s v%d", len(added), sid, version)
+        restored.append(sid)
+    return restored
 
 
 def reap_if_due(

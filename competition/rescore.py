@@ -86,6 +86,7 @@ def rescore(
         baseline_version=baselines.version,
         scored_at=None,
         previous=previous,
+        backend=backend,
         progress=Progress(
             studies_total=len(phase.problems) * phase.studies,
             evals_total=len(phase.problems) * phase.studies * spec.evals_per_study,

@@ -47,6 +47,7 @@ def create_submission(
         spec_hash=spec.hash,
         phase=phase,
         baseline_version=baseline_version,
+        backend=backend,
         progress=Progress(
             studies_total=len(phase_spec.problems) * phase_spec.studies,
             evals_total=len(phase_spec.problems) * phase_spec.studies * spec.evals_per_study,
@@ -60,10 +61,29 @@ def create_submission(
     return sub
 
 
+def expected_jobs(sub: Submission, spec: Spec) -> list[str]:
+    """Every job id of the submission's current score version."""
+    phase = spec.phase(sub.phase)
+    return [
+        job_id(sub.id, sub.score_version, problem, chunk)
+        for problem in phase.problems
+        for chunk, _ in phase.chunks()
+    ]
+
+
 def enqueue_jobs(
-    r: redis.Redis, sub: Submission, spec: Spec, *, backend: str = "auto", priority: bool = False
+    r: redis.Redis,
+    sub: Submission,
+    spec: Spec,
+    *,
+    backend: str = "auto",
+    priority: bool = False,
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
-    """One job per (problem, chunk of studies); ids are deterministic, so enqueueing twice is a no-op."""
+    """One job per (problem, chunk of studies), except the ids in `skip` (enqueued already).
+
+    A job joins the submission's job set only once it is in its queue, so after a crash mid-way the set
+    says exactly which jobs are missing (the reaper enqueues those)."""
     phase = spec.phase(sub.phase)
     # Organizer work jumps every team; a team's jobs wait only behind its own (competition/dispatch.py).
     name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
@@ -74,6 +94,8 @@ def enqueue_jobs(
     for problem in problems:
         for chunk, studies in phase.chunks():
             jid = job_id(sub.id, sub.score_version, problem, chunk)
+            if jid in skip:
+                continue
             payload = ScoreJob(
                 submission_id=sub.id,
                 score_version=sub.score_version,
@@ -85,7 +107,6 @@ def enqueue_jobs(
                 artifact_sha256=sub.artifact_sha256,
                 backend=backend,
             )
-            r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
             queue.enqueue_call(
                 JOB_FUNCTION,
                 args=(payload.model_dump(mode="json"),),
@@ -97,6 +118,7 @@ def enqueue_jobs(
                 on_failure=Callback("workers.failures.on_job_failure"),
                 description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
             )
+            r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
             ids.append(jid)
     return ids
 

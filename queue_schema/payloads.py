@@ -78,6 +78,8 @@ class Submission(Payload):
     failure: Failure | None = None
     progress: Progress = Field(default_factory=Progress)
     charged: bool = True
+    # The sandbox its jobs ask for, so jobs lost before they were enqueued can be enqueued again alike.
+    backend: str = "auto"
     # When the current score version was scored: the leaderboard freeze compares against this.
     scored_at: float | None = None
     # An organizer's reason for taking the submission off the leaderboard (None: in good standing).

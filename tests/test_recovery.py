@@ -136,6 +136,30 @@ def test_a_started_job_leaves_the_in_flight_set(r):
     assert conn.zscore(keys.dispatch_inflight(), job.id) is None
 
 
+def test_jobs_lost_before_they_were_enqueued_are_enqueued_by_the_reaper(r):
+    from competition.submit import expected_jobs
+
+    conn = rq_connection()
+    sub = submit(r)
+    queue = Queue(keys.team_queue("t"), connection=conn)
+    everything = expected_jobs(sub, load("demo"))
+    assert sorted(queue.job_ids) == sorted(everything)
+    # The accepting process died after enqueueing only some of them.
+    lost = everything[:2]
+    for jid in lost:
+        Job.fetch(jid, connection=conn).delete()
+        r.srem(keys.submission_jobs(sub.id, 1), jid)
+    assert not reap(r).restored  # younger than the grace: maybe still enqueueing
+    report = reap(r, now=later(recovery.ENQUEUE_GRACE_S + 1))
+    assert report.restored == [sub.id]
+    assert sorted(queue.job_ids) == sorted(everything)  # the lost ones back, nothing twice
+    assert r.smembers(keys.submission_jobs(sub.id, 1)) == set(everything)
+    assert Job.fetch(lost[0], connection=conn).args[0]["backend"] == "process"
+    (event,) = events(r, sub.id, "jobs_restored")
+    assert event.data["jobs"] == 2
+    assert not reap(r, now=later(recovery.ENQUEUE_GRACE_S + 1)).restored
+
+
 def test_a_job_whose_horse_or_worker_beats_is_left_alone(r):
     conn = rq_connection()
     submit(r)
