@@ -140,3 +140,18 @@ def test_host_loads_a_starter_kit_zip_directly(small_spec, tmp_path):
     proc = OptimizerProcess(zipped).start()
     result = run_one_study(proc, "DT-iris-acc", 0, small_spec, {"backend": "process"}, lambda line: None)
     assert result.state == StudyState.COMPLETE
+
+
+@pytest.mark.usefixtures("state_dir", "unsafe_ok")
+def test_a_call_after_the_sandbox_was_killed_from_outside_is_a_dead_optimizer(small_spec):
+    """A stop kills the sandbox between two calls (during an evaluation): the next call must say the
+    optimizer is dead, not raise a ValueError that bayesmark would take for a failing suggest and answer
+    with random suggestions for the rest of the study."""
+    from workers.optimizer_process import OptimizerDied
+
+    proc = OptimizerProcess(select("process").launch(SUBMISSIONS / "random_search", small_spec.limits))
+    proc.start()
+    proc.wait_hello(small_spec.limits.call_timeout_s)
+    proc.kill()
+    with pytest.raises(OptimizerDied):
+        proc.call({"op": "suggest", "n": 1}, 5)

@@ -142,8 +142,12 @@ class OptimizerProcess:
     def call(self, message: dict[str, Any], timeout: float) -> Reply:
         started = time.monotonic()
         try:
+            if self.killed:
+                # Killed from outside (a stop): its pipes are closed, and a ValueError here would look
+                # like an optimizer error to bayesmark, which would go on with random suggestions.
+                raise BrokenPipeError
             self._send(message)
-        except (BrokenPipeError, OSError):
+        except (BrokenPipeError, OSError, ValueError):
             self._wait_exit()
             raise OptimizerDied(self.returncode, message["op"]) from None
         return self._receive(message["op"], timeout, started)
