@@ -117,6 +117,7 @@ class Fleet:
             env=self.env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,  # stdout carries only the figures' JSON
         )
         self.base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -153,6 +154,7 @@ class Fleet:
                     env=self.env,
                     cwd=ROOT,
                     stdin=subprocess.DEVNULL,
+                    stdout=sys.stderr,  # bayesmark logs to stdout; stdout carries only the JSON
                     preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if pin else None,
                 )
             )
