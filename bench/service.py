@@ -97,9 +97,10 @@ call_timeout_s = 600.0
 class Fleet:
     """The gateway and workers as subprocesses of this benchmark, started by the `bbo` CLI."""
 
-    def __init__(self, url: str, backend: str) -> None:
+    def __init__(self, url: str, backend: str, gateway_workers: int = 1) -> None:
         self.url = url
         self.backend = backend
+        self.gateway_workers = gateway_workers
         self.env = {**os.environ, "BBO_REDIS_URL": url}
         if backend == "process":
             self.env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
@@ -113,7 +114,8 @@ class Fleet:
         port = _free_port()
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", "demo"]
-            + ["--backend", self.backend, "--log-level", "warning"],
+            + ["--backend", self.backend, "--log-level", "warning"]
+            + ["--workers", str(self.gateway_workers)],
             env=self.env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -387,6 +389,7 @@ def status_phase(fleet: Fleet, r: Any, args: argparse.Namespace) -> dict[str, An
         "status_seconds_each": args.seconds,
         "status_submissions_stored": len(pairs),
         "status_teams": args.teams,
+        "status_gateway_processes": args.gateway_workers,
     }
 
 
@@ -552,6 +555,12 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--teams", type=int, default=70)
     parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gateway processes, as `bbo admin serve --workers` (default: one per core)",
+    )
+    parser.add_argument(
         "--submissions", type=int, default=3600, help="stored submissions for the status test"
     )
     parser.add_argument(
@@ -594,7 +603,7 @@ def main(argv: list[str]) -> None:
     server.start()
     os.environ["BBO_REDIS_URL"] = server.url
     reset_clients()
-    fleet = Fleet(server.url, args.backend)
+    fleet = Fleet(server.url, args.backend, args.gateway_workers)
     try:
         r = connect(server.url)
         fleet.start_gateway()

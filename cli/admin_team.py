@@ -5,6 +5,7 @@ These call `competition` directly; tokens are printed once and never stored in c
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -169,6 +170,9 @@ def serve_command(
     ssl_keyfile: Path = typer.Option(
         None, "--ssl-keyfile", exists=True, dir_okay=False, help="Serve HTTPS: the certificate's PEM key."
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="Gateway processes (uvicorn workers): about one per core."
+    ),
 ) -> None:
     """Run the teams' HTTP gateway. With BBO_REDIS_URL unset it uses (or starts and owns) the embedded
     Redis for as long as it runs. TLS: a reverse proxy in front, or --ssl-certfile/--ssl-keyfile."""
@@ -197,14 +201,20 @@ def serve_command(
                 f"(store {url}, sandbox {backend}); Ctrl-C to stop",
                 soft_wrap=True,
             )
-            uvicorn.run(
-                application,
-                host=host,
-                port=port,
-                log_level=log_level,
-                proxy_headers=True,
-                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-            )
+            options = {
+                "host": host,
+                "port": port,
+                "log_level": log_level,
+                "proxy_headers": True,
+                "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
+                "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
+            }
+            if workers == 1:
+                uvicorn.run(application, **options)
+                return
+            # Several processes need an importable factory; each builds the same app from these (the
+            # spec was checked above, so a bad one fails here, once, with a clear message).
+            os.environ.update({"BBO_SPEC": spec_name, "BBO_BACKEND": backend, "BBO_REDIS_URL": url})
+            uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
     except RedisUnavailable as exc:
         fail(str(exc))

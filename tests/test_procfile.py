@@ -236,3 +236,32 @@ def test_a_certificate_without_its_key_is_a_usage_error(tmp_path, deploy_env):
     )
     assert done.returncode == 2
     assert "--ssl-keyfile" in done.stderr
+
+
+def test_serve_runs_several_gateway_processes_on_one_port(tmp_path, deploy_env):
+    port = free_port()
+    serve = subprocess.Popen(
+        ["bbo", "admin", "serve", "--port", str(port), "--log-level", "warning", "--workers", "2"],
+        env=deploy_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 60, "/health", serve)
+        gateways = [
+            p
+            for p in psutil.Process(serve.pid).children(recursive=True)
+            if "multiprocessing" in " ".join(p.cmdline())
+        ]
+        assert len(gateways) >= 2, [p.cmdline() for p in gateways]
+        # Every process serves the same competition from the same store.
+        infos = {
+            httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=5).json()["spec_hash"] for _ in range(6)
+        }
+        assert len(infos) == 1
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    finally:
+        stop_group(serve)
+    wait_for(lambda: not processes_using(tmp_path / "state"), 10, "the embedded Redis to exit")
