@@ -311,10 +311,54 @@ def _study_summary(result: Any) -> dict[str, Any]:
     }
 
 
+def _logged_in_rules(fallback: Any) -> Any:
+    """The rules of the competition `bbo login` points at (batch, rounds, time and size limits from its
+    `/v1/info`), laid over `fallback`; `fallback` itself when not logged in or the server does not answer."""
+    import httpx
+
+    from cli.team import load_config
+
+    config = load_config()
+    if not config.get("server"):
+        return fallback
+    try:
+        response = httpx.get(config["server"].rstrip("/") + "/v1/info", timeout=5)
+        response.raise_for_status()
+        info = response.json()
+        limits = dataclasses.replace(
+            fallback.limits,
+            suggest_budget_s=float(info["limits"]["suggest_budget_s"]),
+            call_timeout_s=float(info["limits"]["call_timeout_s"]),
+            memory_mb=int(info["limits"]["memory_mb"]),
+        )
+        submission = dataclasses.replace(
+            fallback.submission,
+            max_zip_mb=int(info["submission"]["max_zip_mb"]),
+            max_unpacked_mb=int(info["submission"]["max_unpacked_mb"]),
+            max_files=int(info["submission"]["max_files"]),
+        )
+        return dataclasses.replace(
+            fallback,
+            name=str(info["competition"]),
+            rounds=int(info["rounds"]),
+            batch=int(info["batch"]),
+            limits=limits,
+            submission=submission,
+        )
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        err.print(
+            f"[yellow]could not read the rules of {config['server']} ({exc}); using {fallback.name}'s[/]"
+        )
+        return fallback
+
+
 def validate(
     path: Path = typer.Argument(..., help="A folder with optimizer.py at its top level, or a zip of one."),
     spec_name: str = typer.Option(
-        "neurips2020", "--spec", help="Competition rules to check against: a shipped name or a path."
+        None,
+        "--spec",
+        help="Competition rules to check against: a shipped name or a path. Default: the rules of the "
+        "competition you are logged in to (`bbo info`), else neurips2020.",
     ),
     problem: str = typer.Option(
         "DT-iris-acc", "--problem", help="bayesmark problem MODEL-DATASET-METRIC (a fast one by default)."
@@ -357,7 +401,7 @@ def validate(
     if not path.exists():
         fail(f"{path} does not exist")
     try:
-        spec = load(spec_name)
+        spec = load(spec_name) if spec_name else _logged_in_rules(load("neurips2020"))
         parse(problem)
         backend = _select_backend(backend_name)
     except (SpecError, UnknownProblem, SandboxRefused, SandboxUnavailable) as exc:

@@ -213,3 +213,16 @@ def test_submit_wait_follows_a_real_worker_to_the_score(logged_in, redis_server)
     final = json.loads(result.stdout)  # one object: the final state
     assert_submission_shape(final)
     assert final["state"] == "scored" and final["score"] is not None
+
+
+def test_validate_follows_the_rules_of_the_competition_logged_in_to(logged_in, monkeypatch):
+    monkeypatch.delenv("BBO_ALLOW_UNSAFE_SANDBOX", raising=False)  # a team's machine has no opt-in
+    spec = tiny_spec()
+    from cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["validate", str(SUBMISSIONS / "random_search"), "--rounds", "2", "--studies", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{spec.name} rules" in result.stderr
+    assert f"x {spec.batch} (" in result.stderr  # the server's batch size, not neurips2020's 8
