@@ -154,7 +154,11 @@ def submit(
 ) -> Submission:
     """Accept one upload: phase and window, quota (reserved atomically), then the archive checks and
     the enqueue. A refused upload stores nothing and costs nothing."""
-    spec.phase(phase)  # SpecError for a phase this competition does not have
+    if not spec.phase(phase).accepts_uploads:  # SpecError for a phase this competition does not have
+        raise Forbidden(
+            f"the {phase} phase takes no uploads: the organizers score each team's selected submission "
+            "on it (`bbo select ID`; default: your best)"
+        )
     check_window(spec, phase, now)
     hold = quotas.check_and_reserve(r, team, spec, now)
     try:
@@ -363,6 +367,7 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
                 "name": name,
                 "problems": len(p.problems),
                 "studies": p.studies,
+                "team_uploads": p.accepts_uploads,
                 **phase_window(spec, name, now),
             }
             for name, p in spec.phases.items()

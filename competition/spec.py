@@ -35,6 +35,14 @@ class Phase:
     closes: str | None = None
     # After this moment the public leaderboard shows only what was scored before it (organizers see live).
     leaderboard_freeze: str | None = None
+    # Whether teams may upload into this phase themselves. Unset: the feedback phase yes, the final no
+    # (it is scored by the organizers from each team's selection, and a team uploading there would learn
+    # how it does on the held-out problems).
+    team_uploads: bool | None = None
+
+    @property
+    def accepts_uploads(self) -> bool:
+        return self.team_uploads if self.team_uploads is not None else self.name != "final"
 
     def chunks(self) -> list[tuple[int, list[int]]]:
         """(chunk index, study indices) per job, so that no job runs for hours."""
@@ -121,8 +129,9 @@ class Spec:
 
 def _phase_dict(phase: Phase) -> dict[str, Any]:
     data = asdict(phase) | {"problems": list(phase.problems)}
-    if data["leaderboard_freeze"] is None:
-        del data["leaderboard_freeze"]  # specs without a freeze keep the hash they always had
+    for optional in ("leaderboard_freeze", "team_uploads"):
+        if data[optional] is None:
+            del data[optional]  # specs that leave these unset keep the hash they always had
     return data
 
 
@@ -251,8 +260,18 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
     freeze = _when(raw.get("leaderboard_freeze"), f"{prefix}leaderboard_freeze", fail)
     if freeze and opens and _instant(freeze) <= _instant(opens):
         raise fail(f"{prefix}leaderboard_freeze must come after opens")
+    uploads = raw.get("team_uploads")
+    if uploads is not None and not isinstance(uploads, bool):
+        raise fail(f"{prefix}team_uploads must be true or false")
     return Phase(
-        name, tuple(problems), studies, min(per_job, studies), opens, closes, leaderboard_freeze=freeze
+        name,
+        tuple(problems),
+        studies,
+        min(per_job, studies),
+        opens,
+        closes,
+        leaderboard_freeze=freeze,
+        team_uploads=uploads,
     )
 
 

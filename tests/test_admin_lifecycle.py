@@ -291,3 +291,18 @@ def test_a_team_cannot_stop_its_final_phase_run_but_organizers_can(r):
     with pytest.raises(service.Forbidden, match="final-phase"):
         service.stop(r, sub.id, by_team="ada")
     assert service.stop(r, sub.id).state.value == "stopped"
+
+
+def test_teams_cannot_upload_into_the_final_phase_unless_the_spec_allows_it(r):
+    spec = load("demo")
+    teams.add_team(r, "ada")
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    with pytest.raises(service.Forbidden, match="takes no uploads"):
+        service.submit(r, "ada", data, "a.zip", spec, phase="final", backend="process")
+    assert r.zcard("bbo:subs") == 0  # nothing stored, nothing charged
+    final = dataclasses.replace(spec.phases["final"], team_uploads=True)
+    open_final = dataclasses.replace(spec, phases={**spec.phases, "final": final})
+    assert open_final.hash != spec.hash  # the rule is part of the competition
+    sub = service.submit(r, "ada", data, "a.zip", open_final, phase="final", backend="process")
+    assert sub.phase == "final"
+    assert [p["team_uploads"] for p in service.info(r, spec)["phases"]] == [True, False]
