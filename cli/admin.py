@@ -13,6 +13,7 @@ import typer
 from cli import (
     admin_team,
     audit_cmd,
+    autoscaler_cmd,
     baselines_cmd,
     estimate_cmd,
     final_cmd,
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(baselines_cmd.app, name="baselines")
 app.add_typer(admin_team.app, name="team")
 app.add_typer(sandbox_cmd.app, name="sandbox")
+app.add_typer(autoscaler_cmd.app, name="autoscaler")
 app.command("serve")(admin_team.serve_command)
 app.command("up")(up.up_command)
 app.command("estimate")(estimate_cmd.estimate)

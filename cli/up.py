@@ -75,7 +75,8 @@ def up_command(
     autoscale: str = typer.Option(
         "none",
         "--autoscale",
-        help="Fleet sizing: none (a fixed number of workers). local and docker come with the autoscaler.",
+        help="Fleet sizing: none (--workers fixed workers) or local (the autoscaler daemon runs local "
+        "workers, up to --workers, as the queue needs them; drained on stop).",
     ),
 ) -> None:
     """Run the embedded Redis, the gateway and the workers in the foreground; Ctrl-C stops all of it."""
@@ -84,10 +85,8 @@ def up_command(
     from queue_schema.connection import RedisUnavailable
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
 
-    if autoscale != "none":
-        fail(
-            f"--autoscale {autoscale} is not available yet: this build runs a fixed fleet (--autoscale none)"
-        )
+    if autoscale not in ("none", "local"):
+        fail(f"--autoscale {autoscale} is not available in this build: use none or local")
     try:
         spec = load(spec_name)
         select(backend)  # refuse an unusable or unsafe sandbox before starting anything
@@ -124,14 +123,12 @@ def up_command(
                     ],
                     env,
                 )
-            ] + [
-                Child(f"worker-{i}", [*cli, "worker", "--name", f"up-{os.getpid()}-{i}"], env)
-                for i in range(workers)
-            ]
+            ] + _fleet(cli, env, workers, autoscale)
             for child in children:
                 child.start()
             err.print(
-                f"bbo-arena up: [bold]{spec.name}[/] on http://{host}:{port}, {workers} worker(s), sandbox "
+                f"bbo-arena up: [bold]{spec.name}[/] on http://{host}:{port}, "
+                f"{workers} worker(s){' at most, autoscaled' if autoscale == 'local' else ''}, sandbox "
                 f"{backend}, store {url}; Ctrl-C to stop",
                 soft_wrap=True,
             )
@@ -148,3 +145,14 @@ def up_command(
                 child.wait(deadline)
     except RedisUnavailable as exc:
         fail(str(exc))
+
+
+def _fleet(cli: list[str], env: dict[str, str], workers: int, autoscale: str) -> list[Child]:
+    """The scoring workers: a fixed set, or the autoscaler daemon that starts and drains them itself
+    (draining them when `up` stops, so none outlives the Redis they need)."""
+    if autoscale == "local":
+        run = [*cli, "autoscaler", "run", "--provider", "local", "--max", str(max(1, workers))]
+        return [Child("autoscaler", [*run, "--drain-on-exit"], env)]
+    return [
+        Child(f"worker-{i}", [*cli, "worker", "--name", f"up-{os.getpid()}-{i}"], env) for i in range(workers)
+    ]
