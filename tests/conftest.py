@@ -15,6 +15,23 @@ from queue_schema.settings import pin_threads
 # Before anything imports numpy: tests, like workers, run numerical code on one thread.
 pin_threads()
 
+
+def _hypothesis_profile() -> None:
+    # Hypothesis keeps caches beside the tests unless told otherwise: never in the source tree.
+    os.environ.setdefault(
+        "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "bbo-arena-hypothesis")
+    )
+    from hypothesis import settings
+
+    # No example database (it would live in the source tree); in CI the same examples every run, so a
+    # red build is reproducible rather than a roll of the dice.
+    settings.register_profile("bbo", database=None)
+    settings.register_profile("ci", database=None, derandomize=True)
+    settings.load_profile("ci" if os.environ.get("CI") else "bbo")
+
+
+_hypothesis_profile()
+
 SUBMISSIONS = Path(__file__).parent / "submissions"
 
 

@@ -161,7 +161,8 @@ def test_error_backoff_then_recovers(obs: Observation, config: PolicyConfig) -> 
     later = Observation(obs.now + config.error_backoff_s + 0.01, obs.queued, obs.running, obs.workers, 0.0)
     shortfall = desired_workers(later, config) - _capacity(later, config)
     room = config.max_workers - len(obs.workers)
-    if shortfall > 0 and room > 0:
+    budget_left = config.budget_machine_hours is None or config.budget_machine_hours > 0.0
+    if shortfall > 0 and room > 0 and budget_left:
         assert decide(later, config, state)[0].add > 0
 
 
