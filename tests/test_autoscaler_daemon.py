@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ from queue_schema import keys
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import SubmissionState
 from tests.conftest import SUBMISSIONS
+from tests.live_server import free_port
+from tests.waiting import wait_for
 
 CAP = 2
 FAST = PolicyConfig(
@@ -85,19 +86,6 @@ def submit(r, folder: str = "random_search"):
     spec = load("demo")
     data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
     return create_submission(r, team="auto", data=data, spec=spec, phase="feedback", backend="process")
-
-
-def wait_for(predicate, timeout: float, what: str, log_dir: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    logs = ""
-    if log_dir and log_dir.exists():
-        logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted(log_dir.glob("*.log")))
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
 
 
 def autoscaler_events(r) -> list:
@@ -378,9 +366,3 @@ def test_up_with_local_autoscaling_scores_and_leaves_no_worker_behind(
     assert provider.list() == []
     events = autoscaler_events(r)
     assert events[0].data["add"] == 1 and events[-1].data["reason"].startswith("drain on exit")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -23,6 +23,7 @@ from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from tests.conftest import SUBMISSIONS
 from tests.dispatch_helpers import RAN
+from tests.waiting import wait_for
 from workers.fair_worker import FairSimpleWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +36,6 @@ def enqueue(queue_name: str, tag: str) -> None:
 
 def ran(r) -> list[str]:
     return r.lrange(RAN, 0, -1)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_teams_take_turns_organizer_work_goes_first_and_the_legacy_queue_last(r):

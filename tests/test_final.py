@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
 from rq import Queue
 from typer.testing import CliRunner
 
@@ -23,8 +20,9 @@ from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission
 from tests.conftest import SUBMISSIONS
+from tests.live_server import serving
 from tests.test_rescore import ROOT, burst_worker, quick_spec
-from tests.test_team_cli import free_port, one_line_error, run
+from tests.test_team_cli import one_line_error, run
 
 
 def final_spec() -> Spec:
@@ -38,19 +36,8 @@ def final_spec() -> Spec:
 
 @pytest.fixture()
 def server(r, unsafe_ok):
-    config = uvicorn.Config(
-        create_app(final_spec(), "process"), host="127.0.0.1", port=free_port(), log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{config.port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(final_spec(), "process")) as url:
+        yield url
 
 
 @pytest.fixture()

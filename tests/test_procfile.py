@@ -8,11 +8,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,28 +18,12 @@ import psutil
 import pytest
 
 from tests.conftest import SUBMISSIONS
+from tests.live_server import free_port
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEMO = ROOT / "competition" / "specs" / "demo.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, alive: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if alive is not None and alive.poll() is not None:
-            raise AssertionError(f"exited with {alive.returncode} while waiting for {what}")
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def answers(url: str, **kwargs) -> bool:
@@ -111,7 +93,7 @@ def test_procfile_under_honcho_scores_a_submission_and_stops_cleanly(tmp_path, d
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{base}/health"), 90, "the gateway's /health", honcho)
+        wait_for(lambda: answers(f"{base}/health"), 90, "the gateway's /health", alive=honcho)
 
         def bbo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
             done = subprocess.run(["bbo", *args], env=env, capture_output=True, text=True, timeout=timeout)
@@ -209,7 +191,7 @@ def test_serve_speaks_https_with_its_own_certificate(tmp_path, deploy_env):
     try:
         trusted = ssl.create_default_context(cafile=str(cert))
         https_health = f"https://127.0.0.1:{port}/health"
-        wait_for(lambda: answers(https_health, verify=trusted), 60, "HTTPS /health", serve)
+        wait_for(lambda: answers(https_health, verify=trusted), 60, "HTTPS /health", alive=serve)
         response = httpx.get(f"https://localhost:{port}/health", verify=trusted, timeout=5)
         assert response.json()["status"] == "ok"
         assert not answers(f"http://127.0.0.1:{port}/health")  # plain HTTP is not served on that port
@@ -248,7 +230,7 @@ def test_serve_runs_several_gateway_processes_on_one_port(tmp_path, deploy_env):
         start_new_session=True,
     )
     try:
-        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 60, "/health", serve)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 60, "/health", alive=serve)
         gateways = [
             p
             for p in psutil.Process(serve.pid).children(recursive=True)

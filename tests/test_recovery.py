@@ -39,6 +39,7 @@ from queue_schema.payloads import JobHeartbeat, ScoreJob
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import FailureCause, SubmissionState
 from tests.conftest import SUBMISSIONS
+from tests.waiting import wait_for
 from workers.heartbeat import JobBeat, WorkerHeartbeat
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,17 +312,6 @@ def start_worker(name: str, redis_url: str, state: Path, log: Path) -> subproces
             stdout=out,
             stderr=out,
         )
-
-
-def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 def half_done_job(r, sid: str, studies: int) -> tuple[str, ScoreJob] | None:

@@ -6,16 +6,13 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import typer
-import uvicorn
 from typer.testing import CliRunner
 
 from cli import team as team_cli
@@ -24,6 +21,7 @@ from competition.spec import load
 from gateway.app import create_app
 from queue_schema.connection import rq_connection
 from tests.conftest import SUBMISSIONS
+from tests.live_server import free_port, serving
 from workers.fair_worker import FairSimpleWorker
 
 SUBMISSION_KEYS = {"id", "team", "state", "score", "failure", "progress", "created_at"}
@@ -50,26 +48,10 @@ def bbo() -> typer.Typer:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(r, unsafe_ok):
-    app = create_app(tiny_spec(), "process")
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{config.port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(tiny_spec(), "process")) as url:
+        yield url
 
 
 @pytest.fixture()

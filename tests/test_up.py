@@ -6,10 +6,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,14 +15,10 @@ import httpx
 import psutil
 
 from tests.conftest import SUBMISSIONS
+from tests.live_server import free_port
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zipped(folder: Path) -> bytes:
@@ -33,16 +27,6 @@ def zipped(folder: Path) -> bytes:
         for path in folder.iterdir():
             z.write(path, path.name)
     return buffer.getvalue()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def workers_of(up: subprocess.Popen) -> list[psutil.Process]:
