@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, with_redis
 
 app = typer.Typer(
     help="Teams and their tokens: add, list, rotate, revoke, disable, enable, quota (audited).",
@@ -22,16 +22,10 @@ NameArg = typer.Argument(..., metavar="NAME", help="Team name: 2-40 characters a
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 
 
-def _redis_call(function, *args):
-    from competition.redis_server import ensure_redis
+def _redis_call(function, *args, **kwargs):
     from competition.teams import TeamError
-    from queue_schema.connection import RedisUnavailable, connect
 
-    try:
-        with ensure_redis() as url:
-            return function(connect(url), *args)
-    except (TeamError, RedisUnavailable) as exc:
-        fail(str(exc))
+    return with_redis(function, *args, errors=(TeamError,), **kwargs)
 
 
 def _print_token(name: str, token: str, as_json: bool, verb: str) -> None:

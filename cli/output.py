@@ -30,6 +30,19 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def with_redis(function: Any, *args: Any, errors: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
+    """`function(redis, *args, **kwargs)` on the configured or embedded Redis (started if none runs); an
+    unreachable store or one of `errors` (the caller's refusals) is a one-line failure."""
+    from competition.redis_server import ensure_redis
+    from queue_schema.connection import RedisUnavailable, connect
+
+    try:
+        with ensure_redis() as url:
+            return function(connect(url), *args, **kwargs)
+    except (RedisUnavailable, *errors) as exc:
+        fail(str(exc))
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Rejected input or an unreachable service: one line on stderr, non-zero exit."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)

@@ -6,21 +6,15 @@ import sys
 
 import typer
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, with_redis
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 
 
 def _with_redis(function, *args, **kwargs):
-    from competition.redis_server import ensure_redis
     from competition.service import ServiceError
-    from queue_schema.connection import RedisUnavailable, connect
 
-    try:
-        with ensure_redis() as url:
-            return function(connect(url), *args, **kwargs)
-    except (ServiceError, RedisUnavailable) as exc:
-        fail(str(exc))
+    return with_redis(function, *args, errors=(ServiceError,), **kwargs)
 
 
 def _newest(r, team: str | None, state: str | None, limit: int) -> list:

@@ -30,10 +30,10 @@ from baselines import ranking
 from competition import audit, scores, service, teams
 from competition.service import Conflict, NotFound
 from competition.spec import Spec
-from competition.submit import enqueue_jobs
+from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.ids import new_submission_id
-from queue_schema.payloads import Progress, Submission, utc_iso
+from queue_schema.payloads import Submission, utc_iso
 from queue_schema.records import (
     add_event,
     load_submission,
@@ -185,7 +185,6 @@ def _launch(
         return Launch(team, source.id, selected, earlier.id, created=False, state=earlier.state.value)
     if not r.exists(keys.artifact(source.artifact_sha256)):
         return Launch(team, source.id, selected, None, False, error="the artifact is no longer stored")
-    phase = spec.phase(FINAL)
     sub = Submission(
         id=new_submission_id(),
         team=team,
@@ -195,10 +194,7 @@ def _launch(
         spec_hash=spec.hash,
         phase=FINAL,
         baseline_version=baseline_version,
-        progress=Progress(
-            studies_total=len(phase.problems) * phase.studies,
-            evals_total=len(phase.problems) * phase.studies * spec.evals_per_study,
-        ),
+        progress=phase_progress(spec, FINAL),
         charged=False,  # organizer work: never on the team's quota
         source=source.id,
         backend=backend,

@@ -20,9 +20,9 @@ import redis
 from competition import audit, scores
 from competition.service import Conflict, NotFound
 from competition.spec import Spec, SpecError, load
-from competition.submit import enqueue_jobs
+from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
-from queue_schema.payloads import Progress, ScoredVersion, Submission
+from queue_schema.payloads import ScoredVersion, Submission
 from queue_schema.records import load_submission, load_submissions, start_score_version
 from queue_schema.states import ACTIVE_STATES, SubmissionState
 
@@ -87,10 +87,7 @@ def rescore(
         scored_at=None,
         previous=previous,
         backend=backend,
-        progress=Progress(
-            studies_total=len(phase.problems) * phase.studies,
-            evals_total=len(phase.problems) * phase.studies * spec.evals_per_study,
-        ),
+        progress=phase_progress(spec, sub.phase),
     )
     if started is None:
         now = load_submission(r, sid)

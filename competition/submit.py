@@ -48,10 +48,7 @@ def create_submission(
         phase=phase,
         baseline_version=baseline_version,
         backend=backend,
-        progress=Progress(
-            studies_total=len(phase_spec.problems) * phase_spec.studies,
-            evals_total=len(phase_spec.problems) * phase_spec.studies * spec.evals_per_study,
-        ),
+        progress=phase_progress(spec, phase),
     )
     r.set(keys.spec(spec.hash), spec.to_json())
     artifacts.store(r, artifact)
@@ -59,6 +56,13 @@ def create_submission(
     add_event(r, "submitted", sub.id, team=team, phase=phase, spec=spec.name, sha256=artifact.sha256)
     enqueue_jobs(r, sub, spec, backend=backend, priority=priority)
     return sub
+
+
+def phase_progress(spec: Spec, phase: str) -> Progress:
+    """A fresh score version's counters: nothing done yet, every study and evaluation of the phase to do."""
+    p = spec.phase(phase)
+    studies = len(p.problems) * p.studies
+    return Progress(studies_total=studies, evals_total=studies * spec.evals_per_study)
 
 
 def expected_jobs(sub: Submission, spec: Spec) -> list[str]:
