@@ -44,30 +44,6 @@ DRAIN_EXIT_GRACE_S = 60.0
 LOCK_INTERVALS = 3
 
 
-def _key(fleet: str, what: str) -> str:
-    return f"{keys.PREFIX}:autoscaler:{fleet}:{what}"
-
-
-def policy_state_key(fleet: str) -> str:
-    """String: the policy's PolicyState as JSON."""
-    return _key(fleet, "policy")
-
-
-def worker_states_key(fleet: str) -> str:
-    """Hash: machine name -> JSON {state, since, joined}: when each worker entered its current state."""
-    return _key(fleet, "workers")
-
-
-def machine_hours_key(fleet: str) -> str:
-    """Hash: "hours" (machine-hours spent, a float), "at" (the last accounting time)."""
-    return _key(fleet, "hours")
-
-
-def status_key(fleet: str) -> str:
-    """Hash: the latest step's figures (the daemon's metrics)."""
-    return _key(fleet, "status")
-
-
 def lock_key(fleet: str) -> str:
     return keys.lock(f"autoscaler:{fleet}")
 
@@ -76,7 +52,7 @@ def read_status(r: redis.Redis, fleet: str = "local") -> dict[str, Any]:
     """The latest step's figures of a fleet's daemon ({} before its first step): the decision's fields,
     queued/running, workers per state, machine_hours, ts."""
     out = {}
-    for name, raw in r.hgetall(status_key(fleet)).items():
+    for name, raw in r.hgetall(keys.autoscaler_status(fleet)).items():
         try:
             out[name] = json.loads(raw)
         except ValueError:
@@ -212,10 +188,10 @@ class Daemon:
             views.append(WorkerView(name=machine.name, state=state, since=since))
         if not self.dry_run:
             pipe = self.r.pipeline()
-            pipe.delete(worker_states_key(self.fleet))
+            pipe.delete(keys.autoscaler_workers(self.fleet))
             if fresh:
                 pipe.hset(
-                    worker_states_key(self.fleet),
+                    keys.autoscaler_workers(self.fleet),
                     mapping={name: json.dumps(record) for name, record in fresh.items()},
                 )
             pipe.execute()
@@ -223,7 +199,7 @@ class Daemon:
 
     def _worker_states(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for name, raw in self.r.hgetall(worker_states_key(self.fleet)).items():
+        for name, raw in self.r.hgetall(keys.autoscaler_workers(self.fleet)).items():
             try:
                 out[name] = json.loads(raw)
             except ValueError:
@@ -232,14 +208,14 @@ class Daemon:
 
     def _account(self, now: float, machines: int) -> float:
         """Machine-hours spent so far: every machine the provider lists counts, whatever its state."""
-        raw = self.r.hgetall(machine_hours_key(self.fleet))
+        raw = self.r.hgetall(keys.autoscaler_hours(self.fleet))
         hours = float(raw.get("hours", 0.0))
         last = float(raw.get("at", now))
         if self.dry_run:
             return hours
         # A long gap (the daemon was down) is counted too: the machines ran meanwhile.
         hours += max(0.0, now - last) * machines / 3600.0
-        self.r.hset(machine_hours_key(self.fleet), mapping={"hours": repr(hours), "at": repr(now)})
+        self.r.hset(keys.autoscaler_hours(self.fleet), mapping={"hours": repr(hours), "at": repr(now)})
         return hours
 
     # -- sweep and act -------------------------------------------------------------------------------
@@ -253,7 +229,7 @@ class Daemon:
                 self._pending_error = str(exc)
                 log.warning("could not delete %s: %s", name, exc)
                 continue
-            self.r.hdel(worker_states_key(self.fleet), name)
+            self.r.hdel(keys.autoscaler_workers(self.fleet), name)
             deleted.append(name)
         return deleted
 
@@ -278,7 +254,7 @@ class Daemon:
     def _load_state(self) -> PolicyState:
         if self.dry_run:
             return self._dry_state
-        raw = self.r.get(policy_state_key(self.fleet))
+        raw = self.r.get(keys.autoscaler_policy(self.fleet))
         if not raw:
             return PolicyState()
         try:
@@ -290,7 +266,7 @@ class Daemon:
         if self.dry_run:
             self._dry_state = state
         else:
-            self.r.set(policy_state_key(self.fleet), json.dumps(state.to_dict()))
+            self.r.set(keys.autoscaler_policy(self.fleet), json.dumps(state.to_dict()))
 
     def _record(self, report: StepReport) -> None:
         data = {**report.to_dict(), "dry_run": self.dry_run, "provider": self.provider.name}
@@ -298,7 +274,10 @@ class Daemon:
         status = {name: json.dumps(value) for name, value in data.items()}
         status["ts"] = json.dumps(report.observation.now)
         if not self.dry_run:
-            self.r.hset(status_key(self.fleet), mapping=status)
+            with self.r.pipeline() as pipe:
+                pipe.hset(keys.autoscaler_status(self.fleet), mapping=status)
+                pipe.sadd(keys.autoscaler_fleets(), self.fleet)
+                pipe.execute()
         acted = bool(
             report.decision.add or report.decision.drain or report.deleted or report.requeued or report.error
         )

@@ -173,3 +173,41 @@ def final_launches(spec_name: str) -> str:
 
 def lock(name: str) -> str:
     return f"{PREFIX}:lock:{name}"
+
+
+# -- the autoscaler (autoscaler/daemon.py, autoscaler/providers/) -------------------------------------
+
+
+def autoscaler_policy(fleet: str) -> str:
+    """String: the fleet's PolicyState as JSON (what the policy remembers between steps)."""
+    return f"{PREFIX}:autoscaler:{fleet}:policy"
+
+
+def autoscaler_workers(fleet: str) -> str:
+    """Hash: machine name -> JSON {state, since, joined}: when each worker entered its current state."""
+    return f"{PREFIX}:autoscaler:{fleet}:workers"
+
+
+def autoscaler_hours(fleet: str) -> str:
+    """Hash: "hours" (machine-hours spent, a float), "at" (the last accounting time)."""
+    return f"{PREFIX}:autoscaler:{fleet}:hours"
+
+
+def autoscaler_status(fleet: str) -> str:
+    """Hash: the daemon's latest step's figures (its metrics), each value JSON."""
+    return f"{PREFIX}:autoscaler:{fleet}:status"
+
+
+def autoscaler_fleets() -> str:
+    """Set: the fleets a daemon has run for (so a reader finds their status without scanning keys)."""
+    return f"{PREFIX}:autoscaler:fleets"
+
+
+def autoscaler_machines(provider: str, fleet: str) -> str:
+    """Hash: machine name -> JSON record a provider keeps beside its own labels (pid, created_at, ...)."""
+    return f"{PREFIX}:autoscaler:{provider}:{fleet}:machines"
+
+
+def autoscaler_seq(provider: str, fleet: str) -> str:
+    """String: the last machine number a provider handed out in a fleet (names are never reused)."""
+    return f"{PREFIX}:autoscaler:{provider}:{fleet}:seq"

@@ -39,13 +39,11 @@ _START_TIME_SLACK_S = 1.0
 
 
 def machines_key(fleet: str) -> str:
-    """Hash: machine name -> JSON {pid, started, created_at, draining_since} of a local fleet."""
-    return f"{keys.PREFIX}:autoscaler:local:{fleet}:machines"
+    return keys.autoscaler_machines("local", fleet)
 
 
 def counter_key(fleet: str) -> str:
-    """String: the last machine number handed out in a local fleet (names are never reused)."""
-    return f"{keys.PREFIX}:autoscaler:local:{fleet}:seq"
+    return keys.autoscaler_seq("local", fleet)
 
 
 class LocalProvider:
