@@ -138,7 +138,16 @@ def _print(summary: dict) -> None:
 
 @app.command("run")
 def run_command(
-    provider_name: str = typer.Option("local", "--provider", help="Where workers come from: local."),
+    provider_name: str = typer.Option(
+        "local", "--provider", help="Where workers come from: local, docker, hcloud (docs/autoscaler.md)."
+    ),
+    provider_options: list[str] = typer.Option(
+        [],
+        "--provider-option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="A provider setting, repeatable (e.g. -o image=bbo-worker:abc -o server_type=cpx31).",
+    ),
     min_workers: int = typer.Option(0, "--min", min=0, help="Workers kept even when the queue is empty."),
     max_workers: int | None = typer.Option(
         None, "--max", min=1, help="The safety cap (default: the core count for local)."
@@ -182,9 +191,15 @@ def run_command(
         fail(f"{exc}; start `bbo admin up` or set BBO_REDIS_URL")
     url = redis_url()
     r = connect(url)
+    options: dict[str, str] = {}
+    for item in provider_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--provider-option {item!r} is not KEY=VALUE")
+        options[key.replace("-", "_")] = value
     try:
         env = {**os.environ, "BBO_REDIS_URL": url}
-        provider = make(provider_name, r=r, fleet=fleet, cap=cap, env=env)
+        provider = make(provider_name, r=r, fleet=fleet, cap=cap, env=env, **options)
     except ProviderError as exc:
         fail(str(exc))
     config = policy.PolicyConfig(

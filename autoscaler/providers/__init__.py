@@ -7,10 +7,22 @@ from autoscaler.providers.base import Machine, Provider, ProviderError, QuotaExc
 __all__ = ["Machine", "Provider", "ProviderError", "QuotaExceeded", "make"]
 
 
+PROVIDERS = ("local",)
+
+
 def make(name: str, **options: object) -> Provider:
-    """The provider called `name` (the CLI's --provider), built with its options."""
+    """The provider called `name` (the CLI's --provider), built with its options: always `r` (a str
+    Redis client), `fleet`, `cap` and `env` (the workers' environment), plus the provider's own settings
+    (the CLI's --provider-option KEY=VALUE, as strings). An unknown setting is a ProviderError."""
     if name == "local":
         from autoscaler.providers.local import LocalProvider
 
-        return LocalProvider(**options)  # type: ignore[arg-type]
-    raise ProviderError(f"unknown provider {name!r}; available: local")
+        return _build(LocalProvider, options)
+    raise ProviderError(f"unknown provider {name!r}; available: {', '.join(PROVIDERS)}")
+
+
+def _build(cls: type, options: dict[str, object]) -> Provider:
+    try:
+        return cls(**options)
+    except TypeError as exc:  # an option the provider does not take
+        raise ProviderError(f"{cls.name} provider: {exc}") from None
