@@ -26,6 +26,16 @@ def estimate(
     out: Path | None = typer.Option(
         None, "--out", help="Also write the table here (e.g. competition/costs/SPEC.json to ship it)."
     ),
+    max_job_minutes: float | None = typer.Option(
+        None,
+        "--max-job-minutes",
+        min=0.1,
+        help="Also propose, per phase, smaller jobs for the problems whose jobs' objective time would "
+        "exceed this (the spec's studies_per_job_by_problem).",
+    ),
+    no_measure: bool = typer.Option(
+        False, "--no-measure", help="Use the cost table already known (measured, else shipped): no timing."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Time a short grid of evaluations of every problem of SPEC, write the cost table that orders jobs
@@ -39,16 +49,22 @@ def estimate(
         spec = load(spec_name)
     except SpecError as exc:
         fail(str(exc))
-    with rich_progress(f"estimate {spec.name}") as progress:
-        table = measure(spec, evals, workers, progress)
-    try:
-        paths = [dispatch.save_table(table, dispatch.measured_path(spec.name))]
-        if out is not None:
-            paths.append(dispatch.save_table(table, out))
-    except OSError as exc:
-        fail(f"cannot write the cost table: {exc}")
-    summary = workload(spec, table["seconds_per_eval"], finalists)
-    err.print(f"measured in {table['wall_seconds']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    if no_measure:
+        costs = dispatch.costs_for(spec.name, spec.all_problems())
+        table = {"seconds_per_eval": costs.seconds_per_eval, "sources": costs.sources, "grid": None}
+        paths: list[Path] = []
+        err.print(f"cost table from {', '.join(sorted(set(costs.sources.values())))}")
+    else:
+        with rich_progress(f"estimate {spec.name}") as progress:
+            table = measure(spec, evals, workers, progress)
+        try:
+            paths = [dispatch.save_table(table, dispatch.measured_path(spec.name))]
+            if out is not None:
+                paths.append(dispatch.save_table(table, out))
+        except OSError as exc:
+            fail(f"cannot write the cost table: {exc}")
+        err.print(f"measured in {table['wall_seconds']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    summary = workload(spec, table["seconds_per_eval"], finalists, max_job_minutes)
     if as_json:
         emit_json({"paths": [str(p) for p in paths], "table": table, "workload": summary})
         return
@@ -71,7 +87,9 @@ def _print(spec, table: dict[str, Any], summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = _console()
-    problems = Table(title=f"{spec.name}: cost per problem ({table['grid']['evals_per_problem']} evals each)")
+    grid = table["grid"]
+    basis = f"{grid['evals_per_problem']} evals each" if grid else "known table"
+    problems = Table(title=f"{spec.name}: cost per problem ({basis})")
     for column in ("problem", "phase", "s/eval", "CPU-h per submission"):
         problems.add_column(column, justify="left" if column in ("problem", "phase") else "right")
     rows = [
@@ -103,3 +121,22 @@ def _print(spec, table: dict[str, Any], summary: dict[str, Any]) -> None:
             f"objective, {_hours(total['ceiling_cpu_hours'])} CPU-h with the whole optimizer budget"
         )
     console.print(f"objective: {summary['basis']['objective']}; optimizer: {summary['basis']['optimizer']}")
+    for name, entry in summary["phases"].items():
+        proposal = entry.get("proposed_jobs")
+        if proposal is None:
+            continue
+        # TOML to paste into the spec: the sizes are part of the spec (and its hash), not of this table.
+        console.print(f"\\[phases.{name}]  # {_jobs(spec, name, proposal)} jobs", highlight=False)
+        console.print(f"studies_per_job = {proposal['studies_per_job']}", highlight=False)
+        if proposal["studies_per_job_by_problem"]:
+            console.print(f"\\[phases.{name}.studies_per_job_by_problem]", highlight=False)
+        for problem, size in proposal["studies_per_job_by_problem"].items():
+            console.print(f'"{problem}" = {size}', highlight=False, markup=False)
+
+
+def _jobs(spec, phase_name: str, proposal: dict[str, Any]) -> int:
+    import math
+
+    phase = spec.phase(phase_name)
+    sizes = proposal["studies_per_job_by_problem"]
+    return sum(math.ceil(phase.studies / sizes.get(p, proposal["studies_per_job"])) for p in phase.problems)

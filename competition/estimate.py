@@ -23,7 +23,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from competition import dispatch
+from competition import chunking, dispatch
 from competition.spec import Spec
 from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
@@ -154,8 +154,12 @@ def measure(spec: Spec, evals: int, workers: int, progress: Progress | None = No
     }
 
 
-def workload(spec: Spec, seconds_per_eval: dict[str, float], finalists: int) -> dict[str, Any]:
-    """CPU-hours per submission, phase by phase: objective (measured) and optimizer budget (ceiling)."""
+def workload(
+    spec: Spec, seconds_per_eval: dict[str, float], finalists: int, max_job_minutes: float | None = None
+) -> dict[str, Any]:
+    """CPU-hours per submission, phase by phase: objective (measured) and optimizer budget (ceiling).
+    With `max_job_minutes`, also the studies per job each problem needs for its jobs to fit even when
+    the optimizer spends its whole budget (the spec's `studies_per_job_by_problem`)."""
     phases: dict[str, Any] = {}
     for name, phase in spec.phases.items():
         per_problem = {
@@ -163,17 +167,25 @@ def workload(spec: Spec, seconds_per_eval: dict[str, float], finalists: int) -> 
         }
         objective = sum(per_problem.values())
         optimizer = len(phase.problems) * phase.studies * spec.limits.suggest_budget_s / 3600
-        per_job = max(per_problem.values()) * phase.studies_per_job / phase.studies
+        per_job = max(per_problem[p] * phase.job_size(p) / phase.studies for p in phase.problems)
         phases[name] = {
             "problems": len(phase.problems),
             "studies": phase.studies,
-            "jobs": len(phase.problems) * len(phase.chunks()),
+            "jobs": len(phase.jobs()),
             "objective_cpu_hours": objective,
             "optimizer_budget_cpu_hours": optimizer,
             "ceiling_cpu_hours": objective + optimizer,
             "longest_job_objective_hours": per_job,
             "per_problem_cpu_hours": dict(sorted(per_problem.items(), key=lambda kv: -kv[1])),
         }
+        if max_job_minutes is not None:
+            budget = spec.limits.suggest_budget_s
+            per_study_s = {p: hours * 3600 / phase.studies + budget for p, hours in per_problem.items()}
+            proposal = chunking.plan(per_study_s, phase.studies, phase.studies_per_job, max_job_minutes * 60)
+            phases[name]["proposed_jobs"] = {
+                "studies_per_job": proposal.studies_per_job,
+                "studies_per_job_by_problem": proposal.by_problem,
+            }
     result: dict[str, Any] = {
         "basis": {
             "objective": f"studies x rounds x batch x seconds per evaluation ({MEASURE})",

@@ -100,7 +100,7 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
         return False
     spec = _load_spec(r, sub)
     phase = spec.phase(sub.phase)
-    expected = len(phase.problems) * len(phase.chunks())
+    expected = len(phase.jobs())
     if r.scard(keys.problems_done(sid, version)) < expected:
         return False
     studies = _studies_by_problem(r, sub, spec, version)

@@ -39,16 +39,38 @@ class Phase:
     # (it is scored by the organizers from each team's selection, and a team uploading there would learn
     # how it does on the held-out problems).
     team_uploads: bool | None = None
+    # (problem, studies per job) for problems whose jobs would otherwise run far longer than the rest
+    # (`bbo admin estimate --max-job-minutes` proposes them); sorted, so the spec hash is stable.
+    studies_per_job_by_problem: tuple[tuple[str, int], ...] = ()
 
     @property
     def accepts_uploads(self) -> bool:
         return self.team_uploads if self.team_uploads is not None else self.name != "final"
 
-    def chunks(self) -> list[tuple[int, list[int]]]:
-        """(chunk index, study indices) per job, so that no job runs for hours."""
-        indices = list(range(self.studies))
-        size = self.studies_per_job
-        return [(i // size, indices[i : i + size]) for i in range(0, self.studies, size)]
+    def job_size(self, problem: str | None = None) -> int:
+        """Studies per job of `problem` (the phase's default when it has no size of its own)."""
+        return dict(self.studies_per_job_by_problem).get(problem or "", self.studies_per_job)
+
+    def chunks(self, problem: str | None = None) -> list[tuple[int, list[int]]]:
+        """(chunk index, study indices) per job of `problem`, so that no job runs for hours."""
+        # As even as the size allows: 10 studies at most 4 a job go 4+3+3, not 4+4+2.
+        jobs = -(-self.studies // self.job_size(problem))
+        small, extra = divmod(self.studies, jobs)
+        out, start = [], 0
+        for chunk in range(jobs):
+            size = small + (1 if chunk < extra else 0)
+            out.append((chunk, list(range(start, start + size))))
+            start += size
+        return out
+
+    def jobs(self, problems: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, int, list[int]]]:
+        """(problem, chunk index, study indices) of every job of one score version, in `problems`'
+        order (default: the phase's)."""
+        return [
+            (problem, chunk, studies)
+            for problem in (self.problems if problems is None else problems)
+            for chunk, studies in self.chunks(problem)
+        ]
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,10 @@ def _phase_dict(phase: Phase) -> dict[str, Any]:
     for optional in ("leaderboard_freeze", "team_uploads"):
         if data[optional] is None:
             del data[optional]  # specs that leave these unset keep the hash they always had
+    if phase.studies_per_job_by_problem:
+        data["studies_per_job_by_problem"] = dict(phase.studies_per_job_by_problem)
+    else:
+        del data["studies_per_job_by_problem"]
     return data
 
 
@@ -263,6 +289,7 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
     uploads = raw.get("team_uploads")
     if uploads is not None and not isinstance(uploads, bool):
         raise fail(f"{prefix}team_uploads must be true or false")
+    sizes = _job_sizes(raw.get("studies_per_job_by_problem"), problems, studies, prefix, fail)
     return Phase(
         name,
         tuple(problems),
@@ -272,7 +299,24 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
         closes,
         leaderboard_freeze=freeze,
         team_uploads=uploads,
+        studies_per_job_by_problem=sizes,
     )
+
+
+def _job_sizes(raw: Any, problems: Any, studies: int, prefix: str, fail) -> tuple[tuple[str, int], ...]:
+    if raw is None:
+        return ()
+    label = f"{prefix}studies_per_job_by_problem"
+    if not isinstance(raw, dict):
+        raise fail(f"{label} must be a table of problem = studies per job")
+    sizes = []
+    for problem, size in sorted(raw.items()):
+        if problem not in problems:
+            raise fail(f"{label}: {problem!r} is not a problem of this phase")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise fail(f"{label}.{problem} must be a whole number of studies, at least 1")
+        sizes.append((problem, min(size, studies)))
+    return tuple(sizes)
 
 
 def _instant(iso: str) -> datetime:

@@ -68,11 +68,7 @@ def phase_progress(spec: Spec, phase: str) -> Progress:
 def expected_jobs(sub: Submission, spec: Spec) -> list[str]:
     """Every job id of the submission's current score version."""
     phase = spec.phase(sub.phase)
-    return [
-        job_id(sub.id, sub.score_version, problem, chunk)
-        for problem in phase.problems
-        for chunk, _ in phase.chunks()
-    ]
+    return [job_id(sub.id, sub.score_version, problem, chunk) for problem, chunk, _ in phase.jobs()]
 
 
 def enqueue_jobs(
@@ -95,35 +91,34 @@ def enqueue_jobs(
     # Longest problems first (by the cost table), so the submission's last job is a short one.
     problems = dispatch.order_problems(spec.name, phase.problems)
     ids = []
-    for problem in problems:
-        for chunk, studies in phase.chunks():
-            jid = job_id(sub.id, sub.score_version, problem, chunk)
-            if jid in skip:
-                continue
-            payload = ScoreJob(
-                submission_id=sub.id,
-                score_version=sub.score_version,
-                problem=problem,
-                studies=studies,
-                chunk=chunk,
-                phase=sub.phase,
-                spec_hash=spec.hash,
-                artifact_sha256=sub.artifact_sha256,
-                backend=backend,
-            )
-            queue.enqueue_call(
-                JOB_FUNCTION,
-                args=(payload.model_dump(mode="json"),),
-                job_id=jid,
-                timeout=_job_timeout(spec, len(studies)),
-                result_ttl=7 * 24 * 3600,
-                failure_ttl=30 * 24 * 3600,
-                retry=Retry(max=2),
-                on_failure=Callback("workers.failures.on_job_failure"),
-                description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
-            )
-            r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
-            ids.append(jid)
+    for problem, chunk, studies in phase.jobs(problems):
+        jid = job_id(sub.id, sub.score_version, problem, chunk)
+        if jid in skip:
+            continue
+        payload = ScoreJob(
+            submission_id=sub.id,
+            score_version=sub.score_version,
+            problem=problem,
+            studies=studies,
+            chunk=chunk,
+            phase=sub.phase,
+            spec_hash=spec.hash,
+            artifact_sha256=sub.artifact_sha256,
+            backend=backend,
+        )
+        queue.enqueue_call(
+            JOB_FUNCTION,
+            args=(payload.model_dump(mode="json"),),
+            job_id=jid,
+            timeout=_job_timeout(spec, len(studies)),
+            result_ttl=7 * 24 * 3600,
+            failure_ttl=30 * 24 * 3600,
+            retry=Retry(max=2),
+            on_failure=Callback("workers.failures.on_job_failure"),
+            description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
+        )
+        r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
+        ids.append(jid)
     return ids
 
 
