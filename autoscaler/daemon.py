@@ -121,7 +121,7 @@ class Daemon:
         self._pending_error: str | None = None
         # Dry-run keeps its policy memory to itself, so it never disturbs a real daemon's.
         self._dry_state = PolicyState()
-        self._last_reason: str | None = None
+        self._last_kind: str | None = None
         self._token = f"{id(self)}-{time.time()}"
 
     # -- one step ------------------------------------------------------------------------------------
@@ -281,9 +281,10 @@ class Daemon:
         acted = bool(
             report.decision.add or report.decision.drain or report.deleted or report.requeued or report.error
         )
-        if not acted and report.decision.reason == self._last_reason:
+        # Counts change every tick; an event says something new only when the kind of answer changes.
+        if not acted and report.decision.kind == self._last_kind:
             return
-        self._last_reason = report.decision.reason
+        self._last_kind = report.decision.kind
         add_event(self.r, EVENT_KIND, **data)
         report.recorded = True
         if self.on_event is not None:

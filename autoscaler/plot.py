@@ -12,6 +12,29 @@ def _thin(values: list, every: int) -> list:
     return values[::every] if every > 1 else values
 
 
+def _fleet(ax, when: list, workers: list, busy: list, cap: int) -> None:
+    # Steps, not lines: the simulator records nothing while the fleet is empty and the clock jumps.
+    ax.plot(when, workers, lw=0.6, drawstyle="steps-post", label="machines (booting + idle + busy)")
+    ax.plot(when, busy, lw=0.6, drawstyle="steps-post", label="busy workers")
+    ax.axhline(cap, color="red", ls="--", lw=0.8, label=f"cap {cap}")
+    ax.set_ylabel("workers")
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def _busiest_day(t: list[float], queued: list[int]) -> tuple[int, int]:
+    """Index range of the 24 hours with the most queued job-steps (a sliding window)."""
+    best, best_lo, lo, total = -1, 0, 0, 0
+    hi_best = 0
+    for hi, (moment, depth) in enumerate(zip(t, queued, strict=True)):
+        total += depth
+        while t[lo] < moment - 86400:
+            total -= queued[lo]
+            lo += 1
+        if total > best:
+            best, best_lo, hi_best = total, lo, hi + 1
+    return best_lo, hi_best
+
+
 def write_png(result: Result, path: Path, max_points: int = 20_000) -> Path:
     """Write the plot as PNG (Agg backend: no display needed); returns the path."""
     import matplotlib
@@ -24,15 +47,26 @@ def write_png(result: Result, path: Path, max_points: int = 20_000) -> Path:
     every = max(1, len(timeline.t) // max_points)
     when = [datetime.fromtimestamp(t, UTC) for t in _thin(timeline.t, every)]
     summary = result.summary
-    figure, (fleet, queue) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True, layout="constrained")
-    fleet.plot(when, _thin(timeline.workers, every), lw=0.6, label="machines (booting + idle + busy)")
-    fleet.plot(when, _thin(timeline.busy, every), lw=0.6, label="busy workers")
-    fleet.axhline(summary["cap"], color="red", ls="--", lw=0.8, label=f"cap {summary['cap']}")
-    fleet.set_ylabel("workers")
-    fleet.legend(loc="upper left", fontsize=8)
-    queue.plot(when, _thin(timeline.queued, every), lw=0.6, color="tab:purple")
-    queue.set_ylabel("jobs queued")
-    queue.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    figure, axes = plt.subplot_mosaic(
+        [["fleet", "fleet"], ["queue", "queue"], ["zoom", "zoom_queue"]],
+        figsize=(12, 9),
+        layout="constrained",
+    )
+    _fleet(axes["fleet"], when, _thin(timeline.workers, every), _thin(timeline.busy, every), summary["cap"])
+    axes["queue"].sharex(axes["fleet"])
+    axes["queue"].plot(when, _thin(timeline.queued, every), lw=0.6, color="tab:purple")
+    axes["queue"].set_ylabel("jobs queued")
+    axes["queue"].xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    # Months of bursts blur together: the busiest day, step by step, shows the fleet follow the queue.
+    lo, hi = _busiest_day(timeline.t, timeline.queued)
+    day = [datetime.fromtimestamp(t, UTC) for t in timeline.t[lo:hi]]
+    _fleet(axes["zoom"], day, timeline.workers[lo:hi], timeline.busy[lo:hi], summary["cap"])
+    axes["zoom_queue"].plot(day, timeline.queued[lo:hi], lw=0.8, drawstyle="steps-post", color="tab:purple")
+    axes["zoom_queue"].set_ylabel("jobs queued")
+    for name in ("zoom", "zoom_queue"):
+        axes[name].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        if day:
+            axes[name].set_title(f"busiest day, {day[0]:%Y-%m-%d %H:%M} UTC + 24 h", fontsize=9)
     figure.suptitle(
         f"trace {summary['trace']}: {summary['submissions']} submissions, "
         f"p95 time to score {summary['p95_time_to_score_s'] / 3600:.2f} h, "

@@ -4,13 +4,15 @@ The daemon (real clock, real providers) and the simulator (simulated clock) call
 a policy that meets its targets in simulation behaves the same way in production.
 
 Shape of the rules:
-- Desired capacity is ceil((queued + running) / jobs_per_worker), clamped to [min_workers, max_workers].
+- Desired capacity is ceil((queued + running) / (jobs_per_worker x backlog_per_worker)), clamped to
+  [min_workers, max_workers].
   Booting machines count toward capacity, so a burst is answered once, not once per step while they boot.
 - Scale up fast: the whole shortfall in one step (bounded by the cap, the provider's per-step rate and
   the scale-up cooldown). Scale down slowly: only workers idle for `idle_before_drain_s`, only after the
   scale-down cooldown, and never below what is needed or min_workers.
 - Only idle workers are ever drained (a warm shutdown never interrupts a running job).
-- After a provider error (quota refused, API down) adding holds for `error_backoff_s`: report, don't flap.
+- After a provider error (quota refused, API down) adding holds for `error_backoff_s`, doubled after each
+  further error in a row up to `max_error_backoff_s`: report, don't flap, and don't hammer a quota.
 - Never above the cap; nothing is added once the machine-hour budget is spent.
 """
 
@@ -55,6 +57,11 @@ class PolicyConfig:
     budget_machine_hours: float | None = None
     max_add_per_step: int | None = None  # e.g. a provider's API rate; None: no limit
     error_backoff_s: float = 60.0  # after a provider error, hold this long before adding again
+    # Jobs (queued and running) the fleet is sized for per worker slot. 1: a worker for every job (the
+    # fastest scores, about a boot per job); 1.5: two workers for every three jobs, each working through
+    # its share in a row (fewer boots, longer waits for the last jobs).
+    backlog_per_worker: float = 1.0
+    max_error_backoff_s: float = 900.0  # the hold doubles with each error in a row, up to this
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,9 +73,18 @@ class Decision:
     drain: tuple[str, ...]  # idle workers to shut down warmly (names from Observation.workers)
     reason: str  # one line for people: why
     held: bool = False  # True when it wanted to act but a cooldown/error/cap/budget held it
+    # What kind of answer this is, without the figures (add, drain, steady, wait, hold-cap, hold-budget,
+    # hold-error, hold-cooldown): the daemon records an event when the kind changes, not the counts.
+    kind: str = "steady"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"add": self.add, "drain": list(self.drain), "reason": self.reason, "held": self.held}
+        return {
+            "add": self.add,
+            "drain": list(self.drain),
+            "reason": self.reason,
+            "held": self.held,
+            "kind": self.kind,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class PolicyState:  # what the policy remembers between steps (the daemon keeps 
     last_scale_up: float = 0.0
     last_scale_down: float = 0.0
     last_error_at: float = 0.0
+    error_streak: int = 0  # provider errors in a row (the back-off grows with it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,14 +100,26 @@ class PolicyState:  # what the policy remembers between steps (the daemon keeps 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyState:
         names = ("last_scale_up", "last_scale_down", "last_error_at")
-        return cls(**{name: float(data[name]) for name in names if name in data})
+        state = cls(**{name: float(data[name]) for name in names if name in data})
+        return replace(state, error_streak=int(data.get("error_streak", 0)))
+
+
+def error_backoff(config: PolicyConfig, state: PolicyState) -> float:
+    """How long adding holds after the last provider error: error_backoff_s, doubled per further error
+    in a row, at most max_error_backoff_s."""
+    doublings = min(max(state.error_streak, 1) - 1, 30)
+    return min(config.error_backoff_s * 2**doublings, max(config.max_error_backoff_s, config.error_backoff_s))
 
 
 def desired_workers(obs: Observation, config: PolicyConfig) -> int:
-    """ceil((queued + running) / jobs_per_worker), clamped to [min_workers, max_workers]."""
-    demand = max(0, obs.queued) + max(0, obs.running)
-    wanted = math.ceil(demand / max(1, config.jobs_per_worker))
-    return max(config.min_workers, min(config.max_workers, wanted))
+    """ceil((queued + running) / (jobs_per_worker x backlog_per_worker)), clamped to [min, max]."""
+    return max(config.min_workers, min(config.max_workers, _demand(obs, config)))
+
+
+def _demand(obs: Observation, config: PolicyConfig) -> int:
+    per_worker = max(1, config.jobs_per_worker) * max(1.0, config.backlog_per_worker)
+    # Rounded to 1e-9 first, so 2.0000000001 workers' worth of float error does not ask for a third.
+    return math.ceil(round((max(0, obs.queued) + max(0, obs.running)) / per_worker, 9))
 
 
 def decide(obs: Observation, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
@@ -98,7 +127,9 @@ def decide(obs: Observation, config: PolicyConfig, state: PolicyState) -> tuple[
     (all or part of it) was held back by a cooldown, a provider error, the cap or the budget."""
     now = obs.now
     if obs.provider_error is not None:
-        state = replace(state, last_error_at=now)
+        state = replace(state, last_error_at=now, error_streak=state.error_streak + 1)
+    elif state.error_streak and state.last_scale_up > state.last_error_at:
+        state = replace(state, error_streak=0)  # an add since the last error went through
     booting = [w for w in obs.workers if w.state == "booting"]
     lost = sum(1 for w in booting if now - w.since > config.boot_timeout_s)
     draining = sum(1 for w in obs.workers if w.state == "draining")
@@ -110,9 +141,13 @@ def decide(obs: Observation, config: PolicyConfig, state: PolicyState) -> tuple[
         decision, state = _scale_up(obs, config, state, desired, capacity)
     elif desired < capacity:
         decision, state = _scale_down(obs, config, state, desired, capacity)
+    elif _demand(obs, config) > config.max_workers:
+        demand = f"{obs.queued} queued + {obs.running} running"
+        reason = f"hold: at the cap of {config.max_workers} workers; {demand}"
+        decision = Decision(0, (), reason, held=True, kind="hold-cap")
     else:
         steady = f"steady: {capacity} workers for {obs.queued} queued + {obs.running} running"
-        decision = Decision(0, (), steady)
+        decision = Decision(0, (), steady, kind="steady")
     if obs.provider_error is not None and obs.provider_error not in decision.reason:
         # Whatever else held it, the error is reported, never swallowed.
         decision = replace(decision, reason=f"{decision.reason}; provider error: {obs.provider_error}")
@@ -128,25 +163,28 @@ def _scale_up(
     budget = config.budget_machine_hours
     if budget is not None and obs.machine_hours_used >= budget:
         reason = f"hold: budget spent ({obs.machine_hours_used:.1f} of {budget:g} machine-hours); {need}"
-        return Decision(0, (), reason, held=True), state
-    if state.last_error_at and now - state.last_error_at < config.error_backoff_s:
+        return Decision(0, (), reason, held=True, kind="hold-budget"), state
+    backoff = error_backoff(config, state)
+    if state.last_error_at and now - state.last_error_at < backoff:
         error = obs.provider_error or "an earlier error"
-        wait = config.error_backoff_s - (now - state.last_error_at)
-        reason = f"hold: provider error ({error}), retry in {wait:.0f}s; {need}"
-        return Decision(0, (), reason, held=True), state
+        wait = backoff - (now - state.last_error_at)
+        streak = f", {state.error_streak} in a row" if state.error_streak > 1 else ""
+        reason = f"hold: provider error ({error}{streak}), retry in {wait:.0f}s; {need}"
+        return Decision(0, (), reason, held=True, kind="hold-error"), state
     if state.last_scale_up and now - state.last_scale_up < config.scale_up_cooldown_s:
-        return Decision(0, (), f"hold: scale-up cooldown; {need}", held=True), state
+        return Decision(0, (), f"hold: scale-up cooldown; {need}", held=True, kind="hold-cooldown"), state
     room = max(0, config.max_workers - len(obs.workers))  # the cap counts every machine that exists
     add = min(want, room)
     if config.max_add_per_step is not None:
         add = min(add, max(0, config.max_add_per_step))
     if add <= 0:
-        return Decision(0, (), f"hold: at the cap of {config.max_workers} machines; {need}", held=True), state
+        reason = f"hold: at the cap of {config.max_workers} machines; {need}"
+        return Decision(0, (), reason, held=True, kind="hold-cap"), state
     limited = add < want
     reason = f"add {add}: {obs.queued} queued + {obs.running} running, {need}"
     if limited:
         reason += f" (limited by the cap of {config.max_workers} or the per-step limit)"
-    return Decision(add, (), reason, held=limited), replace(state, last_scale_up=now)
+    return Decision(add, (), reason, held=limited, kind="add"), replace(state, last_scale_up=now)
 
 
 def _scale_down(
@@ -160,9 +198,10 @@ def _scale_down(
     )
     if not idle:
         reason = f"wait: {surplus} surplus, none idle for {config.idle_before_drain_s:g}s yet"
-        return Decision(0, (), reason), state
+        return Decision(0, (), reason, kind="wait"), state
     if state.last_scale_down and now - state.last_scale_down < config.scale_down_cooldown_s:
-        return Decision(0, (), f"hold: scale-down cooldown; {surplus} surplus", held=True), state
+        reason = f"hold: scale-down cooldown; {surplus} surplus"
+        return Decision(0, (), reason, held=True, kind="hold-cooldown"), state
     drain = tuple(w.name for w in idle[:surplus])
     reason = f"drain {len(drain)} idle: need {desired} workers, have {capacity}"
-    return Decision(0, drain, reason), replace(state, last_scale_down=now)
+    return Decision(0, drain, reason, kind="drain"), replace(state, last_scale_down=now)

@@ -282,6 +282,7 @@ def simulate(
         "trace": trace.name,
         "submissions": len(arrivals),
         "scored": len(scored),
+        "executions": trace.executions,
         "jobs": trace.jobs,
         "p50_time_to_score_s": round(_percentile(time_to_score, 50), 1),
         "p95_time_to_score_s": round(_percentile(time_to_score, 95), 1),
@@ -299,6 +300,7 @@ def simulate(
         "step_s": step_s,
         "simulated_days": round((end - trace.start) / 86400, 1),
         "decisions": decisions,
+        "trace_info": trace.info,
         "policy": config.to_dict(),
     }
     return Result(summary, timeline)

@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue
@@ -28,6 +28,9 @@ from rq.registry import StartedJobRegistry
 from baselines.catalogue import parse
 from queue_schema import keys
 from queue_schema.settings import state_dir
+
+if TYPE_CHECKING:
+    from competition.spec import Phase, Spec
 
 log = logging.getLogger("bbo.dispatch")
 
@@ -254,3 +257,13 @@ def order_problems(spec_name: str, problems: list[str] | tuple[str, ...]) -> lis
     """Longest first (every problem of a phase runs the same studies x rounds x batch), ties by name."""
     seconds = costs_for(spec_name, problems).seconds_per_eval
     return sorted(problems, key=lambda p: (-seconds[p], p))
+
+
+def order_jobs(spec: Spec, phase: Phase) -> list[tuple[str, int, list[int]]]:
+    """A score version's jobs (problem, chunk, studies), longest first, so that its last job is a short
+    one. A job's length is its studies x (objective + the optimizer's whole budget): jobs differ in
+    studies (heavy problems get smaller ones) and the budget can outweigh the objective."""
+    seconds = costs_for(spec.name, phase.problems).seconds_per_eval
+    per_study = {p: seconds[p] * spec.evals_per_study + spec.limits.suggest_budget_s for p in phase.problems}
+    jobs = phase.jobs(order_problems(spec.name, phase.problems))
+    return sorted(jobs, key=lambda job: -len(job[2]) * per_study[job[0]])

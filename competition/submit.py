@@ -88,10 +88,8 @@ def enqueue_jobs(
     # Organizer work jumps every team; a team's jobs wait only behind its own (competition/dispatch.py).
     name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
     queue = Queue(name, connection=rq_connection())
-    # Longest problems first (by the cost table), so the submission's last job is a short one.
-    problems = dispatch.order_problems(spec.name, phase.problems)
     ids = []
-    for problem, chunk, studies in phase.jobs(problems):
+    for problem, chunk, studies in dispatch.order_jobs(spec, phase):
         jid = job_id(sub.id, sub.score_version, problem, chunk)
         if jid in skip:
             continue

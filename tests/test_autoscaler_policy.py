@@ -4,6 +4,7 @@ plus a few worked examples."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from autoscaler.policy import (
     WorkerView,
     decide,
     desired_workers,
+    error_backoff,
 )
 
 NOW = 1_700_000_000.0
@@ -46,6 +48,7 @@ def configs(draw) -> PolicyConfig:
         budget_machine_hours=budget,
         max_add_per_step=draw(st.none() | st.integers(1, 20)),
         error_backoff_s=draw(st.floats(1, 300, allow_nan=False)),
+        max_error_backoff_s=draw(st.floats(1, 3600, allow_nan=False)),
     )
 
 
@@ -70,6 +73,7 @@ policy_states = st.builds(
     last_scale_up=st.none().map(_moment) | st.floats(0, 900, allow_nan=False).map(_moment),
     last_scale_down=st.none().map(_moment) | st.floats(0, 900, allow_nan=False).map(_moment),
     last_error_at=st.none().map(_moment) | st.floats(0, 900, allow_nan=False).map(_moment),
+    error_streak=st.integers(0, 8),
 )
 
 
@@ -80,10 +84,12 @@ def _capacity(obs: Observation, config: PolicyConfig) -> int:
 
 def _adding_is_held(obs: Observation, config: PolicyConfig, state: PolicyState) -> bool:
     budget = config.budget_machine_hours
+    if obs.provider_error is None and state.last_scale_up > state.last_error_at:
+        state = replace(state, error_streak=0)  # an add went through since the last error
     return (
         (budget is not None and obs.machine_hours_used >= budget)
         or obs.provider_error is not None
-        or (state.last_error_at > 0 and obs.now - state.last_error_at < config.error_backoff_s)
+        or (state.last_error_at > 0 and obs.now - state.last_error_at < error_backoff(config, state))
         or (state.last_scale_up > 0 and obs.now - state.last_scale_up < config.scale_up_cooldown_s)
     )
 
@@ -176,7 +182,7 @@ def _obs(queued: int, running: int, *workers: tuple[str, str, float], **extra) -
 
 def test_a_burst_is_answered_in_one_step() -> None:
     decision, state = decide(_obs(30, 0), PolicyConfig(max_workers=300), PolicyState())
-    assert decision == Decision(30, (), decision.reason)
+    assert decision == Decision(30, (), decision.reason, kind="add")
     assert state.last_scale_up == NOW
 
 
@@ -239,7 +245,50 @@ def test_jobs_per_worker_rounds_up() -> None:
 
 
 def test_state_round_trips_through_json() -> None:
-    state = PolicyState(1.0, 2.0, 3.0)
+    state = PolicyState(1.0, 2.0, 3.0, error_streak=2)
     assert PolicyState.from_dict(state.to_dict()) == state
     assert PolicyState.from_dict({}) == PolicyState()
-    assert Decision(1, ("a",), "why").to_dict() == {"add": 1, "drain": ["a"], "reason": "why", "held": False}
+    assert Decision(1, ("a",), "why", kind="add").to_dict() == {
+        "add": 1,
+        "drain": ["a"],
+        "reason": "why",
+        "held": False,
+        "kind": "add",
+    }
+
+
+def test_repeated_quota_refusals_back_off_longer_and_a_success_resets() -> None:
+    """Each refusal in a row doubles the hold (60, 120, 240 s ... at most 900 s); an add that goes
+    through ends the streak, so the next error waits the base time again."""
+    config = PolicyConfig(max_workers=10, error_backoff_s=60.0, max_error_backoff_s=900.0)
+    state = PolicyState()
+    now = NOW
+    holds = []
+    for _ in range(6):
+        _, state = decide(Observation(now, 10, 0, (), provider_error="quota"), config, state)
+        hold = error_backoff(config, state)
+        holds.append(hold)
+        calm, _ = decide(Observation(now + hold - 1, 10, 0), config, state)
+        assert calm.add == 0 and calm.kind == "hold-error"
+        now += hold + 1
+        retry, state = decide(Observation(now, 10, 0), config, state)
+        assert retry.add == 10  # the retry the daemon makes, which the provider refuses again
+    assert holds == [60.0, 120.0, 240.0, 480.0, 900.0, 900.0]
+    assert state.error_streak == 6
+    # The retry went through: the next observation carries no error and the streak is over.
+    _, state = decide(Observation(now + 30, 0, 10), config, state)
+    assert state.error_streak == 0
+    _, state = decide(Observation(now + 60, 10, 0, provider_error="quota"), config, state)
+    assert error_backoff(config, state) == 60.0
+
+
+def test_decision_kinds_leave_out_the_counts() -> None:
+    """The daemon writes an event when the kind changes: the same situation with other counts is the
+    same kind."""
+    config = PolicyConfig(max_workers=4)
+    busy = [(f"w{i}", "busy", 10.0) for i in range(4)]
+    one, _ = decide(_obs(5, 4, *busy), config, PolicyState())
+    two, _ = decide(_obs(9, 4, *busy), config, PolicyState())
+    assert one.kind == two.kind == "hold-cap" and one.reason != two.reason
+    assert decide(_obs(3, 0), config, PolicyState())[0].kind == "add"
+    assert decide(_obs(0, 0), config, PolicyState())[0].kind == "steady"

@@ -26,9 +26,15 @@ def _small(**overrides) -> traces.Trace:
 def test_seed_trace_is_the_2020_competition() -> None:
     trace = traces.load("seed")
     assert len(trace.arrivals) == 3608
-    assert trace.jobs == 108_240
+    assert trace.executions == 108_240  # 30 problems a submission
     assert trace.busy_seconds / traces.SECONDS_PER_YEAR == pytest.approx(10.36, rel=1e-6)
-    assert trace.busy_seconds / trace.jobs == pytest.approx(50 * 60, rel=0.02)  # about 50 minutes a job
+    # About 50 minutes an execution, from the measured objective plus a plausible share of the
+    # optimizer's budget (not by inflating the models).
+    assert trace.busy_seconds / trace.executions == pytest.approx(50 * 60, rel=0.02)
+    assert trace.info["objective_scale"] == 1.0 and 0.2 < trace.info["optimizer_budget_share"] < 0.5
+    # Jobs as the spec plans them: a few studies each, so no job holds a score back for hours.
+    assert trace.jobs == 3608 * len(traces.job_shapes("neurips2020", "feedback")[0])
+    assert max(max(a.durations) for a in trace.arrivals) < 50 * 60
     assert len({a.team for a in trace.arrivals}) <= 70
     # Rising toward the deadline: the last month sees more than the first.
     month = 30 * 86400
@@ -37,20 +43,24 @@ def test_seed_trace_is_the_2020_competition() -> None:
     assert last > 2 * first
     per_team_day = Counter((a.team, int((a.at - trace.start) // 86400)) for a in trace.arrivals)
     assert max(per_team_day.values()) <= 5
-    # Longest job first, as dispatch enqueues them; deterministic by seed.
-    durations = trace.arrivals[0].durations
-    assert durations[0] == max(durations[:5])
+    # Longest jobs first, as dispatch enqueues them (by studies x (objective + budget)); deterministic.
+    shapes, budget = traces.job_shapes("neurips2020", "feedback")
+    ceilings = [shape.studies * (shape.objective_s + budget) for shape in shapes]
+    assert ceilings == sorted(ceilings, reverse=True)
     assert traces.load("seed").arrivals[:50] == trace.arrivals[:50]
 
 
 def test_a_small_trace_runs_and_reports_sane_figures() -> None:
     trace = _small()
-    result = simulator.simulate(trace, PolicyConfig(max_workers=300), boot_s=120, step_s=30)
+    config = PolicyConfig(max_workers=300, backlog_per_worker=1.5)
+    result = simulator.simulate(trace, config, boot_s=120, step_s=30)
     summary = result.summary
     assert summary["submissions"] == summary["scored"] == 120
-    assert summary["jobs"] == 120 * 30
+    assert summary["executions"] == 120 * 30
+    assert summary["jobs"] == trace.jobs > summary["executions"]
     assert summary["busy_machine_hours"] == pytest.approx(trace.busy_seconds / HOUR, abs=0.1)
-    assert summary["busy_machine_hours"] <= summary["machine_hours"] <= 1.15 * summary["busy_machine_hours"]
+    # A quiet stretch (bursts on an empty fleet, each paying its boots) costs more than the whole trace.
+    assert summary["busy_machine_hours"] <= summary["machine_hours"] <= 1.3 * summary["busy_machine_hours"]
     assert 0 < summary["peak_workers"] <= summary["cap"] == 300
     assert summary["p50_time_to_score_s"] <= summary["p95_time_to_score_s"] <= summary["max_time_to_score_s"]
     # Never faster than the submission's longest job; the fleet adds little beyond it (boot, steps).
@@ -118,12 +128,11 @@ def test_cli_rejects_an_unknown_trace() -> None:
 
 
 def test_the_default_seed_trace_meets_its_targets() -> None:
-    """The full 2020 trace (about 12 s here). Every submission has a ~7 h job (MLP-adam-digits scaled to a
-    50-minute average), so time to score cannot be under 1 h: the 1 h target applies to what the fleet
-    adds beyond the submission's longest job."""
-    summary = simulator.simulate(traces.load("seed"), PolicyConfig(max_workers=300), boot_s=120).summary
+    """The full 2020 trace (about 40 s here) with the simulate command's defaults: every target of the
+    issue, p95 time to score within the hour, machine-hours within 15% of the busy lower bound, the cap."""
+    config = PolicyConfig(max_workers=300, backlog_per_worker=1.5)
+    summary = simulator.simulate(traces.load("seed"), config, boot_s=120).summary
     assert summary["submissions"] == summary["scored"] == 3608
     assert summary["peak_workers"] <= summary["cap"] == 300
     assert summary["machine_hours"] <= 1.15 * summary["busy_machine_hours"]
-    assert summary["p95_delay_s"] <= HOUR
-    assert summary["p95_time_to_score_s"] <= summary["p95_longest_job_s"] + HOUR
+    assert summary["p95_time_to_score_s"] <= HOUR
