@@ -83,7 +83,7 @@ class Decision:
             "drain": list(self.drain),
             "reason": self.reason,
             "held": self.held,
-            "kind": self.kind,
+            "decision": self.kind,  # not "kind": that names the event itself in the stream
         }
 
 

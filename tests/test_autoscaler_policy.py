@@ -253,7 +253,7 @@ def test_state_round_trips_through_json() -> None:
         "drain": ["a"],
         "reason": "why",
         "held": False,
-        "kind": "add",
+        "decision": "add",
     }
 
 
