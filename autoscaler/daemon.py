@@ -271,6 +271,7 @@ class Daemon:
     def _record(self, report: StepReport) -> None:
         data = {**report.to_dict(), "dry_run": self.dry_run, "provider": self.provider.name}
         data["fleet"] = self.fleet
+        data["cap"] = self.config.max_workers
         status = {name: json.dumps(value) for name, value in data.items()}
         status["ts"] = json.dumps(report.observation.now)
         if not self.dry_run:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"overhead": "bench.overhead", "service": "bench.service"}
+BENCHMARKS = {
+    "autoscaler": "bench.autoscaler",
+    "console": "bench.console",
+    "overhead": "bench.overhead",
+    "seed-data": "bench.seed_data",
+    "service": "bench.service",
+}
 
 
 def main() -> None:

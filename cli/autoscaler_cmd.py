@@ -41,6 +41,13 @@ def simulate_command(
     step_s: float = typer.Option(30.0, "--step-s", min=0.1, help="Simulated seconds between policy steps."),
     min_workers: int = typer.Option(0, "--min-workers", min=0, help="Workers kept even when idle."),
     jobs_per_worker: int = typer.Option(1, "--jobs-per-worker", min=1, help="Jobs one worker runs at once."),
+    backlog_per_worker: float = typer.Option(
+        1.5,
+        "--backlog-per-worker",
+        min=1.0,
+        help="Jobs (queued + running) per worker: 1 a worker per job; 1.5 (the default here, for "
+        "cloud machines that take minutes to boot) two workers per three jobs.",
+    ),
     scale_up_cooldown_s: float = typer.Option(10.0, "--scale-up-cooldown-s", min=0.0),
     scale_down_cooldown_s: float = typer.Option(60.0, "--scale-down-cooldown-s", min=0.0),
     idle_before_drain_s: float = typer.Option(
@@ -87,6 +94,7 @@ def simulate_command(
         min_workers=min_workers,
         max_workers=cap,
         jobs_per_worker=jobs_per_worker,
+        backlog_per_worker=backlog_per_worker,
         scale_up_cooldown_s=scale_up_cooldown_s,
         scale_down_cooldown_s=scale_down_cooldown_s,
         idle_before_drain_s=idle_before_drain_s,
@@ -165,6 +173,12 @@ def run_command(
     budget: float | None = typer.Option(
         None, "--budget-machine-hours", min=0.0, help="Add no machine once this many are spent."
     ),
+    backlog_per_worker: float = typer.Option(
+        1.0,
+        "--backlog-per-worker",
+        min=1.0,
+        help="Jobs (queued + running) per worker: 1 a worker per job; 1.5 two workers per three jobs.",
+    ),
     drain_on_exit: bool = typer.Option(
         False, "--drain-on-exit", help="On stop, drain the workers too (default: leave them running)."
     ),
@@ -208,6 +222,7 @@ def run_command(
         idle_before_drain_s=idle_before_drain_s,
         boot_timeout_s=boot_timeout_s,
         budget_machine_hours=budget,
+        backlog_per_worker=backlog_per_worker,
     )
 
     def show(event: dict) -> None:
@@ -229,3 +244,79 @@ def run_command(
     except AnotherDaemonRuns as exc:
         fail(str(exc), code=1)
     err.print("autoscaler stopped" + ("; workers drained" if drain_on_exit else "; workers left running"))
+
+
+# -- `status`: the daemon's last step (autoscaler.daemon.read_status) --------------------------------
+
+
+@app.command("status")
+def status_command(
+    fleet: str = typer.Option("local", "--fleet", help="Fleet to show (as given to `run --fleet`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object on stdout."),
+) -> None:
+    """Show the autoscaler daemon's last step for a fleet: workers by state, queue, decision, machine-hours,
+    provider error. The same figures as the gateway's bbo_autoscaler_* metrics."""
+    from autoscaler.daemon import read_status
+    from cli.output import with_redis
+    from queue_schema import keys
+
+    def read(r) -> tuple[dict, list[str]]:
+        return read_status(r, fleet), sorted(r.smembers(keys.autoscaler_fleets()))
+
+    status, fleets = with_redis(read)
+    if not status:
+        known = f"known fleets: {', '.join(fleets)}" if fleets else "no autoscaler has run on this store"
+        fail(f"no autoscaler status for fleet {fleet!r} ({known})", code=1)
+    if as_json:
+        emit_json(status)
+        return
+    for line in _status_lines(fleet, status, time.time()):
+        print(line)
+
+
+def _status_lines(fleet: str, status: dict, now: float) -> list[str]:
+    workers = status.get("workers") or {}
+    states = ("booting", "idle", "busy", "draining")
+    counts = ", ".join(f"{workers.get(state, 0)} {state}" for state in states)
+    cap = f" (cap {status['cap']})" if status.get("cap") is not None else ""
+    ts = float(status.get("ts", 0.0))
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    mode = ", dry run" if status.get("dry_run") else ""
+    lines = [
+        f"fleet          {fleet} (provider {status.get('provider', '?')}{mode})",
+        f"last step      {when} ({max(0.0, now - ts):.0f} s ago)",
+        f"workers        {sum(workers.values())}: {counts}{cap}",
+        f"queue          {status.get('queued', 0)} queued, {status.get('running', 0)} running",
+        f"decision       {status.get('reason', '')}{' [held]' if status.get('held') else ''}",
+        f"machine-hours  {float(status.get('machine_hours', 0.0)):.3f}",
+    ]
+    if status.get("error"):
+        lines.append(f"provider error {status['error']}")
+    return lines
+
+
+# -- `build-worker-image`: the docker provider's image (autoscaler/providers/docker_image.py) -------
+
+
+@app.command("build-worker-image")
+def build_worker_image_command(
+    base: str = typer.Option(
+        "auto", "--base", help="Base image, as `bbo admin sandbox build --base` (default: the sandbox's)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the content-tagged image exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Build the docker provider's worker image offline (and the sandbox image its studies need), tagged
+    bbo-worker:<content hash>; instant when present. Use it with `run --provider docker`."""
+    from autoscaler.providers.docker_image import build
+    from sandbox_image.build import BuildError
+
+    try:
+        record = build(base=base, force=force)
+    except BuildError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(record)
+        return
+    verb = "present" if record["reused"] else f"built in {record['build_seconds']:.0f} s"
+    err.print(f"{record['tag']} {verb}: {record['size_bytes'] / 1e6:.0f} MB", soft_wrap=True)

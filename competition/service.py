@@ -395,7 +395,9 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
 
 def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
-    workers, teams, studies done. One pipelined pass over the submission hashes (no job scans)."""
+    workers, teams, studies done, each autoscaler fleet's last step. One pipelined pass over the
+    submission hashes (no job scans)."""
+    from autoscaler.daemon import read_status
     from competition import dispatch, recovery
 
     depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
@@ -425,4 +427,10 @@ def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
         "workers": len(recovery.workers(r)),
         "teams": int(r.zcard(keys.teams_index())),
         "studies_done": studies_done,
+        # fleet -> its daemon's last step (read_status); a fleet with no status yet is left out.
+        "autoscaler": {
+            fleet: status
+            for fleet in sorted(r.smembers(keys.autoscaler_fleets()))
+            if (status := read_status(r, fleet))
+        },
     }

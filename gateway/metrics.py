@@ -11,6 +11,16 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    """A sample value in full: `:g` would round a unix timestamp to six digits."""
+    number = float(value)
+    if number != number:
+        return "NaN"
+    if number in (float("inf"), float("-inf")):
+        return "+Inf" if number > 0 else "-Inf"
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def render(snapshot: dict[str, Any]) -> str:
     lines: list[str] = []
 
@@ -20,9 +30,9 @@ def render(snapshot: dict[str, Any]) -> str:
         for labels, value in samples:
             if labels:
                 inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-                lines.append(f"{name}{{{inner}}} {value:g}")
+                lines.append(f"{name}{{{inner}}} {_number(value)}")
             else:
-                lines.append(f"{name} {value:g}")
+                lines.append(f"{name} {_number(value)}")
 
     family("bbo_up", "gauge", "1 when the gateway reaches its store.", [({}, 1)])
     queues = snapshot["queues"]
@@ -71,4 +81,49 @@ def render(snapshot: dict[str, Any]) -> str:
         "Studies finished, all submissions.",
         [({}, snapshot["studies_done"])],
     )
+    _autoscaler_families(family, snapshot.get("autoscaler", {}))
     return "\n".join(lines) + "\n"
+
+
+def _autoscaler_families(family: Any, fleets: dict[str, dict[str, Any]]) -> None:
+    """Each fleet's autoscaler status (`autoscaler.daemon.read_status`): its last step's figures."""
+    family(
+        "bbo_autoscaler_workers",
+        "gauge",
+        "Autoscaled workers by state (booting, idle, busy, draining) at the daemon's last step.",
+        [
+            ({"fleet": fleet, "state": state}, n)
+            for fleet, status in fleets.items()
+            for state, n in (status.get("workers") or {}).items()
+        ],
+    )
+    family(
+        "bbo_autoscaler_cap",
+        "gauge",
+        "The fleet's safety cap (most machines the autoscaler may run).",
+        [({"fleet": f}, s["cap"]) for f, s in fleets.items() if s.get("cap") is not None],
+    )
+    family(
+        "bbo_autoscaler_machine_hours",
+        "gauge",
+        "Machine-hours the fleet has spent so far (every machine the provider lists counts).",
+        [({"fleet": f}, s.get("machine_hours", 0.0)) for f, s in fleets.items()],
+    )
+    family(
+        "bbo_autoscaler_last_step_timestamp_seconds",
+        "gauge",
+        "Unix time of the daemon's last step (a stale value: the daemon is down).",
+        [({"fleet": f}, s["ts"]) for f, s in fleets.items() if s.get("ts") is not None],
+    )
+    family(
+        "bbo_autoscaler_held",
+        "gauge",
+        "1 when the last step wanted to act but a cooldown, error, cap or budget held it.",
+        [({"fleet": f}, 1 if s.get("held") else 0) for f, s in fleets.items()],
+    )
+    family(
+        "bbo_autoscaler_provider_error",
+        "gauge",
+        "1 when the last step's provider call failed (quota refused, API down).",
+        [({"fleet": f}, 1 if s.get("error") else 0) for f, s in fleets.items()],
+    )

@@ -7,7 +7,7 @@ from autoscaler.providers.base import Machine, Provider, ProviderError, QuotaExc
 __all__ = ["Machine", "Provider", "ProviderError", "QuotaExceeded", "make"]
 
 
-PROVIDERS = ("local",)
+PROVIDERS = ("local", "docker", "hcloud")
 
 
 def make(name: str, **options: object) -> Provider:
@@ -18,6 +18,16 @@ def make(name: str, **options: object) -> Provider:
         from autoscaler.providers.local import LocalProvider
 
         return _build(LocalProvider, options)
+    if name == "docker":
+        from autoscaler.providers.docker import DockerProvider
+
+        return _build(DockerProvider, options)
+    if name == "hcloud":
+        from autoscaler.providers.hcloud import TOKEN_ENV, HcloudProvider
+
+        if "token" in options:  # a command-line token would show in `ps` and shell history
+            raise ProviderError(f"hcloud provider: pass the API token in {TOKEN_ENV}, not as an option")
+        return _build(HcloudProvider, options)
     raise ProviderError(f"unknown provider {name!r}; available: {', '.join(PROVIDERS)}")
 
 
