@@ -200,6 +200,8 @@ def serve_command(
                 "port": port,
                 "log_level": log_level,
                 "proxy_headers": True,
+                # httptools with a size cap and a deadline on request heads (slow loris, huge headers).
+                "http": "gateway.http_limits:GuardedHttpToolsProtocol",
                 "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
                 "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
             }

@@ -82,7 +82,8 @@ def check(data: bytes, rules: SubmissionRules) -> Artifact:
         total += info.file_size
         if total > rules.max_unpacked_mb * 1024 * 1024:
             raise InvalidSubmission(f"archive unpacks to more than {rules.max_unpacked_mb} MiB")
-        names.add(info.filename.rstrip("/"))
+        if not info.is_dir():  # a folder named optimizer.py is not the file
+            names.add(info.filename)
     if "optimizer.py" not in names:
         nested = sorted(n for n in names if n.endswith("/optimizer.py"))
         hint = f" (found {nested[0]}: zip the folder's contents, not the folder)" if nested else ""

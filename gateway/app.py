@@ -3,7 +3,8 @@
 Every rule lives in `competition.service`; this module only speaks HTTP: bearer tokens, a streamed upload
 that stops reading past the spec's size limit, and one JSON error shape. It never imports `workers`.
 
-Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.app:app_from_env`.
+Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.app:app_from_env
+--http gateway.http_limits:GuardedHttpToolsProtocol` (the limits on request heads `serve` uses).
 """
 
 from __future__ import annotations
@@ -204,7 +205,14 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def _too_large(max_mb: int) -> ApiError:
-    return ApiError(413, "too_large", f"the upload is larger than this competition's limit of {max_mb} MiB")
+    # Close the connection: kept alive, the server would go on reading (and discarding) the rest of
+    # the oversize body, up to its declared length or for ever when it is chunked.
+    return ApiError(
+        413,
+        "too_large",
+        f"the upload is larger than this competition's limit of {max_mb} MiB",
+        {"Connection": "close"},
+    )
 
 
 def _safe_filename(name: str | None) -> str:
