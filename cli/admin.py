@@ -15,6 +15,8 @@ from cli import (
     audit_cmd,
     autoscaler_cmd,
     baselines_cmd,
+    console_cmd,
+    demo_cmd,
     estimate_cmd,
     final_cmd,
     reproduce_cmd,
@@ -35,6 +37,7 @@ app.add_typer(sandbox_cmd.app, name="sandbox")
 app.add_typer(autoscaler_cmd.app, name="autoscaler")
 app.command("serve")(admin_team.serve_command)
 app.command("up")(up.up_command)
+app.command("demo")(demo_cmd.demo_command)
 app.command("estimate")(estimate_cmd.estimate)
 app.command("reproduce")(reproduce_cmd.reproduce_command)
 app.command("audit")(audit_cmd.audit_command)
@@ -44,6 +47,7 @@ app.command("rescore")(final_cmd.rescore_command)
 app.command("final")(final_cmd.final_command)
 app.command("submissions")(submissions_cmd.submissions_command)
 app.command("stop")(submissions_cmd.stop_command)
+app.command("console")(console_cmd.console_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 

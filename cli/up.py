@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
@@ -30,9 +32,17 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    log: Path | None = None  # its output goes here instead of our terminal (the demo's console owns that)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        if self.log is None:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+            return
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def check(self, now: float) -> None:
         """Restart after an exit, backing off when it keeps dying."""
@@ -103,27 +113,15 @@ def up_command(
     try:
         with ensure_redis() as url:
             env = {**os.environ, "BBO_REDIS_URL": url}
-            cli = [sys.executable, "-m", "cli", "admin"]
-            children = [
-                Child(
-                    "gateway",
-                    [
-                        *cli,
-                        "serve",
-                        "--host",
-                        host,
-                        "--port",
-                        str(port),
-                        "--spec",
-                        spec_name,
-                        "--backend",
-                        backend,
-                        "--log-level",
-                        "warning",
-                    ],
-                    env,
-                )
-            ] + _fleet(cli, env, workers, autoscale)
+            children = system_children(
+                env,
+                host=host,
+                port=port,
+                spec_name=spec_name,
+                backend=backend,
+                workers=workers,
+                autoscale=autoscale,
+            )
             for child in children:
                 child.start()
             err.print(
@@ -132,27 +130,64 @@ def up_command(
                 f"{backend}, store {url}; Ctrl-C to stop",
                 soft_wrap=True,
             )
-            while not stopping:
-                now = time.monotonic()
-                for child in children:
-                    child.check(now)
-                time.sleep(0.5)
+            supervise(children, lambda: stopping)
             err.print("stopping: workers finish nothing new, the gateway closes, Redis flushes")
-            for child in children:
-                child.stop()
-            deadline = time.monotonic() + 30
-            for child in children:
-                child.wait(deadline)
+            stop_children(children)
     except RedisUnavailable as exc:
         fail(str(exc))
 
 
-def _fleet(cli: list[str], env: dict[str, str], workers: int, autoscale: str) -> list[Child]:
+# -- the system's processes, shared with `bbo admin demo` -------------------------------------------
+
+
+def system_children(
+    env: dict[str, str],
+    *,
+    host: str,
+    port: int,
+    spec_name: str,
+    backend: str,
+    workers: int,
+    autoscale: str,
+    autoscaler_args: tuple[str, ...] = (),
+    log_dir: Path | None = None,
+) -> list[Child]:
+    """The gateway and the fleet, not started yet; with `log_dir`, each writes to its own log there."""
+    cli = [sys.executable, "-m", "cli", "admin"]
+    serve = [*cli, "serve", "--host", host, "--port", str(port), "--spec", spec_name, "--backend", backend]
+    children = [Child("gateway", [*serve, "--log-level", "warning"], env)]
+    children += _fleet(cli, env, workers, autoscale, autoscaler_args)
+    for child in children:
+        child.log = None if log_dir is None else log_dir / f"{child.name}.log"
+    return children
+
+
+def supervise(children: list[Child], stopping: Callable[[], bool]) -> None:
+    """Restart whichever child exits, until `stopping()` says so."""
+    while not stopping():
+        now = time.monotonic()
+        for child in children:
+            child.check(now)
+        time.sleep(0.5)
+
+
+def stop_children(children: list[Child], timeout: float = 30) -> None:
+    """SIGTERM all at once (workers finish nothing new), wait, kill what is left at the deadline."""
+    for child in children:
+        child.stop()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.wait(deadline)
+
+
+def _fleet(
+    cli: list[str], env: dict[str, str], workers: int, autoscale: str, autoscaler_args: tuple[str, ...] = ()
+) -> list[Child]:
     """The scoring workers: a fixed set, or the autoscaler daemon that starts and drains them itself
     (draining them when `up` stops, so none outlives the Redis they need)."""
     if autoscale == "local":
         run = [*cli, "autoscaler", "run", "--provider", "local", "--max", str(max(1, workers))]
-        return [Child("autoscaler", [*run, "--drain-on-exit"], env)]
+        return [Child("autoscaler", [*run, "--drain-on-exit", *autoscaler_args], env)]
     return [
         Child(f"worker-{i}", [*cli, "worker", "--name", f"up-{os.getpid()}-{i}"], env) for i in range(workers)
     ]

@@ -1,0 +1,358 @@
+"""Every Redis read and write of the organizer console, with no Textual in sight.
+
+The console loads the submission rows once (pipelined HGETALLs), then follows the event stream from the
+last id it saw and reloads only the submissions new events name: at competition scale (thousands of
+submissions, 100k jobs) a refresh costs what changed, not what exists. Writes (stop, rescore) go through
+the same service functions as the admin CLI, so they are checked and audited alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from competition import audit, service
+from queue_schema import keys
+from queue_schema.payloads import Event, Heartbeat, Submission
+from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
+from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, SubmissionState
+
+LOAD_BATCH = 500  # submissions per round trip
+# HGETALL of many submissions in one call, each hash sent back as one JSON string: the client then parses
+# a few thousand strings (json in C) instead of ~15 protocol elements per submission (redis-py's pure
+# Python parser), which was most of the console's start-up at competition scale.
+_HASHES_AS_JSON = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then
+    out[i] = ''
+  else
+    local fields = {}
+    for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
+    out[i] = cjson.encode(fields)
+  end
+end
+return out
+"""
+POLL_COUNT = 5_000  # events read per poll at most; a burst larger than this is read over several polls
+AUTOSCALER_EVENTS_KEPT = 50
+# Events that can move a team's best score: the leaderboard is recomputed only after one of these.
+_BOARD_KINDS = frozenset({"disqualified", "requalified", "team_disabled", "team_enabled"})
+
+
+@dataclass(frozen=True)
+class SubmissionRow:
+    """What the submissions view shows of one submission (a flat, cheap copy of its record)."""
+
+    id: str
+    team: str
+    state: str
+    phase: str
+    spec_name: str
+    created_at: float
+    score_version: int
+    studies_done: int
+    studies_total: int
+    evals_done: int
+    evals_total: int
+    score: float | None  # the final score once scored, else the running score (None before any study)
+    running_score: bool  # True when `score` is the running score
+    failure_cause: str | None
+    failure_message: str | None
+    disqualified: bool
+
+    @classmethod
+    def of(cls, sub: Submission) -> SubmissionRow:
+        final = sub.score is not None
+        return cls(
+            id=sub.id,
+            team=sub.team,
+            state=sub.state.value,
+            phase=sub.phase,
+            spec_name=sub.spec_name,
+            created_at=sub.created_at,
+            score_version=sub.score_version,
+            studies_done=sub.progress.studies_done,
+            studies_total=sub.progress.studies_total,
+            evals_done=sub.progress.evals_done,
+            evals_total=sub.progress.evals_total,
+            score=sub.score if final else sub.partial_score,
+            running_score=not final and sub.partial_score is not None,
+            failure_cause=sub.failure.cause.value if sub.failure else None,
+            failure_message=sub.failure.message if sub.failure else None,
+            disqualified=sub.disqualified is not None,
+        )
+
+    @property
+    def active(self) -> bool:
+        return SubmissionState(self.state) in ACTIVE_STATES
+
+    @property
+    def terminal(self) -> bool:
+        return SubmissionState(self.state) in TERMINAL_STATES
+
+    def matches(self, query: str) -> bool:
+        """The `/` filter: `team:NAME`, `state:STATE`, `cause:CAUSE` (prefixes), or plain text anywhere;
+        several words must all match."""
+        for word in query.lower().split():
+            name, _, value = word.partition(":")
+            if value and name == "team":
+                ok = self.team.lower().startswith(value)
+            elif value and name == "state":
+                ok = self.state.startswith(value)
+            elif value and name == "cause":
+                ok = (self.failure_cause or "").startswith(value)
+            else:
+                ok = any(word in text for text in (self.id, self.team.lower(), self.state, self.phase)) or (
+                    word in (self.failure_cause or "")
+                )
+            if not ok:
+                return False
+        return True
+
+
+@dataclass
+class Changes:
+    """What one poll found: rows to update or add, and what else needs a refresh."""
+
+    rows: list[SubmissionRow] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # submissions named by events that no longer exist
+    events: int = 0
+    board_dirty: bool = False  # something was scored, rescored, disqualified...: recompute the leaderboard
+    autoscaler: list[Event] = field(default_factory=list)
+
+
+def _parse_row(raw: dict[str, str]) -> SubmissionRow | None:
+    if not raw:
+        return None
+    try:
+        return SubmissionRow.of(_from_hash(raw))
+    except ValueError:
+        return None  # a newer schema's record: not for this console to show
+
+
+class ConsoleData:
+    """The console's view of the store. `load()` once, then `poll()` every refresh."""
+
+    def __init__(self, r: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self.r = r
+        self.clock = clock
+        self._hashes = r.register_script(_HASHES_AS_JSON)
+        self._last_event = "0-0"
+        self.autoscaler_events: list[Event] = []
+
+    # -- submissions ----------------------------------------------------------------------------------
+
+    def load(self) -> list[SubmissionRow]:
+        """Every submission, newest first. The event stream's position is taken first, so nothing that
+        happens during the load is missed (at worst a row is read twice)."""
+        newest = self.r.xrevrange(keys.events(), count=1)
+        self._last_event = newest[0][0] if newest else "0-0"
+        self.autoscaler_events = self._recent_autoscaler_events()
+        ids = self.r.zrevrange(keys.submissions_index(), 0, -1)
+        return [row for row in self._rows(ids) if row is not None]
+
+    def _rows(self, ids: Iterable[str]) -> list[SubmissionRow | None]:
+        ids = list(ids)
+        out: list[SubmissionRow | None] = []
+        for start in range(0, len(ids), LOAD_BATCH):
+            batch = [keys.submission(sid) for sid in ids[start : start + LOAD_BATCH]]
+            found = self._hashes(keys=batch)
+            out.extend(_parse_row(json.loads(raw) if raw else {}) for raw in found)
+        return out
+
+    def poll(self) -> Changes:
+        """What changed since the last call: the submissions named by new events, reloaded."""
+        changes = Changes()
+        found = self.r.xread({keys.events(): self._last_event}, count=POLL_COUNT)
+        if not found:
+            return changes
+        named: dict[str, None] = {}  # ordered set
+        for entry_id, fields in found[0][1]:
+            self._last_event = entry_id
+            changes.events += 1
+            try:
+                event = Event.from_json(fields["json"])
+            except (KeyError, ValueError):
+                continue
+            if event.submission_id:
+                named[event.submission_id] = None
+            if event.kind == "autoscaler":
+                changes.autoscaler.append(event)
+            elif _moves_board(event):
+                changes.board_dirty = True
+        if changes.autoscaler:
+            self.autoscaler_events = (self.autoscaler_events + changes.autoscaler)[-AUTOSCALER_EVENTS_KEPT:]
+        ids = list(named)
+        for sid, row in zip(ids, self._rows(ids), strict=True):
+            if row is None:
+                changes.gone.append(sid)
+            else:
+                changes.rows.append(row)
+        return changes
+
+    def row(self, sid: str) -> SubmissionRow | None:
+        sub = load_submission(self.r, sid)
+        return SubmissionRow.of(sub) if sub else None
+
+    # -- one submission ---------------------------------------------------------------------------------
+
+    def detail(self, sid: str) -> dict[str, Any]:
+        """The organizer report of a submission (problems, studies, provenance) plus its convergence:
+        `curve` (mean normalized best-so-far per iteration over the finished studies) and `random` (the
+        random-search baseline's mean normalized curve over the same problems)."""
+        from competition import scores
+        from competition.scores import BaselineError, ScoreError
+
+        sub = load_submission(self.r, sid)
+        if sub is None:
+            raise service.NotFound(f"no submission {sid}")
+        out: dict[str, Any] = {"row": SubmissionRow.of(sub), "problems": [], "provenance": {}}
+        out["curve"], out["random"] = [], []
+        try:
+            report = scores.report(self.r, sid)
+        except (BaselineError, ScoreError) as exc:
+            out["error"] = str(exc)
+            return out
+        out["problems"] = report["problems"]
+        out["provenance"] = report.get("provenance") or {}
+        out["spec"] = report.get("spec")
+        out["curve"], out["random"] = self._convergence(sub, report["problems"])
+        return out
+
+    def _convergence(self, sub: Submission, problems: list[dict[str, Any]]) -> tuple[list, list]:
+        from baselines import scoring
+        from competition import scores
+        from competition.spec import Spec
+
+        raw_spec = self.r.get(keys.spec(sub.spec_hash))
+        if raw_spec is None:
+            return [], []
+        spec = Spec.from_json(raw_spec)
+        baselines = scores.baselines_or_none(spec)
+        if baselines is None:
+            return [], []
+        per_problem, randoms = [], []
+        for problem in problems:
+            curves = []
+            for study in problem["studies"]:
+                curve = scoring.study_normalized_curve(
+                    study["losses"], problem["clip"], problem["opt"], spec.rounds
+                )
+                study["normalized"] = curve[-1]  # the study's own score, for the studies table
+                curves.append(curve)
+            if not curves:
+                continue
+            per_problem.append([sum(values) / len(values) for values in zip(*curves, strict=True)])
+            try:
+                randoms.append(list(baselines.problem(problem["problem"]).mean_normed))
+            except scores.BaselineError:
+                continue
+        return _mean_curves(per_problem), _mean_curves(randoms)
+
+    def versions(self, sid: str) -> list[dict[str, Any]]:
+        from competition import rescore
+
+        return rescore.versions(self.r, sid)
+
+    # -- logs -------------------------------------------------------------------------------------------
+
+    def job_ids(self, sid: str) -> list[str]:
+        sub = load_submission(self.r, sid)
+        if sub is None:
+            return []
+        return sorted(self.r.smembers(keys.submission_jobs(sid, sub.score_version)))
+
+    def log_lines(self, job_id: str, after: str = "-", count: int = 10_000) -> tuple[list[str], str]:
+        """Lines of a job's log after stream id `after` ("-": from the start), and the last id read."""
+        start = after if after == "-" else f"({after}"
+        entries = self.r.xrange(keys.job_log(job_id), min=start, count=count)
+        if not entries:
+            return [], after
+        return [fields.get("line", "") for _, fields in entries], entries[-1][0]
+
+    # -- leaderboard ------------------------------------------------------------------------------------
+
+    def leaderboard(self, phase: str, spec_name: str) -> list[dict[str, Any]]:
+        """The organizers' live board (never frozen): the feedback phase's per-team best, or the final
+        phase's entries with their 95% intervals."""
+        return service.leaderboard(self.r, phase, spec_name)
+
+    # -- fleet ------------------------------------------------------------------------------------------
+
+    def fleet(self) -> dict[str, Any]:
+        """Workers (last heartbeats, current job), queue depths, and each autoscaler fleet's status."""
+        from autoscaler.daemon import read_status
+        from competition import dispatch, recovery
+
+        workers: list[Heartbeat] = recovery.workers(self.r)
+        depths = dispatch.queue_depths(self.r)
+        fleets = {
+            name: read_status(self.r, name) for name in sorted(self.r.smembers(keys.autoscaler_fleets()))
+        }
+        return {
+            "workers": workers,
+            "queued": depths["queued"],
+            "running": depths["running"],
+            "fleets": fleets,
+        }
+
+    def _recent_autoscaler_events(self, scan: int = 5_000) -> list[Event]:
+        found = []
+        for _, fields in self.r.xrevrange(keys.events(), count=scan):
+            if '"autoscaler"' not in fields.get("json", ""):
+                continue  # cheap pre-check before parsing
+            try:
+                event = Event.from_json(fields["json"])
+            except ValueError:
+                continue
+            if event.kind == "autoscaler":
+                found.append(event)
+                if len(found) >= AUTOSCALER_EVENTS_KEPT:
+                    break
+        return found[::-1]
+
+    # -- actions (the CLI's service functions, audited under the organizer's name) -------------------
+
+    @staticmethod
+    def actor() -> str:
+        return audit.default_actor()
+
+    def stop(self, sid: str) -> Submission:
+        return service.stop(self.r, sid, actor=self.actor())
+
+    def rescore_plan(self, sid: str) -> dict[str, Any]:
+        """What a rescore would create (the next version, under the current spec), for the confirmation."""
+        from competition import rescore
+
+        sub = service.status(self.r, None, sid)
+        spec = rescore.current_spec(self.r, sub)
+        return {
+            "team": sub.team,
+            "state": sub.state.value,
+            "version": sub.score_version + 1,
+            "spec": spec.name,
+            "spec_hash": spec.hash,
+        }
+
+    def rescore(self, sid: str, reason: str = "from the organizer console") -> Submission:
+        return service.rescore(self.r, sid, actor=self.actor(), reason=reason)
+
+
+def _moves_board(event: Event) -> bool:
+    if event.kind == "state":
+        return "scored" in (event.data.get("from"), event.data.get("to")) or bool(event.data.get("rescore"))
+    return event.kind in _BOARD_KINDS
+
+
+def _mean_curves(curves: list[list[float]]) -> list[float]:
+    if not curves:
+        return []
+    length = min(len(c) for c in curves)
+    return [sum(c[i] for c in curves) / len(curves) for i in range(length)]
