@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "autoscaler": "bench.autoscaler",
+    "chaos": "bench.chaos",
     "console": "bench.console",
     "overhead": "bench.overhead",
     "seed-data": "bench.seed_data",

@@ -27,7 +27,10 @@ from queue_schema.payloads import utc_iso
 from queue_schema.records import add_event, load_submission, update_record
 
 DAY_S = 86_400
-HOLD_TTL_S = 600
+# A hold spans only the checks and the store of an upload already read (seconds). A hold whose release
+# failed (a gateway crash, or the store down at that moment) blocks an upload slot until it expires, so
+# this stays short.
+HOLD_TTL_S = 60
 
 
 class QuotaExceeded(Exception):

@@ -1,0 +1,841 @@
+"""Chaos figures: the real parts under faults, and what each fault cost (every count here should be 0).
+
+Everything runs against real parts in a temporary state folder (an embedded Redis of its own, never the
+user's): RQ workers started with `bbo admin worker`, the gateway with `bbo admin serve`. Each scenario is
+bounded in time and prints counts.
+
+- worker_kill: a stream of small submissions (an optimizer that thinks 0.3 s per round, so a study lasts
+  seconds) scored by 2 workers; a worker is SIGKILLed in the middle of a study --kills times and a new one
+  started each time. At the end every submission must be scored exactly once: every study result written
+  once (write-once records), one `study` event per study, counters equal to the studies. The detection
+  time is from the kill to the reaper's `job_requeued` event for the job (target <= 60 s).
+- redis_restart: uploads through HTTP (real team tokens, a few client threads) while the embedded Redis
+  (AOF, fsync always) is SIGKILLed and restarted in the middle; each upload ends "accepted id" or an
+  error. Every accepted id must be in the store afterwards and be scored by the workers (`lost` = 0).
+- disk_full: the Redis folder on a small tmpfs that is then filled up; uploads must be refused with a
+  clear error (not a 500, not a hang), and after space comes back and the store restarts, every earlier
+  submission still loads and its artifact's sha256 still matches. Needs root (mount); skipped otherwise.
+
+With the process backend the workers run studies without isolation, with BBO_ALLOW_UNSAFE_SANDBOX=1 set
+for them only (the output says so).
+
+    python -m bench chaos --json [--quick] [--only worker_kill,redis_restart,disk_full] [--kills N]
+"""
+
+from __future__ import annotations
+
+from queue_schema.settings import pin_threads
+
+pin_threads()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBMISSIONS = ROOT / "tests" / "submissions"
+SCENARIOS = ("worker_kill", "redis_restart", "disk_full", "daemon_restart")
+FINISHED = ("scored", "failed", "stopped")
+
+
+def _log(message: str) -> None:
+    print(f"bench chaos: {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"bench chaos: gave up after {timeout:.0f} s waiting for {what}")
+
+
+def _small_spec(work: Path, *, problems: list[str], studies: int, studies_per_job: int, quota: int) -> Any:
+    """The demo spec (same rounds, batch and baseline settings, so its baselines apply) cut down."""
+    from competition.spec import SPECS_DIR, load
+
+    text = (SPECS_DIR / "demo.toml").read_text()
+    text = text.replace(
+        '[phases.feedback]\nproblems = ["DT-iris-acc", "lasso-diabetes-mae", "SVM-wine-nll", "RF-iris-acc"]\n'
+        "studies = 2\n",
+        f"[phases.feedback]\nproblems = {json.dumps(problems)}\nstudies = {studies}\n"
+        f"studies_per_job = {studies_per_job}\n",
+    ).replace("daily_quota = 20", f"daily_quota = {quota}")
+    if f"studies_per_job = {studies_per_job}\n" not in text:
+        raise SystemExit("bench chaos: competition/specs/demo.toml changed shape; update _small_spec")
+    path = work / "chaos-spec.toml"
+    path.write_text(text)
+    return load(path)
+
+
+class Stack:
+    """An embedded Redis in a state folder, and the `bbo` processes of one scenario using it."""
+
+    def __init__(self, state: Path, redis_dir: Path | None = None) -> None:
+        from competition.redis_server import EmbeddedRedis
+
+        self.state = state
+        directory = redis_dir or state / "redis"
+        self.store = EmbeddedRedis(directory, directory / "redis.sock")
+        self.env = {
+            **os.environ,
+            "BBO_STATE_DIR": str(state),
+            "BBO_REDIS_URL": self.store.url,
+            "BBO_ALLOW_UNSAFE_SANDBOX": "1",
+        }
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.base = ""
+        self._count = 0
+        self.log = open(state / "processes.log", "ab")  # noqa: SIM115 - closed in stop()
+
+    def start_store(self) -> Any:
+        from queue_schema.connection import connect, reset_clients
+
+        self.store.start()
+        os.environ["BBO_REDIS_URL"] = self.store.url
+        reset_clients()
+        return connect(self.store.url)
+
+    def kill_store(self) -> None:
+        assert self.store.process is not None
+        self.store.process.send_signal(signal.SIGKILL)  # no shutdown, no final flush
+        self.store.process.wait(10)
+
+    def start_worker(self) -> str:
+        name = f"chaos-{os.getpid()}-{self._count}"
+        self._count += 1
+        self.workers[name] = subprocess.Popen(
+            [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        return name
+
+    def wait_registered(self, names: list[str], timeout: float = 120) -> None:
+        from rq import Worker
+
+        from queue_schema.connection import rq_connection
+
+        def registered() -> bool:
+            live = {w.name for w in Worker.all(connection=rq_connection(self.store.url))}
+            return set(names) <= live
+
+        _wait(registered, timeout, f"workers {names} to register")
+
+    def start_gateway(self, spec: str | Path) -> str:
+        port = _free_port()
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec)]
+            + ["--backend", "process", "--log-level", "warning", "--workers", "1"],
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        self.base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            if self.gateway is not None and self.gateway.poll() is not None:
+                raise SystemExit(f"bench chaos: the gateway exited at start-up; see {self.log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
+            return False
+
+        _wait(healthy, 60, "the gateway's /health")
+        return self.base
+
+    def stop(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # warm shutdown
+        procs = list(self.workers.values()) + ([self.gateway] if self.gateway else [])
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers = {}
+        self.gateway = None
+        self.store.stop()
+        self.log.close()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _unique_zip(folder: Path, salt: str, pad_bytes: int = 0) -> bytes:
+    """The folder's files zipped with a salt file (so each upload is its own artifact) and incompressible
+    padding (so uploads take room on disk)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(folder).as_posix())
+        archive.writestr("salt.txt", salt)
+        if pad_bytes:
+            archive.writestr("padding.bin", os.urandom(pad_bytes), compress_type=zipfile.ZIP_STORED)
+    return buffer.getvalue()
+
+
+def exactly_once(r: Any, sid: str, spec: Any) -> tuple[bool, bool]:
+    """(scored exactly once, something counted twice) for one submission, from the write-once study
+    results, the `study` events and the submission's counters."""
+    from queue_schema import keys
+    from queue_schema.records import load_submission, read_events
+
+    sub = load_submission(r, sid)
+    phase = spec.phase(sub.phase)
+    expected = {(problem, study) for problem in phase.problems for study in range(phase.studies)}
+    version = sub.score_version
+    stored = {
+        (problem, int(study))
+        for problem in phase.problems
+        for study in r.hkeys(keys.study_results(sid, version, problem))
+    }
+    written = [
+        (e.data["problem"], e.data["study"])
+        for e in read_events(r, sid, count=10_000)
+        if e.kind == "study" and e.data.get("version") == version
+    ]
+    evals_done, norm_count = (int(v or 0) for v in r.hmget(keys.submission(sid), "evals_done", "norm_count"))
+    double = (
+        len(written) != len(set(written))
+        or len(written) > len(expected)
+        or evals_done > len(expected) * spec.evals_per_study
+        or norm_count > len(expected)
+        or sub.progress.studies_done > len(expected)
+    )
+    once = (
+        sub.state.value == "scored"
+        and stored == expected
+        and sorted(written) == sorted(expected)
+        and evals_done == len(expected) * spec.evals_per_study
+        and norm_count == len(expected)
+        and not double
+    )
+    return once, double
+
+
+# -- worker_kill ------------------------------------------------------------------------------------
+
+
+def _victim(r: Any, conn: Any, sids: list[str], studies: int, spared: set[str]) -> tuple[str, str] | None:
+    """(job id, worker name) of a started job in the middle of a study: some of its studies written and
+    not all, so one is running now. Jobs killed once already are spared, so that no job reaches the
+    reaper's give-up count (which would fail its submission as infrastructure, by design)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    from queue_schema import keys
+    from queue_schema.payloads import ScoreJob
+
+    for sid in sids:
+        for job_id in r.smembers(keys.submission_jobs(sid, 1)):
+            if job_id in spared:
+                continue
+            try:
+                job = Job.fetch(job_id, connection=conn)
+            except NoSuchJobError:
+                continue
+            if job.get_status() != JobStatus.STARTED or not job.worker_name:
+                continue
+            payload = ScoreJob.model_validate(job.args[0])
+            if 0 < r.hlen(keys.study_results(sid, 1, payload.problem)) < studies:
+                return job_id, job.worker_name
+    return None
+
+
+def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from competition import artifacts, teams
+    from competition.submit import create_submission
+    from queue_schema import keys
+    from queue_schema.connection import rq_connection
+    from queue_schema.records import load_submission, read_events
+
+    stack = Stack(state)
+    r = stack.start_store()
+    conn = rq_connection(stack.store.url)
+    studies = 3
+    spec = _small_spec(
+        state,
+        problems=["DT-iris-acc", "lasso-diabetes-mae"],
+        studies=studies,
+        studies_per_job=studies,
+        quota=999,
+    )
+    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+    teams.add_team(r, "chaos")
+    sids: list[str] = []
+    killed: dict[str, tuple[float, str]] = {}  # job id -> (kill time, submission id)
+    detection: dict[str, float] = {}
+    leftovers = 0
+    try:
+        stack.wait_registered([stack.start_worker(), stack.start_worker()])
+        deadline = time.monotonic() + args.worker_kill_timeout
+        while len(killed) < args.kills:
+            if time.monotonic() > deadline:
+                _log(f"worker_kill: time is up after {len(killed)} kills")
+                break
+            active = [sid for sid in sids if load_submission(r, sid).state.value not in FINISHED]
+            if len(active) < 2:  # a stream: two submissions (four jobs) in flight for two workers
+                sub = create_submission(
+                    r, team="chaos", data=data, spec=spec, phase="feedback", backend="process"
+                )
+                sids.append(sub.id)
+                continue
+            found = _victim(r, conn, active, studies, set(killed))
+            if found is None or found[1] not in stack.workers or stack.workers[found[1]].poll() is not None:
+                time.sleep(0.1)
+                continue
+            job_id, name = found
+            proc = stack.workers.pop(name)
+            tree = _descendants(proc.pid)
+            proc.send_signal(signal.SIGKILL)  # the worker's main process only, as a crash would
+            killed_at = time.time()
+            proc.wait(10)
+            sid = next(s for s in active if job_id in r.smembers(keys.submission_jobs(s, 1)))
+            killed[job_id] = (killed_at, sid)
+            stack.start_worker()
+            _log(f"worker_kill {len(killed)}/{args.kills}: killed {name} running {job_id}")
+            # The work horse and its optimizer must die with the worker, not linger as orphans.
+            with contextlib.suppress(SystemExit):
+                _wait(lambda tree=tree: all(_gone(p) for p in tree), 20, "the horse to die")
+            for p in tree:
+                if not _gone(p):
+                    leftovers += 1
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
+
+        def all_finished() -> bool:
+            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
+
+        _log(f"worker_kill: waiting for {len(sids)} submissions to finish")
+        _wait(all_finished, args.worker_kill_timeout, "every submission to finish", interval=1.0)
+        for job_id, (killed_at, sid) in killed.items():
+            requeued = [
+                e.ts
+                for e in read_events(r, sid, count=10_000)
+                if e.kind == "job_requeued" and e.data.get("job") == job_id and e.ts >= killed_at
+            ]
+            if requeued:
+                detection[job_id] = min(requeued) - killed_at
+        verdicts = [exactly_once(r, sid, spec) for sid in sids]
+        failures = {
+            sid: load_submission(r, sid).failure
+            for sid, (once, _) in zip(sids, verdicts, strict=True)
+            if not once
+        }
+        for sid, failure in failures.items():
+            _log(f"worker_kill: {sid} not scored exactly once: {failure}")
+    finally:
+        stack.stop()
+    return {
+        "worker_kills": len(killed),
+        "submissions": len(sids),
+        "completed_exactly_once": sum(once for once, _ in verdicts),
+        "double_counted": sum(double for _, double in verdicts),
+        "kills_not_detected": len(killed) - len(detection),
+        "max_detection_s": round(max(detection.values(), default=0.0), 1),
+        "median_detection_s": round(sorted(detection.values())[len(detection) // 2], 1) if detection else 0.0,
+        "horse_processes_left_behind": leftovers,
+    }
+
+
+# -- redis_restart ----------------------------------------------------------------------------------
+
+
+def _upload(client: httpx.Client, token: str, data: bytes) -> tuple[str, str]:
+    """("accepted", id) or ("error", why)."""
+    try:
+        response = client.post(
+            "/v1/submissions",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"file": ("submission.zip", data, "application/zip")},
+        )
+    except httpx.HTTPError as exc:
+        return "error", f"{type(exc).__name__}: {exc}"
+    if response.status_code == 201:
+        return "accepted", response.json()["id"]
+    return "error", f"{response.status_code} {response.text[:200]}"
+
+
+def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from competition import artifacts, teams
+    from queue_schema.connection import connect, reset_clients
+    from queue_schema.records import load_submission
+
+    stack = Stack(state)
+    r = stack.start_store()
+    clients, per_team = 4, 10
+    spec = _small_spec(state, problems=["DT-iris-acc"], studies=1, studies_per_job=1, quota=per_team)
+    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    tokens = [teams.add_team(r, f"team-{i:02d}") for i in range(-(-args.uploads // per_team))]
+    outcomes: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    turn = iter(range(args.uploads))
+    restarts = 0
+    lost: list[str] = []
+    try:
+        stack.start_gateway(state / "chaos-spec.toml")
+        workers = [stack.start_worker(), stack.start_worker()]
+
+        def client_loop() -> None:
+            with httpx.Client(base_url=stack.base, timeout=60) as client:
+                while True:
+                    with lock:
+                        index = next(turn, None)
+                    if index is None:
+                        return
+                    outcome = _upload(client, tokens[index % len(tokens)], data)
+                    with lock:
+                        outcomes.append(outcome)
+                    time.sleep(0.05)  # teams do not upload back to back: leaves room for the restarts
+
+        threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for fraction in (1 / 3, 2 / 3)[: args.restarts]:
+            _wait(lambda f=fraction: len(outcomes) >= f * args.uploads, 300, "uploads to go through", 0.01)
+            stack.kill_store()
+            stack.start_store()  # replays the AOF
+            restarts += 1
+            _log(f"redis_restart: store killed and restarted after {len(outcomes)} uploads")
+        for thread in threads:
+            thread.join(600)
+        reset_clients()
+        r = connect(stack.store.url)
+        accepted = [value for kind, value in outcomes if kind == "accepted"]
+        errors = [value for kind, value in outcomes if kind == "error"]
+        for why in sorted(set(errors))[:5]:
+            _log(f"redis_restart: an upload refused: {why}")
+        _log(f"redis_restart: {len(accepted)} accepted, {len(errors)} refused; scoring them")
+        missing = [sid for sid in accepted if load_submission(r, sid) is None]
+        with contextlib.suppress(SystemExit):
+            stack.wait_registered(workers, 60)
+
+        def all_finished() -> bool:
+            present = [load_submission(r, sid) for sid in accepted if sid not in missing]
+            return all(sub.state.value in FINISHED for sub in present)
+
+        _wait(all_finished, args.redis_restart_timeout, "every accepted upload to be scored", interval=1.0)
+        unscored = [
+            sid for sid in accepted if sid not in missing and load_submission(r, sid).state.value != "scored"
+        ]
+        for sid in unscored:
+            sub = load_submission(r, sid)
+            _log(f"redis_restart: {sid} ended {sub.state.value}: {sub.failure}")
+        lost = missing + unscored
+    finally:
+        stack.stop()
+    return {
+        "redis_restarts": restarts,
+        "uploads": len(outcomes),
+        "accepted": len(accepted),
+        "refused_with_error": len(errors),
+        "refusals_by_status": _by_status(errors),
+        "lost": len(lost),
+    }
+
+
+def _by_status(errors: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for why in errors:
+        head = why.split(" ", 1)[0]
+        key = head if head.isdigit() else head.rstrip(":")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# -- disk_full --------------------------------------------------------------------------------------
+
+
+def _fill(folder: Path) -> int:
+    """Fill the file system of `folder` to the last byte; the bytes written."""
+    written = 0
+    chunk = b"\0" * (64 * 1024)
+    with open(folder / "filler", "wb", buffering=0) as out:
+        for size in (len(chunk), 4096, 1):
+            while True:
+                try:
+                    written += out.write(chunk[:size])
+                except OSError:
+                    break
+    return written
+
+
+def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from competition import artifacts, teams
+    from queue_schema.connection import connect, reset_clients, rq_connection
+    from queue_schema.records import load_submission
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        _log("disk_full: skipped (mounting a tmpfs needs root)")
+        return {"disk_full_skipped": True}
+    small = state / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:  # root without CAP_SYS_ADMIN, as in many CI containers
+        _log(f"disk_full: skipped (mount failed: {mounted.stderr.strip()[:200]})")
+        return {"disk_full_skipped": True}
+    stack: Stack | None = None
+    store_died = recovered = False
+    stored: dict[str, str] = {}  # submission id -> artifact sha256 (of the bytes we sent)
+    outcomes: list[tuple[int | None, str, float]] = []
+    corrupted = 0
+    try:
+        stack = Stack(state, redis_dir=small / "redis")
+        r = stack.start_store()
+        _small_spec(state, problems=["DT-iris-acc"], studies=1, studies_per_job=1, quota=999)
+        token = teams.add_team(r, "filler")
+        stack.start_gateway(state / "chaos-spec.toml")
+        with httpx.Client(base_url=stack.base, timeout=args.disk_full_request_timeout) as client:
+
+            def post(index: int) -> tuple[int | None, str, float]:
+                data = _unique_zip(SUBMISSIONS / "random_search", f"disk-full-{index}", pad_bytes=256 * 1024)
+                started = time.monotonic()
+                try:
+                    response = client.post(
+                        "/v1/submissions",
+                        headers={"Authorization": f"Bearer {token}"},
+                        files={"file": ("submission.zip", data, "application/zip")},
+                    )
+                except httpx.HTTPError as exc:
+                    return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
+                if response.status_code == 201:
+                    stored[response.json()["id"]] = hashlib.sha256(data).hexdigest()
+                return response.status_code, response.text[:300], time.monotonic() - started
+
+            for index in range(5):
+                status, body, _ = post(index)
+                if status != 201:
+                    raise SystemExit(
+                        f"bench chaos: disk_full: an upload before the fill failed: {status} {body}"
+                    )
+            filled = _fill(small)
+            _log(f"disk_full: {len(stored)} submissions stored, then {filled / 1e6:.1f} MB of filler")
+            for index in range(5, 5 + args.full_uploads):
+                outcomes.append(post(index))
+                status, body, seconds = outcomes[-1]
+                _log(f"disk_full: upload on a full disk: {status} in {seconds:.1f} s: {body[:160]}")
+            store_died = stack.store.process is not None and stack.store.process.poll() is not None
+            for line in (small / "redis" / "redis.log").read_text(errors="replace").splitlines():
+                if "AOF" in line or "space" in line:
+                    _log(f"disk_full: redis.log: {line.strip()[:200]}")
+            (small / "filler").unlink()
+            # The store may have died on the write error (fsync always): restart it as an operator would
+            # after freeing space (a SIGKILL if it still runs: the harshest stop), then check that
+            # everything stored before is intact and that uploads are taken again.
+            if not store_died:
+                stack.kill_store()
+            reset_clients()
+            stack.store.start()
+            r = connect(stack.store.url)
+            raw = rq_connection(stack.store.url)
+            for sid, sha in stored.items():
+                sub = load_submission(r, sid)
+                try:
+                    intact = (
+                        sub is not None
+                        and hashlib.sha256(artifacts.fetch(raw, sub.artifact_sha256)).hexdigest() == sha
+                    )
+                except Exception as exc:  # a missing or unreadable artifact is what this counts
+                    _log(f"disk_full: {sid}: artifact unreadable: {exc}")
+                    intact = False
+                corrupted += not intact
+            after = post(10_000)
+            recovered = after[0] == 201
+            if not recovered:
+                _log(f"disk_full: upload after freeing space and restarting the store: {after[0]} {after[1]}")
+    finally:
+        if stack is not None:
+            stack.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    refusals = [
+        o for o in outcomes if o[0] is not None and 400 <= o[0] < 600 and o[0] != 500 and '"error"' in o[1]
+    ]
+    return {
+        "disk_full_uploads": len(outcomes),
+        "disk_full_refusals": len(refusals),
+        "disk_full_statuses": sorted({str(o[0]) for o in outcomes}),
+        "disk_full_server_errors": sum(o[0] == 500 for o in outcomes),
+        "disk_full_hangs_or_drops": sum(o[0] is None for o in outcomes),
+        "disk_full_max_answer_s": round(max((o[2] for o in outcomes), default=0.0), 2),
+        "disk_full_accepted": sum(o[0] == 201 for o in outcomes),
+        "disk_full_store_died": store_died,
+        "disk_full_recovered_after_restart": recovered,
+        "disk_full_submissions_checked": len(stored),
+        "corrupted": corrupted,
+    }
+
+
+# -- daemon_restart ---------------------------------------------------------------------------------
+
+
+def _fleet_workers(fleet: str, store_url: str) -> dict[str, list[int]]:
+    """Live worker processes of the fleet, by name, from the process table alone (not the provider's
+    code, which is what is under test): a `bbo admin worker --name FLEET-N` whose parent is not one too
+    (a work horse is a fork of its worker)."""
+    candidates: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    for proc in psutil.process_iter(["cmdline", "ppid", "status"]):
+        cmdline = proc.info.get("cmdline") or []
+        if (
+            proc.info.get("status") == psutil.STATUS_ZOMBIE
+            or "worker" not in cmdline
+            or "--name" not in cmdline
+        ):
+            continue
+        name = cmdline[cmdline.index("--name") + 1] if cmdline.index("--name") + 1 < len(cmdline) else ""
+        if not name.startswith(f"{fleet}-"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("BBO_REDIS_URL") == store_url:
+                candidates[proc.pid] = name
+                parents[proc.pid] = proc.info.get("ppid") or 0
+    out: dict[str, list[int]] = {}
+    for pid, name in candidates.items():
+        if parents[pid] not in candidates:
+            out.setdefault(name, []).append(pid)
+    return out
+
+
+def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from autoscaler.daemon import read_status
+    from autoscaler.providers.local import LocalProvider, machines_key
+    from competition import artifacts, teams
+    from competition.submit import create_submission
+    from queue_schema.records import load_submission
+
+    stack = Stack(state)
+    r = stack.start_store()
+    fleet, cap = f"chaos{os.getpid()}", 2
+    studies = 3
+    spec = _small_spec(
+        state,
+        problems=["DT-iris-acc", "lasso-diabetes-mae"],
+        studies=studies,
+        studies_per_job=studies,
+        quota=999,
+    )
+    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+    teams.add_team(r, "chaos")
+    daemon: subprocess.Popen[bytes] | None = None
+    restarts = orphans = duplicates = 0
+    takeover: list[float] = []
+    sids: list[str] = []
+
+    def start_daemon() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "admin", "autoscaler", "run", "--provider", "local"]
+            + ["--fleet", fleet, "--max", str(cap), "--interval", "1", "--idle-before-drain-s", "600"],
+            env=stack.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=stack.log,
+            stderr=stack.log,
+        )
+
+    def stepped_since(moment: float) -> bool:
+        return float(read_status(r, fleet).get("ts") or 0) > moment
+
+    def live() -> dict[str, list[int]]:
+        return _fleet_workers(fleet, stack.store.url)
+
+    try:
+        for _ in range(args.daemon_submissions):
+            sids.append(
+                create_submission(
+                    r, team="chaos", data=data, spec=spec, phase="feedback", backend="process"
+                ).id
+            )
+        daemon = start_daemon()
+        _wait(lambda: len(live()) == cap, 120, f"the daemon to start {cap} workers")
+        for attempt in range(args.daemon_restarts):
+            _wait(
+                lambda: sum(hb.state == "busy" for hb in _heartbeats(r, fleet)) == cap,
+                120,
+                "the fleet to be busy",
+            )
+            daemon.send_signal(signal.SIGKILL)  # no clean-up, its lock left to expire
+            daemon.wait(10)
+            killed_at = time.time()
+            before = live()
+            # A new daemon refuses to start while the dead one's lock lives (3 intervals + 10 s): as an
+            # operator's supervisor would, start it again until it runs.
+            while True:
+                daemon = start_daemon()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    daemon.wait(5)
+                if daemon.poll() is None:
+                    break
+                if time.time() - killed_at > 120:
+                    raise SystemExit("bench chaos: daemon_restart: no new daemon could start within 120 s")
+            _wait(lambda k=killed_at: stepped_since(k), 60, "the new daemon's first step")
+            takeover.append(time.time() - killed_at)
+            restarts += 1
+            # Watch a few steps of the new daemon: every live worker must be one of its machines (no
+            # orphan), and it must start none beside them (no duplicate).
+            peak = 0
+            for _ in range(5):
+                step_at = time.time()
+                _wait(lambda s=step_at: stepped_since(s), 30, "the new daemon's next step")
+                now_live = live()
+                peak = max(peak, len(now_live))
+                duplicates += sum(len(pids) - 1 for pids in now_live.values())
+            known = set(r.hkeys(machines_key(fleet)))
+            now_live = live()
+            lost = set(now_live) - known
+            status = read_status(r, fleet)
+            counted = sum((status.get("workers") or {}).values())
+            orphans += len(lost) + max(0, len(now_live) - counted)
+            duplicates += max(0, peak - max(cap, len(before)))
+            _log(
+                f"daemon_restart {attempt + 1}/{args.daemon_restarts}: new daemon stepping "
+                f"{takeover[-1]:.1f} s after the kill; workers before {sorted(before)}, "
+                f"after {sorted(now_live)}, daemon counts {counted}"
+            )
+
+        def all_finished() -> bool:
+            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
+
+        _wait(all_finished, args.worker_kill_timeout, "every submission to finish", interval=1.0)
+        scored_once = sum(exactly_once(r, sid, spec)[0] for sid in sids)
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)  # stops; the workers stay up (they are the fleet)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        provider = LocalProvider(r, fleet=fleet, cap=cap, env=stack.env)
+        for name in live():
+            provider.delete(name)
+        stack.stop()
+    return {
+        "daemon_restarts": restarts,
+        "orphans": orphans,
+        "duplicates": duplicates,
+        "daemon_takeover_max_s": round(max(takeover, default=0.0), 1),
+        "daemon_submissions": len(sids),
+        "daemon_submissions_scored_once": scored_once,
+    }
+
+
+def _heartbeats(r: Any, fleet: str) -> list[Any]:
+    from competition import recovery
+
+    return [hb for hb in recovery.workers(r) if hb.worker.startswith(f"{fleet}-")]
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench chaos", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--quick", action="store_true", help="fewer kills and uploads (for CI)")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios ({','.join(SCENARIOS)})")
+    parser.add_argument("--kills", type=int, default=None, help="worker kills (20; quick 2)")
+    parser.add_argument(
+        "--uploads", type=int, default=None, help="uploads across the store restarts (100; quick 20)"
+    )
+    parser.add_argument("--restarts", type=int, default=2, choices=(1, 2), help="store restarts")
+    parser.add_argument(
+        "--tmpfs-mb", type=int, default=16, help="size of the tmpfs the disk_full store lives on"
+    )
+    parser.add_argument("--daemon-restarts", type=int, default=None, help="daemon kills (3; quick 1)")
+    parser.add_argument("--full-uploads", type=int, default=5, help="uploads tried on the full disk")
+    args = parser.parse_args(argv)
+    args.kills = args.kills if args.kills is not None else (2 if args.quick else 20)
+    args.daemon_restarts = (
+        args.daemon_restarts if args.daemon_restarts is not None else (1 if args.quick else 3)
+    )
+    args.uploads = args.uploads if args.uploads is not None else (20 if args.quick else 100)
+    args.worker_kill_timeout = 300 if args.quick else 1800
+    args.redis_restart_timeout = 300 if args.quick else 900
+    args.disk_full_request_timeout = 60.0
+    args.daemon_submissions = 2 if args.quick else 6
+    only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    if set(only) - set(SCENARIOS):
+        parser.error(f"--only takes {','.join(SCENARIOS)}")
+
+    figures: dict[str, Any] = {"backend": "process", "unsafe_sandbox_for_workers": True, "quick": args.quick}
+    _log("workers run studies with --backend process and BBO_ALLOW_UNSAFE_SANDBOX=1 (no isolation)")
+    runners = {
+        "worker_kill": worker_kill,
+        "redis_restart": redis_restart,
+        "disk_full": disk_full,
+        "daemon_restart": daemon_restart,
+    }
+    for name in SCENARIOS:
+        if name not in only:
+            continue
+        state = Path(tempfile.mkdtemp(prefix="bbo-chaos-"))  # short: the Redis socket lives in here
+        os.environ["BBO_STATE_DIR"] = str(state)
+        os.environ.pop("BBO_REDIS_URL", None)
+        started = time.monotonic()
+        try:
+            figures |= runners[name](state, args)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        figures[f"{name}_s"] = round(time.monotonic() - started, 1)
+        _log(f"{name}: done in {figures[f'{name}_s']} s")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>32}: {value}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
