@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rq import Callback, Queue, Retry
+from rq import Queue
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.registry import FinishedJobRegistry
@@ -67,7 +67,6 @@ from queue_schema.payloads import (
     Failure,
     Heartbeat,
     JobHeartbeat,
-    ScoreJob,
     StudyResult,
     Submission,
 )
@@ -87,7 +86,7 @@ BACKEND = "docker"
 IMAGE_DIGEST = "sha256:" + "5eed" * 16
 CHATTY_LOG_LINES = 5_000  # one running job's log is full (records.JOB_LOG_MAXLEN), for the Logs view
 BATCH = 5_000  # commands per round trip
-RESULT_TTL_S = 7 * 24 * 3600  # as submit.enqueue_jobs asks RQ to keep a finished job
+RESULT_TTL_S = submit.RESULT_TTL_S
 EXECUTION_TTL_S = 90
 TEMPLATE_SHA256 = "0" * 64
 AUTOSCALER_FLEET = "local"
@@ -566,29 +565,7 @@ def enqueue(s: Seeder, sub: Submission) -> list[Any]:
     description, in the team's queue), enqueued in one pipeline rather than a round trip per call."""
     queue = Queue(dispatch.team_queue(s.out, sub.team), connection=rq_connection())
     data = [
-        Queue.prepare_data(
-            submit.JOB_FUNCTION,
-            args=(
-                ScoreJob(
-                    submission_id=sub.id,
-                    score_version=sub.score_version,
-                    problem=problem,
-                    studies=studies,
-                    chunk=chunk,
-                    phase=sub.phase,
-                    spec_hash=s.spec_hash,
-                    artifact_sha256=sub.artifact_sha256,
-                    backend=BACKEND,
-                ).model_dump(mode="json"),
-            ),
-            job_id=job_id(sub.id, sub.score_version, problem, chunk),
-            timeout=submit._job_timeout(s.spec, len(studies)),
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=30 * 24 * 3600,
-            retry=Retry(max=2),
-            on_failure=Callback("workers.failures.on_job_failure"),
-            description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
-        )
+        Queue.prepare_data(**submit.job_options(sub, s.spec, problem, chunk, studies, BACKEND))
         for problem, chunk, studies in s.jobs
     ]
     jobs = queue.enqueue_many(data, pipeline=s.rq.raw)

@@ -12,6 +12,7 @@ import random
 import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class Spec:
         data["phases"] = {k: _phase_dict(v) for k, v in self.phases.items()}
         return data
 
-    @property
+    @cached_property  # a frozen spec: computed once (every enqueued job names it)
     def hash(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

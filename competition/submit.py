@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from rq import Callback, Queue, Retry
 
@@ -14,6 +16,7 @@ from queue_schema.payloads import Progress, ScoreJob, Submission
 from queue_schema.records import add_event, save_new_submission
 
 JOB_FUNCTION = "workers.job.score_problem"
+RESULT_TTL_S = 7 * 24 * 3600  # a finished job's RQ record (its result) is kept a week
 
 
 def create_submission(
@@ -93,31 +96,39 @@ def enqueue_jobs(
         jid = job_id(sub.id, sub.score_version, problem, chunk)
         if jid in skip:
             continue
-        payload = ScoreJob(
-            submission_id=sub.id,
-            score_version=sub.score_version,
-            problem=problem,
-            studies=studies,
-            chunk=chunk,
-            phase=sub.phase,
-            spec_hash=spec.hash,
-            artifact_sha256=sub.artifact_sha256,
-            backend=backend,
-        )
-        queue.enqueue_call(
-            JOB_FUNCTION,
-            args=(payload.model_dump(mode="json"),),
-            job_id=jid,
-            timeout=_job_timeout(spec, len(studies)),
-            result_ttl=7 * 24 * 3600,
-            failure_ttl=30 * 24 * 3600,
-            retry=Retry(max=2),
-            on_failure=Callback("workers.failures.on_job_failure"),
-            description=f"{sub.id} v{sub.score_version} {problem} #{chunk}",
-        )
+        queue.enqueue_call(**job_options(sub, spec, problem, chunk, studies, backend))
         r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
         ids.append(jid)
     return ids
+
+
+def job_options(
+    sub: Submission, spec: Spec, problem: str, chunk: int, studies: list[int], backend: str
+) -> dict[str, Any]:
+    """Everything RQ is told about one job (Queue.enqueue_call's and Queue.prepare_data's arguments):
+    the payload, its deterministic id, timeout, TTLs, retries and failure callback."""
+    payload = ScoreJob(
+        submission_id=sub.id,
+        score_version=sub.score_version,
+        problem=problem,
+        studies=studies,
+        chunk=chunk,
+        phase=sub.phase,
+        spec_hash=spec.hash,
+        artifact_sha256=sub.artifact_sha256,
+        backend=backend,
+    )
+    return {
+        "func": JOB_FUNCTION,
+        "args": (payload.model_dump(mode="json"),),
+        "job_id": job_id(sub.id, sub.score_version, problem, chunk),
+        "timeout": _job_timeout(spec, len(studies)),
+        "result_ttl": RESULT_TTL_S,
+        "failure_ttl": 30 * 24 * 3600,
+        "retry": Retry(max=2),
+        "on_failure": Callback("workers.failures.on_job_failure"),
+        "description": f"{sub.id} v{sub.score_version} {problem} #{chunk}",
+    }
 
 
 def _job_timeout(spec: Spec, studies: int) -> int:

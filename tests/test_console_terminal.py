@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.test_demo import processes_of
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,18 +71,6 @@ class Terminal:
             raise AssertionError(f"{exc}\n--- last screen ---\n{last[0]}") from None
 
 
-def demo_processes(home: Path) -> list[psutil.Process]:
-    """What the demo started: every one carries its state folder in its environment."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("BBO_STATE_DIR") == str(home):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 def stores_of(home: Path) -> list[psutil.Process]:
     """The demo's redis-server (it rewrites its own environment, so it is found by its folder)."""
     found = []
@@ -121,13 +110,13 @@ def terminal(tmp_path: Path) -> Iterator[tuple[Terminal, Path]]:
         home = tmp_path / "demo"
         # A demo still running is asked to stop the way a closed terminal asks it (its store flushes and
         # exits with it); whatever is left after that is killed, the store last.
-        for proc in demo_processes(home):
+        for proc in processes_of(home):
             with contextlib.suppress(psutil.Error):
                 if " admin demo " in " ".join(proc.cmdline()) + " ":
                     proc.terminate()
                     proc.wait(60)
         term.tmux("kill-server", check=False)
-        for proc in demo_processes(home) + stores_of(home):
+        for proc in processes_of(home) + stores_of(home):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
 
@@ -178,6 +167,6 @@ def test_the_console_in_a_real_terminal_shows_scoring_views_and_quits_cleanly(te
     assert exit_file.read_text().strip() == "0", after
     assert "stopping" in after and "demo stopped" in after, after
     home = tmp_path / "demo"
-    left = [" ".join(p.cmdline()) for p in demo_processes(home) + stores_of(home)]
-    wait_for(lambda: not demo_processes(home) and not stores_of(home), 30, f"these to be gone: {left}")
+    left = [" ".join(p.cmdline()) for p in processes_of(home) + stores_of(home)]
+    wait_for(lambda: not processes_of(home) and not stores_of(home), 30, f"these to be gone: {left}")
     assert not (home / "redis" / "redis.sock").exists()
