@@ -12,6 +12,7 @@ BENCHMARKS = {
     "overhead": "bench.overhead",
     "seed-data": "bench.seed_data",
     "service": "bench.service",
+    "soak": "bench.soak",
 }
 
 

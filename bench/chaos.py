@@ -16,10 +16,17 @@ bounded in time and prints counts.
   clear error (not a 500, not a hang), and after space comes back and the store restarts, every earlier
   submission still loads and its artifact's sha256 still matches. Needs root (mount); skipped otherwise.
 
+- engine_restart: submissions scored in docker sandboxes; in the middle of a study the Docker engine is
+  stopped (SIGTERM to dockerd, which takes its containers down) and, after a pause, started again
+  (scripts/start-dockerd). The affected jobs fail as `infrastructure`, RQ retries them, and they resume
+  at their next unfinished study; nothing may be charged to a team: every submission ends scored, or
+  failed as `infrastructure` (refunded). Needs root, dockerd and the sandbox image; it stops the engine
+  this machine's other docker users share, so it runs only when asked (`--only engine_restart`).
+
 With the process backend the workers run studies without isolation, with BBO_ALLOW_UNSAFE_SANDBOX=1 set
 for them only (the output says so).
 
-    python -m bench chaos --json [--quick] [--only worker_kill,redis_restart,disk_full] [--kills N]
+    python -m bench chaos --json [--quick] [--only worker_kill,...,engine_restart] [--kills N]
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
-SCENARIOS = ("worker_kill", "redis_restart", "disk_full", "daemon_restart")
+SCENARIOS = ("worker_kill", "redis_restart", "disk_full", "daemon_restart", "engine_restart")
 FINISHED = ("scored", "failed", "stopped")
 
 
@@ -780,6 +787,88 @@ def _heartbeats(r: Any, fleet: str) -> list[Any]:
 # -- main -------------------------------------------------------------------------------------------
 
 
+# -- engine_restart ---------------------------------------------------------------------------------
+
+
+def _engine_pid() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        if psutil.pid_exists(pid):
+            return pid
+    return None
+
+
+def _engine_answers() -> bool:
+    done = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    return done.returncode == 0
+
+
+def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from competition import artifacts, teams
+    from competition.submit import create_submission
+    from queue_schema.connection import rq_connection
+    from queue_schema.records import load_submission
+    from workers.sandbox.docker import available as engine_ready
+
+    if os.geteuid() != 0 or _engine_pid() is None or not engine_ready():
+        _log("engine_restart: skipped (needs root, a running dockerd we can restart and the sandbox image)")
+        return {"engine_restarts": 0, "engine_restart_skipped": True}
+    stack = Stack(state)
+    r = stack.start_store()
+    conn = rq_connection(stack.store.url)
+    studies = 3
+    spec = _small_spec(
+        state,
+        problems=["DT-iris-acc", "lasso-diabetes-mae"],
+        studies=studies,
+        studies_per_job=studies,
+        quota=999,
+    )
+    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+    teams.add_team(r, "chaos")
+    sids: list[str] = []
+    restarts = 0
+    try:
+        stack.wait_registered([stack.start_worker(), stack.start_worker()])
+        for _ in range(args.engine_submissions):
+            sub = create_submission(r, team="chaos", data=data, spec=spec, phase="feedback", backend="docker")
+            sids.append(sub.id)
+        for _ in range(args.engine_restarts):
+            _wait(lambda: _victim(r, conn, sids, studies, set()), 300, "a job in the middle of a study")
+            pid = _engine_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)  # dockerd stops its containers: the running sandboxes die
+            _wait(lambda: not _engine_answers(), 120, "the engine to stop", interval=0.5)
+            _log("engine_restart: the engine is down")
+            time.sleep(args.engine_down_s)
+            subprocess.run([str(ROOT / "scripts" / "start-dockerd")], check=True, timeout=180)
+            restarts += 1
+            _log(f"engine_restart {restarts}/{args.engine_restarts}: the engine is back")
+
+        def all_finished() -> bool:
+            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
+
+        _wait(all_finished, 900, "every submission to finish", interval=1.0)
+        subs = [load_submission(r, sid) for sid in sids]
+    finally:
+        if not _engine_answers():  # never leave the machine without its engine
+            subprocess.run([str(ROOT / "scripts" / "start-dockerd")], check=False, timeout=180)
+        stack.stop()
+    scored = [sub for sub in subs if sub.state.value == "scored"]
+    infrastructure = [sub for sub in subs if sub.failure and sub.failure.cause.value == "infrastructure"]
+    # A team pays for a scored upload (it got its score) and for its own failures, never for ours.
+    charged_to_team = sum(1 for sub in subs if sub.state.value != "scored" and sub.charged) + sum(
+        1 for sub in subs if sub.failure and sub.failure.cause.value != "infrastructure"
+    )
+    return {
+        "engine_restarts": restarts,
+        "engine_submissions": len(subs),
+        "engine_scored": len(scored),
+        "engine_failed_infrastructure": len(infrastructure),
+        "charged_to_team": charged_to_team,
+    }
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -795,17 +884,24 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--daemon-restarts", type=int, default=None, help="daemon kills (3; quick 1)")
     parser.add_argument("--full-uploads", type=int, default=5, help="uploads tried on the full disk")
+    parser.add_argument("--engine-restarts", type=int, default=None, help="engine stops (2; quick 1)")
     args = parser.parse_args(argv)
     args.kills = args.kills if args.kills is not None else (2 if args.quick else 20)
     args.daemon_restarts = (
         args.daemon_restarts if args.daemon_restarts is not None else (1 if args.quick else 3)
     )
     args.uploads = args.uploads if args.uploads is not None else (20 if args.quick else 100)
+    args.engine_restarts = (
+        args.engine_restarts if args.engine_restarts is not None else (1 if args.quick else 2)
+    )
     args.worker_kill_timeout = 300 if args.quick else 1800
     args.redis_restart_timeout = 300 if args.quick else 900
     args.disk_full_request_timeout = 60.0
     args.daemon_submissions = 2 if args.quick else 6
-    only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    args.engine_submissions = 2 if args.quick else 4
+    args.engine_down_s = 5.0
+    # The engine scenario stops the Docker engine every docker user of this machine shares: only on request.
+    only = [s for s in args.only.split(",") if s] or [s for s in SCENARIOS if s != "engine_restart"]
     if set(only) - set(SCENARIOS):
         parser.error(f"--only takes {','.join(SCENARIOS)}")
 
@@ -816,6 +912,7 @@ def main(argv: list[str]) -> None:
         "redis_restart": redis_restart,
         "disk_full": disk_full,
         "daemon_restart": daemon_restart,
+        "engine_restart": engine_restart,
     }
     for name in SCENARIOS:
         if name not in only:

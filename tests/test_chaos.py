@@ -73,3 +73,14 @@ def test_a_restarted_autoscaler_daemon_takes_over_its_workers():
     assert figures["daemon_restarts"] == 1
     assert figures["orphans"] == figures["duplicates"] == 0
     assert figures["daemon_submissions_scored_once"] == figures["daemon_submissions"]
+
+
+@pytest.mark.slow  # stops the Docker engine this machine's docker users share: run it on its own
+def test_an_engine_restart_mid_study_is_never_charged_to_the_team():
+    figures = chaos("engine_restart", timeout=1200)
+    print(figures)
+    if figures.get("engine_restart_skipped"):
+        pytest.skip("needs root, a dockerd to restart and the sandbox image")
+    assert figures["engine_restarts"] == 1
+    assert figures["charged_to_team"] == 0
+    assert figures["engine_scored"] + figures["engine_failed_infrastructure"] == figures["engine_submissions"]
