@@ -9,6 +9,7 @@ Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.ap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -36,6 +37,10 @@ MIB = 1024 * 1024
 # Room for the multipart framing and the small form fields around the file part.
 MULTIPART_SLACK = 64 * 1024
 LEADERBOARD_CACHE_S = 2.0
+# An upload body may pause this long between chunks, and take this long in all (50 MiB in 5 minutes is
+# 170 KiB/s, slower than any team's uplink); the reverse proxy's own body timeout may be shorter.
+BODY_IDLE_S = 30.0
+BODY_TOTAL_S = 300.0
 
 
 UPLOAD_BODY = {
@@ -55,6 +60,10 @@ UPLOAD_BODY = {
         },
     }
 }
+
+
+class _TooSlow(Exception):
+    pass
 
 
 class _TooLarge(Exception):
@@ -117,6 +126,10 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
             ).parse()
         except _TooLarge:
             raise _too_large(spec.submission.max_zip_mb) from None
+        except _TooSlow as exc:
+            raise ApiError(
+                408, "request_timeout", f"the upload arrived too slowly: {exc}", {"Connection": "close"}
+            ) from None
         except MultiPartException as exc:
             raise ApiError(400, "bad_request", f"malformed multipart body: {exc.message}") from None
         except ClientDisconnect:
@@ -195,12 +208,24 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body, refused as soon as more than `limit` bytes arrived (never buffered whole)."""
+    """The request body, refused as soon as more than `limit` bytes arrived (never buffered whole), or
+    when it stalls for BODY_IDLE_S or takes longer than BODY_TOTAL_S in all: a client trickling its
+    body would otherwise hold a connection (and a parser's buffers) for as long as it likes."""
     received = 0
-    async for chunk in request.stream():
+    started = time.monotonic()
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), BODY_IDLE_S)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise _TooSlow(f"nothing arrived for {BODY_IDLE_S:g} s") from None
         received += len(chunk)
         if received > limit:
             raise _TooLarge
+        if time.monotonic() - started > BODY_TOTAL_S:
+            raise _TooSlow(f"the upload took more than {BODY_TOTAL_S:g} s")
         yield chunk
 
 

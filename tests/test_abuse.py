@@ -447,6 +447,33 @@ def test_a_head_not_complete_in_time_is_408_and_the_connection_closed(redis_serv
                 assert _json_of(answer)["error"]["code"] == "request_timeout", name
 
 
+def test_an_upload_body_that_stalls_is_408_and_nothing_is_stored(redis_server, r, tokens, monkeypatch):
+    """Head sent, then the body trickles and stops: the gateway gives up after BODY_IDLE_S (1 s here)."""
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "BODY_IDLE_S", 1.0)
+    before = r.dbsize()
+    body = b'--abuse\r\nContent-Disposition: form-data; name="file"; filename="a.zip"\r\n\r\nPK'
+    head = (
+        f"POST /v1/submissions HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {tokens['alpha']}\r\n"
+        "Content-Type: multipart/form-data; boundary=abuse\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    with (
+        _serving_with_quick_deadline(redis_server) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        sock.sendall(head + body)  # a start, then nothing more
+        sock.settimeout(15)
+        started = time.monotonic()
+        answer = _read_all(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    error = _json_of(answer)["error"]
+    assert error["code"] == "request_timeout" and "upload arrived too slowly" in error["message"]
+    assert waited < 10
+    assert r.dbsize() == before
+
+
 @pytest.mark.slow
 def test_the_served_gateway_closes_a_slow_loris_after_its_head_deadline(gateway):
     (sock,) = _open_slow_clients(gateway, 1)
