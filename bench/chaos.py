@@ -838,7 +838,8 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             pid = _engine_pid()
             assert pid is not None
             os.kill(pid, signal.SIGTERM)  # dockerd stops its containers: the running sandboxes die
-            _wait(lambda: not _engine_answers(), 120, "the engine to stop", interval=0.5)
+            # Gone, not just silent: start-dockerd leaves a live engine's pid file alone.
+            _wait(lambda pid=pid: not psutil.pid_exists(pid), 120, "the engine to exit", interval=0.5)
             _log("engine_restart: the engine is down")
             time.sleep(args.engine_down_s)
             subprocess.run([str(ROOT / "scripts" / "start-dockerd")], check=True, timeout=180)
@@ -862,6 +863,7 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "engine_restarts": restarts,
+        "engine_backend": "docker",  # this scenario's studies run in docker sandboxes
         "engine_submissions": len(subs),
         "engine_scored": len(scored),
         "engine_failed_infrastructure": len(infrastructure),

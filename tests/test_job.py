@@ -152,3 +152,26 @@ def test_stop_kills_the_running_sandbox_within_seconds_and_keeps_finished_studie
     assert done.progress.studies_done >= 1  # finished studies are kept
     time.sleep(1)
     assert load_submission(r, sub.id).progress.studies_done == done.progress.studies_done
+
+
+def test_a_sandbox_that_is_not_there_is_waited_for_then_infrastructure(r, monkeypatch):
+    """The container engine restarting: the job waits (beating) for the backend instead of failing at
+    once, and gives up as an infrastructure error (retried by RQ, never charged) only after the wait."""
+    import time
+
+    import workers.job
+    from workers.sandbox.base import SandboxUnavailable
+
+    sub, _ = submit(r, "random_search")
+    job_id = sorted(r.smembers(keys.submission_jobs(sub.id, 1)))[0]
+    payload = Queue(keys.team_queue("t"), connection=rq_connection()).fetch_job(job_id).args[0]
+    payload = {**payload, "backend": "docker"}
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # no engine answers
+    monkeypatch.setattr(workers.job, "SANDBOX_WAIT_S", 1.0)
+    monkeypatch.setattr(workers.job, "SANDBOX_POLL_S", 0.2)
+    started = time.monotonic()
+    with pytest.raises(SandboxUnavailable):
+        score_problem(payload)
+    assert time.monotonic() - started >= 1.0
+    assert "sandbox unavailable, waiting" in "\n".join(read_job_log(r, f"{sub.id}-local"))  # not run by RQ
+    assert load_submission(r, sub.id).progress.studies_done == 0

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from typing import Any
 
 from rq import get_current_job
@@ -30,9 +31,14 @@ from workers.heartbeat import JobBeat, dying_with_parent
 from workers.joblog import JobLog
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select
-from workers.sandbox.base import InstallFailed
+from workers.sandbox.base import InstallFailed, SandboxBackend, SandboxUnavailable
 
 WATCH_INTERVAL_S = 0.5
+# A sandbox backend that is not there (the container engine restarting) is waited for this long, polling,
+# before the job gives up: RQ retries a failed job at once, so without the wait every retry would fail
+# the same way within seconds and the submission would fail over an outage of a minute.
+SANDBOX_WAIT_S = 300.0
+SANDBOX_POLL_S = 5.0
 
 
 def score_problem(payload: dict[str, Any]) -> dict[str, Any]:
@@ -95,11 +101,30 @@ class ProblemRun:
             self.log.flush()
         return self._problem_finished(spec)
 
+    def _sandbox_when_ready(self, name: str) -> SandboxBackend | None:
+        """The sandbox backend, waited for up to SANDBOX_WAIT_S while it is unavailable (the job keeps
+        beating meanwhile); None if the submission was stopped while waiting."""
+        deadline = time.monotonic() + SANDBOX_WAIT_S
+        told = False
+        while True:
+            try:
+                return select(name)
+            except SandboxUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not told:
+                    self.log(f"[harness] sandbox unavailable, waiting up to {SANDBOX_WAIT_S:g} s: {exc}")
+                    told = True
+            if self._stop.wait(SANDBOX_POLL_S):
+                return None
+
     def _run_studies(self, spec: Spec, pending: list[int]) -> dict[str, Any] | None:
         job = self.job
         workdir = state_dir() / "work" / f"{self.job_id}-{os.getpid()}"
         try:
-            backend = select(job.backend)
+            backend = self._sandbox_when_ready(job.backend)
+            if backend is None:
+                return {"status": "stopped"}
             data = artifacts.fetch(rq_connection(), job.artifact_sha256)
             submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
             backend.prepare(submission_dir, spec.limits)
