@@ -201,6 +201,31 @@ class Stack:
         self.log.close()
 
 
+def _ponderer_stream(r: Any, state: Path, studies: int) -> tuple[Any, bytes]:
+    """The spec and zip of a stream of slow submissions (the ponderer thinks each round, so a study
+    lasts seconds and can be hit in the middle) on two fast problems, and the team `chaos` to send them."""
+    from competition import artifacts, teams
+
+    spec = _small_spec(
+        state,
+        problems=["DT-iris-acc", "lasso-diabetes-mae"],
+        studies=studies,
+        studies_per_job=studies,
+        quota=999,
+    )
+    teams.add_team(r, "chaos")
+    return spec, artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+
+
+def _wait_finished(r: Any, sids: list[str], timeout: float) -> None:
+    from queue_schema.records import load_submission
+
+    def finished() -> bool:
+        return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
+
+    _wait(finished, timeout, "every submission to finish", interval=1.0)
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -298,7 +323,6 @@ def _victim(r: Any, conn: Any, sids: list[str], studies: int, spared: set[str]) 
 
 
 def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts, teams
     from competition.submit import create_submission
     from queue_schema import keys
     from queue_schema.connection import rq_connection
@@ -308,15 +332,7 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     r = stack.start_store()
     conn = rq_connection(stack.store.url)
     studies = 3
-    spec = _small_spec(
-        state,
-        problems=["DT-iris-acc", "lasso-diabetes-mae"],
-        studies=studies,
-        studies_per_job=studies,
-        quota=999,
-    )
-    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
-    teams.add_team(r, "chaos")
+    spec, data = _ponderer_stream(r, state, studies)
     sids: list[str] = []
     killed: dict[str, tuple[float, str]] = {}  # job id -> (kill time, submission id)
     detection: dict[str, float] = {}
@@ -358,11 +374,8 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                     with contextlib.suppress(psutil.Error):
                         p.kill()
 
-        def all_finished() -> bool:
-            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
-
         _log(f"worker_kill: waiting for {len(sids)} submissions to finish")
-        _wait(all_finished, args.worker_kill_timeout, "every submission to finish", interval=1.0)
+        _wait_finished(r, sids, args.worker_kill_timeout)
         for job_id, (killed_at, sid) in killed.items():
             requeued = [
                 e.ts
@@ -658,23 +671,13 @@ def _fleet_workers(fleet: str, store_url: str) -> dict[str, list[int]]:
 def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from autoscaler.daemon import read_status
     from autoscaler.providers.local import LocalProvider, machines_key
-    from competition import artifacts, teams
     from competition.submit import create_submission
-    from queue_schema.records import load_submission
 
     stack = Stack(state)
     r = stack.start_store()
     fleet, cap = f"chaos{os.getpid()}", 2
     studies = 3
-    spec = _small_spec(
-        state,
-        problems=["DT-iris-acc", "lasso-diabetes-mae"],
-        studies=studies,
-        studies_per_job=studies,
-        quota=999,
-    )
-    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
-    teams.add_team(r, "chaos")
+    spec, data = _ponderer_stream(r, state, studies)
     daemon: subprocess.Popen[bytes] | None = None
     restarts = orphans = duplicates = 0
     takeover: list[float] = []
@@ -751,10 +754,7 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 f"after {sorted(now_live)}, daemon counts {counted}"
             )
 
-        def all_finished() -> bool:
-            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
-
-        _wait(all_finished, args.worker_kill_timeout, "every submission to finish", interval=1.0)
+        _wait_finished(r, sids, args.worker_kill_timeout)
         scored_once = sum(exactly_once(r, sid, spec)[0] for sid in sids)
     finally:
         if daemon is not None and daemon.poll() is None:
@@ -804,7 +804,6 @@ def _engine_answers() -> bool:
 
 
 def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts, teams
     from competition.submit import create_submission
     from queue_schema.connection import rq_connection
     from queue_schema.records import load_submission
@@ -817,15 +816,7 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     r = stack.start_store()
     conn = rq_connection(stack.store.url)
     studies = 3
-    spec = _small_spec(
-        state,
-        problems=["DT-iris-acc", "lasso-diabetes-mae"],
-        studies=studies,
-        studies_per_job=studies,
-        quota=999,
-    )
-    data = artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
-    teams.add_team(r, "chaos")
+    spec, data = _ponderer_stream(r, state, studies)
     sids: list[str] = []
     restarts = 0
     try:
@@ -846,10 +837,7 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             restarts += 1
             _log(f"engine_restart {restarts}/{args.engine_restarts}: the engine is back")
 
-        def all_finished() -> bool:
-            return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
-
-        _wait(all_finished, 900, "every submission to finish", interval=1.0)
+        _wait_finished(r, sids, 900)
         subs = [load_submission(r, sid) for sid in sids]
     finally:
         if not _engine_answers():  # never leave the machine without its engine
