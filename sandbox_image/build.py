@@ -428,7 +428,8 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
                 shutil.copy2(source, context / name)
             _link_tree(wheels, context / "wheels")
             log(f"docker build {tag} FROM {base_image} (network: none)")
-            _docker_build(client, context, tag, base_image, log)
+            labels = {LABEL_RECIPE: recipe_hash(), LABEL_BASE: base_image}
+            docker_build(client, context, tag, {"BASE": base_image}, labels, log)
         finally:
             shutil.rmtree(context, ignore_errors=True)
         image = _image(client, tag)
@@ -436,17 +437,18 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
             raise BuildError(f"docker build finished but {tag} is missing")
         seconds = time.monotonic() - started
         log(f"image {tag} built in {seconds:.0f} s: {image.id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB")
-        _drop_superseded(client, tag, log)
+        drop_superseded(client, IMAGE_REPO, tag, log)
         return _record(image, tag, seconds=seconds, reused=False)
 
 
-def _drop_superseded(client, keep: str, log: Log) -> None:
-    """Untag images of older recipes; the engine refuses while a container still uses one."""
+def drop_superseded(client, repo: str, keep: str, log: Log) -> None:
+    """Untag the repository's images of older recipes; the engine refuses while a container still uses
+    one. Shared with the worker image (autoscaler/providers/docker_image.py)."""
     from docker.errors import DockerException
 
-    for image in client.images.list(name=IMAGE_REPO):
+    for image in client.images.list(name=repo):
         for old in image.tags:
-            if old.startswith(f"{IMAGE_REPO}:") and old != keep:
+            if old.startswith(f"{repo}:") and old != keep:
                 try:
                     client.images.remove(old)
                     log(f"removed superseded image {old}")
@@ -463,7 +465,11 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
-def _docker_build(client, context: Path, tag: str, base_image: str, log: Log) -> None:
+def docker_build(
+    client, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str], log: Log
+) -> None:
+    """`docker build --network none` of a prepared context, nothing pulled; each step to `log`, a
+    failure as one BuildError line with the last output. Shared with the worker image."""
     from docker.errors import DockerException
 
     recent: list[str] = []
@@ -471,8 +477,8 @@ def _docker_build(client, context: Path, tag: str, base_image: str, log: Log) ->
         stream = client.api.build(
             path=str(context),
             tag=tag,
-            buildargs={"BASE": base_image},
-            labels={LABEL_RECIPE: recipe_hash(), LABEL_BASE: base_image},
+            buildargs=buildargs,
+            labels=labels,
             network_mode="none",
             rm=True,
             forcerm=True,

@@ -269,7 +269,7 @@ def _build(
         _project_wheel(project, context / "project", log)
         log(f"docker build {tag} FROM {deps} (network: none)")
         labels = {LABEL_RECIPE: recipe, LABEL_SANDBOX: sandbox_tag}
-        _docker_build(client, context, tag, {"DEPS": deps}, labels, log)
+        sandbox_build.docker_build(client, context, tag, {"DEPS": deps}, labels, log)
     finally:
         shutil.rmtree(context, ignore_errors=True)
     image = sandbox_build._image(client, tag)
@@ -277,7 +277,7 @@ def _build(
         raise BuildError(f"docker build finished but {tag} is missing")
     seconds = time.monotonic() - started
     log(f"image {tag} built in {seconds:.0f} s: {image.id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB")
-    _drop_superseded(client, IMAGE_REPO, tag, log)
+    sandbox_build.drop_superseded(client, IMAGE_REPO, tag, log)
     return _describe(image, tag, seconds=seconds, reused=False)
 
 
@@ -299,59 +299,11 @@ def _ensure_deps(client, base_image: str, log: Log) -> str:
         sandbox_build._link_tree(wheels, context / "wheels")
         shutil.copy2(cli, context / "docker")
         log(f"docker build {tag} FROM {base_image} (network: none; installs every pinned package)")
-        _docker_build(client, context, tag, {"BASE": base_image}, {}, log)
+        sandbox_build.docker_build(client, context, tag, {"BASE": base_image}, {}, log)
     finally:
         shutil.rmtree(context, ignore_errors=True)
-    _drop_superseded(client, DEPS_REPO, tag, log)
+    sandbox_build.drop_superseded(client, DEPS_REPO, tag, log)
     return tag
-
-
-def _docker_build(
-    client, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str], log: Log
-) -> None:
-    from docker.errors import DockerException
-
-    recent: list[str] = []
-    try:
-        stream = client.api.build(
-            path=str(context),
-            tag=tag,
-            buildargs=buildargs,
-            labels=labels,
-            network_mode="none",
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-            use_config_proxy=False,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                detail = " | ".join(line for line in recent[-3:] if line)
-                raise BuildError(
-                    f"docker build failed: {chunk['error'].strip()[:300]} (last output: {detail})"
-                )
-            text = chunk.get("stream", "").rstrip()
-            if text:
-                recent.append(text[-300:])
-                if text.startswith("Step "):
-                    log(text)
-    except DockerException as exc:
-        raise BuildError(f"docker build failed: {sandbox_build._first_line(exc)}") from None
-
-
-def _drop_superseded(client, repo: str, keep: str, log: Log) -> None:
-    """Untag images of older recipes; the engine refuses while a container still uses one."""
-    from docker.errors import DockerException
-
-    for image in client.images.list(name=repo):
-        for old in image.tags:
-            if old != keep:
-                try:
-                    client.images.remove(old)
-                    log(f"removed superseded image {old}")
-                except DockerException:
-                    pass
 
 
 def _describe(image, tag: str, seconds: float, reused: bool) -> dict[str, Any]:
