@@ -263,7 +263,10 @@ def order_jobs(spec: Spec, phase: Phase) -> list[tuple[str, int, list[int]]]:
     """A score version's jobs (problem, chunk, studies), longest first, so that its last job is a short
     one. A job's length is its studies x (objective + the optimizer's whole budget): jobs differ in
     studies (heavy problems get smaller ones) and the budget can outweigh the objective."""
-    seconds = costs_for(spec.name, phase.problems).seconds_per_eval
+    seconds = costs_for(spec.name, phase.problems).seconds_per_eval  # one read of the cost tables
     per_study = {p: seconds[p] * spec.evals_per_study + spec.limits.suggest_budget_s for p in phase.problems}
-    jobs = phase.jobs(order_problems(spec.name, phase.problems))
-    return sorted(jobs, key=lambda job: -len(job[2]) * per_study[job[0]])
+    # Ties as order_problems breaks them: the costlier problem first, then by name; chunks in order.
+    return sorted(
+        phase.jobs(),
+        key=lambda job: (-len(job[2]) * per_study[job[0]], -seconds[job[0]], job[0], job[1]),
+    )
