@@ -48,7 +48,7 @@ from competition.redis_server import EmbeddedRedis
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients
-from queue_schema.records import add_event, transition, write_study
+from queue_schema.records import transition, write_study
 from queue_schema.states import SubmissionState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,8 +138,7 @@ class Traffic:
         problem, study = self.order[done]
         result = study_result(self.rng, self.spec, self.baselines, problem, study, 0.2, time.time())
         normalized = scores.study_normalized(self.baselines, problem, result, self.spec.rounds)
-        if write_study(self.r, sid, 1, problem, result, normalized) == 1:
-            add_event(self.r, "study", sid, problem=problem, study=study, state=result.state.value, version=1)
+        write_study(self.r, sid, 1, problem, result, normalized)
         return "study"
 
     def start(self) -> str | None:

@@ -399,7 +399,7 @@ class Seeder:
             when = p.started_at + span * (index + 1) / (count + 1)
             result = self.study(p, problem, study, when)
             normalized = scores.study_normalized(self.baselines, problem, result, self.spec.rounds)
-            write_study(self.out, p.sid, 1, problem, result, normalized)
+            write_study(self.out, p.sid, 1, problem, result, normalized, announce=False)
             norm_sum += normalized
             self.event(
                 when, "study", p.sid, problem=problem, study=study, state=result.state.value, version=1

@@ -24,8 +24,11 @@ JOB_LOG_MAXLEN = 5_000
 # Counter fields kept beside the record in the submission hash (HINCRBY, never rewritten wholesale).
 _COUNTERS = ("studies_done", "evals_done", "norm_sum", "norm_count")
 
-# Write the study once; count it only if this call wrote it. KEYS: results, submission. ARGV: index,
-# json, evals, normalized score (or "" when no baseline), score version.
+# Write the study once; count it and announce it (its `study` event) only if this call wrote it, all in one
+# script: a worker killed between two separate commands would leave a stored study with no event, and the
+# retried job skips stored studies, so the event would never come. KEYS: results, submission, events,
+# submission events. ARGV: index, json, evals, normalized score (or "" when no baseline), score version,
+# event json (or "" for none), events cap, submission events cap.
 _WRITE_STUDY = """
 local cur = redis.call('HGET', KEYS[2], 'score_version')
 if cur and cur ~= ARGV[5] then return -1 end
@@ -35,6 +38,10 @@ redis.call('HINCRBY', KEYS[2], 'evals_done', tonumber(ARGV[3]))
 if ARGV[4] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'norm_sum', ARGV[4])
   redis.call('HINCRBY', KEYS[2], 'norm_count', 1)
+end
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'json', ARGV[6])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'json', ARGV[6])
 end
 return 1
 """
@@ -200,21 +207,40 @@ def update_record(r: redis.Redis, sid: str, **updates: Any) -> Submission | None
 
 
 def write_study(
-    r: redis.Redis, sid: str, version: int, problem: str, result: StudyResult, normalized: float | None
+    r: redis.Redis,
+    sid: str,
+    version: int,
+    problem: str,
+    result: StudyResult,
+    normalized: float | None,
+    *,
+    announce: bool = True,
 ) -> int:
-    """1 if written now, 0 if it was already there (a retried job), -1 if the score version moved on."""
+    """1 if written now (with its `study` event), 0 if it was already there (a retried job), -1 if the
+    score version moved on. `announce=False` leaves the event out, for a writer that lays down its own
+    timeline of events (bench/seed_data.py)."""
     evals = sum(len(round_) for round_ in result.losses)
+    event = Event(
+        kind="study",
+        submission_id=sid,
+        data={"problem": problem, "study": result.study, "state": result.state.value, "version": version},
+    )
     return int(
         r.eval(
             _WRITE_STUDY,
-            2,
+            4,
             keys.study_results(sid, version, problem),
             keys.submission(sid),
+            keys.events(),
+            keys.submission_events(sid),
             str(result.study),
             result.to_json(),
             str(evals),
             "" if normalized is None else repr(float(normalized)),
             str(version),
+            event.to_json() if announce else "",
+            str(EVENTS_MAXLEN),
+            str(SUBMISSION_EVENTS_MAXLEN),
         )
     )
 

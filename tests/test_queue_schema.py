@@ -95,3 +95,46 @@ def test_every_key_is_namespaced():
     ]
     assert all(k.startswith(keys.PREFIX + ":") for k in built)
     assert len(set(built)) == len(built)
+
+
+def test_a_study_is_stored_counted_and_announced_in_one_write_and_only_once(r):
+    from queue_schema.records import load_submission, read_events, save_new_submission, write_study
+
+    sub = Submission(
+        id="s00000000aaaaaaaaaa",
+        team="alpha",
+        artifact_sha256="0" * 64,
+        spec_name="demo",
+        spec_hash="h",
+        phase="feedback",
+    )
+    save_new_submission(r, sub)
+    result = StudyResult(study=3, state=StudyState.COMPLETE, losses=[[0.5, 0.4], [0.3, 0.2]])
+
+    # A retried job writes the same study again: stored, counted and announced the first time only. The
+    # event is written by the same script as the result (a worker killed right after the write must not
+    # leave a stored study that no event ever mentions: the retry skips stored studies).
+    assert write_study(r, sub.id, 1, "DT-iris-acc", result, 0.75) == 1
+    assert write_study(r, sub.id, 1, "DT-iris-acc", result, 0.75) == 0
+    studies = [e for e in read_events(r, sub.id) if e.kind == "study"]
+    assert [(e.data["problem"], e.data["study"], e.data["version"]) for e in studies] == [
+        ("DT-iris-acc", 3, 1)
+    ]
+    assert [e.kind for e in read_events(r) if e.submission_id == sub.id] == ["study"]  # the global stream
+    progress = load_submission(r, sub.id).progress
+    assert (progress.studies_done, progress.evals_done) == (1, 4)
+
+    # A seeder laying down its own timeline writes the study without the event.
+    assert (
+        write_study(
+            r,
+            sub.id,
+            1,
+            "DT-iris-acc",
+            StudyResult(study=4, state=StudyState.COMPLETE, losses=[[0.1]]),
+            None,
+            announce=False,
+        )
+        == 1
+    )
+    assert len([e for e in read_events(r, sub.id) if e.kind == "study"]) == 1

@@ -23,7 +23,7 @@ from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from queue_schema.payloads import ScoreJob
-from queue_schema.records import add_event, finished_study_indices, load_submission, transition, write_study
+from queue_schema.records import finished_study_indices, load_submission, transition, write_study
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
@@ -161,19 +161,7 @@ class ProblemRun:
                     return {"status": "stopped"}
                 result.worker = self.worker
                 normalized = scores.study_normalized(baselines, job.problem, result, spec.rounds)
-                written = write_study(
-                    self.r, job.submission_id, job.score_version, job.problem, result, normalized
-                )
-                if written == 1:
-                    add_event(
-                        self.r,
-                        "study",
-                        job.submission_id,
-                        problem=job.problem,
-                        study=study,
-                        state=result.state.value,
-                        version=job.score_version,
-                    )
+                write_study(self.r, job.submission_id, job.score_version, job.problem, result, normalized)
                 self.log(
                     f"[harness] study {study} {result.state.value}: {len(result.losses)} rounds, "
                     f"optimizer {result.suggest_time_s:.1f} s, objective {result.eval_time_s:.1f} s"
