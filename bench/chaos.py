@@ -293,6 +293,28 @@ def exactly_once(r: Any, sid: str, spec: Any) -> tuple[bool, bool]:
     return once, double
 
 
+def _log_story(r: Any, conn: Any, sid: str) -> None:
+    """A submission's counters, events and jobs on stderr: what a failed check needs to be understood
+    after the scenario's state folder is gone (as in CI)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from queue_schema import keys
+    from queue_schema.records import read_events
+
+    _log(f"  {sid}: {r.hgetall(keys.submission(sid))}")
+    for event in read_events(r, sid, count=10_000):
+        _log(f"  event {event.ts:.3f} {event.kind} {event.data}")
+    version = int(r.hget(keys.submission(sid), "score_version") or 1)
+    for job_id in sorted(r.smembers(keys.submission_jobs(sid, version))):
+        try:
+            job = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            _log(f"  job {job_id}: gone")
+            continue
+        _log(f"  job {job_id}: {job.get_status()} meta={job.meta} retries_left={job.retries_left}")
+
+
 # -- worker_kill ------------------------------------------------------------------------------------
 
 
@@ -392,6 +414,7 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         }
         for sid, failure in failures.items():
             _log(f"worker_kill: {sid} not scored exactly once: {failure}")
+            _log_story(r, conn, sid)
     finally:
         stack.stop()
     return {
@@ -875,6 +898,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--daemon-restarts", type=int, default=None, help="daemon kills (3; quick 1)")
     parser.add_argument("--full-uploads", type=int, default=5, help="uploads tried on the full disk")
     parser.add_argument("--engine-restarts", type=int, default=None, help="engine stops (2; quick 1)")
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep each scenario's state folder (store, logs)"
+    )
     args = parser.parse_args(argv)
     args.kills = args.kills if args.kills is not None else (2 if args.quick else 20)
     args.daemon_restarts = (
@@ -914,7 +940,10 @@ def main(argv: list[str]) -> None:
         try:
             figures |= runners[name](state, args)
         finally:
-            shutil.rmtree(state, ignore_errors=True)
+            if args.keep_state:
+                _log(f"{name}: state folder kept: {state} (worker and gateway logs in processes.log)")
+            else:
+                shutil.rmtree(state, ignore_errors=True)
         figures[f"{name}_s"] = round(time.monotonic() - started, 1)
         _log(f"{name}: done in {figures[f'{name}_s']} s")
     if args.json:

@@ -27,6 +27,8 @@ def chaos(scenario: str, timeout: float = 300) -> dict:
         text=True,
         timeout=timeout,
     )
+    # pytest shows this only for a failing test: the scenario's log says why a count is not 0.
+    print(done.stderr[-20_000:])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
