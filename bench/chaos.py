@@ -648,6 +648,8 @@ def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "disk_full_uploads": len(outcomes),
         "disk_full_refusals": len(refusals),
+        # The refusal's words: "out of disk space", not a store merely "not reachable".
+        "disk_full_refusals_naming_the_disk": sum("disk" in o[1] for o in outcomes if o[0] == 503),
         "disk_full_statuses": sorted({str(o[0]) for o in outcomes}),
         "disk_full_server_errors": sum(o[0] == 500 for o in outcomes),
         "disk_full_hangs_or_drops": sum(o[0] is None for o in outcomes),

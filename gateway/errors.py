@@ -7,6 +7,8 @@ genuine bug is a 500, and it is logged with its traceback.
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 import redis
 from fastapi import FastAPI, Request
@@ -38,7 +40,7 @@ class ErrorBody(BaseModel):
 # Documented on every operation (FastAPI's default 422 schema is not what `install` answers).
 ERROR_RESPONSES: dict[int | str, dict] = {
     "4XX": {"model": ErrorBody, "description": "Refused: bad input, token, quota, state or window"},
-    503: {"model": ErrorBody, "description": "The competition's store is not reachable; retry later"},
+    503: {"model": ErrorBody, "description": "The competition's store is not reachable or full; retry later"},
 }
 
 
@@ -77,6 +79,45 @@ _HTTP_CODES = {
 }
 
 
+# Redis refuses every write, for every client, when it cannot persist (MISCONF: the AOF or a snapshot
+# failed to write, nearly always a full disk), when it is full under noeviction (OOM), or when it is a
+# replica (READONLY: a failover in progress). None of these is the team's doing or a bug of ours: 503,
+# with what the organizers must fix in the log.
+STORE_REFUSALS = {
+    "MISCONF": "the competition's store is out of disk space and takes no new data; try again later",
+    "OOM": "the competition's store is out of memory and takes no new data; try again later",
+    "READONLY": "the competition's store is read-only right now (a failover?); try again shortly",
+}
+
+
+def store_refusal(exc: redis.ResponseError) -> str | None:
+    """Which of STORE_REFUSALS this error is, or None. redis-py turns OOM and READONLY into classes of their
+    own and leaves MISCONF a plain ResponseError; a pipeline or a script puts words before the reason."""
+    message = str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "when used memory > 'maxmemory'" in message:
+        return "OOM"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in message:
+        return "READONLY"
+    return "MISCONF" if "MISCONF" in message else None
+
+
+# Below this much room, a store folder's disk counts as full (Redis needs room for its next AOF write).
+DISK_FULL_BYTES = 1 << 20
+
+
+def _full_store_folder(client: redis.Redis) -> Path | None:
+    """The folder of a store on this machine (reached by a unix socket, as the embedded one is) if its
+    disk is full, else None."""
+    socket_path = client.connection_pool.connection_kwargs.get("path")
+    if not socket_path:
+        return None
+    folder = Path(socket_path).parent
+    try:
+        return folder if shutil.disk_usage(folder).free < DISK_FULL_BYTES else None
+    except OSError:
+        return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError):
@@ -100,7 +141,12 @@ def install(app: FastAPI) -> None:
     async def _quota(_: Request, exc: QuotaExceeded):
         return error_response(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
 
-    async def _unavailable(_: Request, exc: Exception):
+    async def _unavailable(request: Request, exc: Exception):
+        folder = _full_store_folder(request.app.state.redis)
+        if folder is not None:
+            # The embedded store exits on a failed AOF write (fsync always): say why, not just "away".
+            log.error("redis unavailable and the disk of its folder %s is full: %s", folder, exc)
+            return error_response(503, "store_full", STORE_REFUSALS["MISCONF"], {"Retry-After": "60"})
         log.warning("redis unavailable: %s", exc)
         return error_response(
             503,
@@ -111,6 +157,15 @@ def install(app: FastAPI) -> None:
 
     for cls in (RedisUnavailable, redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
         app.add_exception_handler(cls, _unavailable)
+
+    @app.exception_handler(redis.ResponseError)
+    async def _refused(request: Request, exc: redis.ResponseError):
+        refusal = store_refusal(exc)
+        if refusal is None:
+            return await _bug(request, exc)
+        log.error("redis refused a write: %s", exc)
+        code = "store_read_only" if refusal == "READONLY" else "store_full"
+        return error_response(503, code, STORE_REFUSALS[refusal], {"Retry-After": "60"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

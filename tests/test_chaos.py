@@ -62,6 +62,7 @@ def test_a_full_disk_refuses_uploads_cleanly_and_corrupts_nothing():
     if figures.get("disk_full_skipped"):
         pytest.skip("no tmpfs could be mounted here")
     assert figures["disk_full_refusals"] == figures["disk_full_uploads"] >= 1
+    assert figures["disk_full_refusals_naming_the_disk"] == figures["disk_full_refusals"]
     assert figures["disk_full_server_errors"] == figures["disk_full_hangs_or_drops"] == 0
     assert figures["disk_full_accepted"] == 0
     assert figures["corrupted"] == 0
