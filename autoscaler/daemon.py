@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from autoscaler import policy
+from autoscaler.daemon_lock import DaemonLock
 from autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, WorkerView
 from autoscaler.providers.base import Machine, Provider, ProviderError, QuotaExceeded
 from competition import dispatch, recovery
@@ -40,7 +41,8 @@ log = logging.getLogger("bbo.autoscaler")
 EVENT_KIND = "autoscaler"
 # A draining worker that stopped beating has left the fleet; its process gets this long to exit by itself.
 DRAIN_EXIT_GRACE_S = 60.0
-# The daemon's lock lives this many intervals: a crashed daemon's lock frees itself.
+# The daemon's lock lives this many intervals (plus 10 s): a crashed daemon's lock frees itself, or is
+# taken over at once by a daemon on the same machine (autoscaler/daemon_lock.py).
 LOCK_INTERVALS = 3
 
 
@@ -92,10 +94,6 @@ class StepReport:
         }
 
 
-class AnotherDaemonRuns(RuntimeError):
-    pass
-
-
 class Daemon:
     def __init__(
         self,
@@ -122,7 +120,9 @@ class Daemon:
         # Dry-run keeps its policy memory to itself, so it never disturbs a real daemon's.
         self._dry_state = PolicyState()
         self._last_kind: str | None = None
-        self._token = f"{id(self)}-{time.time()}"
+        self._lock = DaemonLock(
+            r, lock_key(fleet), max(1, math.ceil(interval_s * LOCK_INTERVALS) + 10), f"fleet {fleet!r}"
+        )
 
     # -- one step ------------------------------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class Daemon:
         restarted daemon takes them over) unless `drain_on_exit`: then every worker is drained, given
         `drain_timeout_s` to finish its job and exit, and deleted after that."""
         if not self.dry_run:
-            self._take_lock()
+            self._lock.take()
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -312,13 +312,13 @@ class Daemon:
                 except (redis.RedisError, OSError) as exc:
                     log.warning("autoscaler step failed, retrying next interval: %s", exc)
                 if not self.dry_run:
-                    self._take_lock()
+                    self._lock.take()
                 stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
             if drain_on_exit and not self.dry_run:
                 self.drain_all(drain_timeout_s)
         finally:
             if not self.dry_run:
-                self._release_lock()
+                self._lock.release()
 
     def drain_all(self, timeout_s: float) -> list[str]:
         """Drain every machine, wait for them to leave, delete the ones still there; return those."""
@@ -340,17 +340,3 @@ class Daemon:
         if self.on_event is not None:
             self.on_event(data)
         return left
-
-    def _take_lock(self) -> None:
-        ttl = max(1, math.ceil(self.interval_s * LOCK_INTERVALS) + 10)
-        key = lock_key(self.fleet)
-        if self.r.set(key, self._token, nx=True, ex=ttl):
-            return
-        if self.r.get(key) == self._token:
-            self.r.expire(key, ttl)
-            return
-        raise AnotherDaemonRuns(f"another autoscaler runs for fleet {self.fleet!r} (lock {key})")
-
-    def _release_lock(self) -> None:
-        if self.r.get(lock_key(self.fleet)) == self._token:
-            self.r.delete(lock_key(self.fleet))

@@ -744,8 +744,8 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             daemon.wait(10)
             killed_at = time.time()
             before = live()
-            # A new daemon refuses to start while the dead one's lock lives (3 intervals + 10 s): as an
-            # operator's supervisor would, start it again until it runs.
+            # A daemon on this machine takes a dead one's lock over at once; one that still finds it held
+            # exits, and, as an operator's supervisor would, it is started again until it runs.
             while True:
                 daemon = start_daemon()
                 with contextlib.suppress(subprocess.TimeoutExpired):

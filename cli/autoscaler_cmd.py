@@ -191,7 +191,8 @@ def run_command(
     import threading
 
     from autoscaler import policy
-    from autoscaler.daemon import AnotherDaemonRuns, Daemon
+    from autoscaler.daemon import Daemon
+    from autoscaler.daemon_lock import AnotherDaemonRuns
     from autoscaler.providers import ProviderError, make
     from queue_schema.connection import RedisUnavailable, connect, ping
     from queue_schema.settings import redis_url

@@ -366,3 +366,40 @@ def test_up_with_local_autoscaling_scores_and_leaves_no_worker_behind(
     assert provider.list() == []
     events = autoscaler_events(r)
     assert events[0].data["add"] == 1 and events[-1].data["reason"].startswith("drain on exit")
+
+
+def test_the_lock_of_a_dead_daemon_on_this_machine_is_taken_over_at_once_and_no_other(r):
+    from autoscaler.daemon_lock import AnotherDaemonRuns, DaemonLock
+
+    key = keys.lock(f"autoscaler:lock-test-{uuid.uuid4().hex[:6]}")
+    first = DaemonLock(r, key, 60, "fleet 'x'")
+    first.take()
+    first.take()  # renewing its own lock
+    with pytest.raises(AnotherDaemonRuns, match="another autoscaler runs for fleet 'x'"):
+        DaemonLock(r, key, 60, "fleet 'x'").take()  # alive: this very process
+
+    host, namespace, _, _ = first.token.split("|")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen(SLEEPER[:3])
+    try:
+        for holder, taken in (
+            (f"{host}|{namespace}|{gone.pid}|dead", True),  # a crashed daemon here: no wait for its TTL
+            (f"{host}|{namespace}|{alive.pid}|live", False),
+            (f"elsewhere|{namespace}|{gone.pid}|far", False),  # another machine's: only its TTL frees it
+            (f"{host}|pid:[1]|{gone.pid}|container", False),  # another PID namespace's
+        ):
+            r.set(key, holder, ex=60)
+            second = DaemonLock(r, key, 60, "fleet 'x'")
+            if taken:
+                second.take()
+                assert r.get(key) == second.token and r.ttl(key) > 50
+            else:
+                with pytest.raises(AnotherDaemonRuns):
+                    second.take()
+                assert r.get(key) == holder
+            second.release()
+    finally:
+        alive.kill()
+        alive.wait()
+        r.delete(key)

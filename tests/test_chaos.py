@@ -69,7 +69,6 @@ def test_a_full_disk_refuses_uploads_cleanly_and_corrupts_nothing():
     assert figures["disk_full_recovered_after_restart"]
 
 
-@pytest.mark.slow  # waits out the killed daemon's lock (about 15 s) on top of scoring: a minute or so
 def test_a_restarted_autoscaler_daemon_takes_over_its_workers():
     figures = chaos("daemon_restart")
     print(figures)
