@@ -139,7 +139,8 @@ def engine():  # -> docker.DockerClient
     return client
 
 
-def _image(client, name: str):
+def find_image(client, name: str):
+    """The engine's image called `name`, or None."""
     from docker.errors import ImageNotFound
 
     try:
@@ -196,7 +197,7 @@ def offline_base_tag() -> str:
 def ensure_offline_base(client, log: Log = _stderr) -> str:
     """The debootstrap-made base, imported once and then reused by its tag."""
     tag = offline_base_tag()
-    if _image(client, tag) is not None:
+    if find_image(client, tag) is not None:
         log(f"base image {tag} present")
         return tag
     if shutil.which("debootstrap") is None:
@@ -245,7 +246,7 @@ def ensure_offline_base(client, log: Log = _stderr) -> str:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if _image(client, tag) is None:
+    if find_image(client, tag) is None:
         raise BuildError(f"docker import did not produce {tag}")
     log(f"base image {tag} ready in {time.monotonic() - started:.0f} s")
     return tag
@@ -254,13 +255,13 @@ def ensure_offline_base(client, log: Log = _stderr) -> str:
 def resolve_base(client, base: str, log: Log = _stderr) -> str:
     """`auto`: the official slim image if the engine already has it, else the offline base (no pulls)."""
     if base == AUTO:
-        if _image(client, OFFICIAL_BASE) is not None:
+        if find_image(client, OFFICIAL_BASE) is not None:
             log(f"base image {OFFICIAL_BASE} present")
             return OFFICIAL_BASE
         return ensure_offline_base(client, log)
     if base == DEBOOTSTRAP:
         return ensure_offline_base(client, log)
-    if _image(client, base) is None:
+    if find_image(client, base) is None:
         from docker.errors import DockerException
 
         log(f"pulling base image {base}")
@@ -277,7 +278,7 @@ def resolve_base(client, base: str, log: Log = _stderr) -> str:
 # -- 2. wheelhouse ---------------------------------------------------------------------------------
 
 
-def _check_host_python() -> None:
+def check_host_python() -> None:
     # pip wheel picks binary wheels for the interpreter running it; they must suit the image's Python.
     if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or platform.machine() != "x86_64":
         raise BuildError(
@@ -300,7 +301,7 @@ def ensure_wheelhouse(log: Log = _stderr) -> Path:
     if (target / ".complete").is_file():
         log(f"wheelhouse {target} present")
         return target
-    _check_host_python()
+    check_host_python()
     started = time.monotonic()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -386,7 +387,7 @@ def _pip_wheel(into: Path, constrained: bool) -> None:
 
 def relock(log: Log = _stderr) -> Path:
     """Resolve requirements.txt afresh and write every resulting version to constraints.txt."""
-    _check_host_python()
+    check_host_python()
     with tempfile.TemporaryDirectory(prefix="relock-") as tmp:
         _pip_wheel(Path(tmp), constrained=False)
         pins = sorted(_wheel_pin(p.name) for p in Path(tmp).glob("*.whl"))
@@ -414,7 +415,7 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
     client = engine()
     tag = image_tag()
     with _build_lock():
-        image = _image(client, tag)
+        image = find_image(client, tag)
         wanted = offline_base_tag() if base == DEBOOTSTRAP else base
         if image is not None and not force and wanted in (AUTO, image.labels.get(LABEL_BASE)):
             log(f"image {tag} present ({image.id[:19]})")
@@ -426,13 +427,13 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
         try:
             for name, source in recipe_files().items():
                 shutil.copy2(source, context / name)
-            _link_tree(wheels, context / "wheels")
+            link_tree(wheels, context / "wheels")
             log(f"docker build {tag} FROM {base_image} (network: none)")
             labels = {LABEL_RECIPE: recipe_hash(), LABEL_BASE: base_image}
             docker_build(client, context, tag, {"BASE": base_image}, labels, log)
         finally:
             shutil.rmtree(context, ignore_errors=True)
-        image = _image(client, tag)
+        image = find_image(client, tag)
         if image is None:
             raise BuildError(f"docker build finished but {tag} is missing")
         seconds = time.monotonic() - started
@@ -456,7 +457,8 @@ def drop_superseded(client, repo: str, keep: str, log: Log) -> None:
                     pass
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
+    """The wheels of `source` in a new folder `target`, hard-linked where the file system allows."""
     target.mkdir()
     for item in source.glob("*.whl"):
         try:

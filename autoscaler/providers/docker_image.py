@@ -193,7 +193,7 @@ def ensure_wheelhouse(log: Log = _stderr) -> Path:
     if (target / ".complete").is_file():
         log(f"wheelhouse {target} present")
         return target
-    sandbox_build._check_host_python()
+    sandbox_build.check_host_python()
     started = time.monotonic()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -239,7 +239,7 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
     recipe = recipe_hash(project)
     tag = f"{IMAGE_REPO}:{recipe[:12]}"
     with _build_lock():
-        image = sandbox_build._image(client, tag)
+        image = sandbox_build.find_image(client, tag)
         if image is not None and not force:
             log(f"image {tag} present ({image.id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB)")
             return _describe(image, tag, seconds=0.0, reused=True)
@@ -272,7 +272,7 @@ def _build(
         sandbox_build.docker_build(client, context, tag, {"DEPS": deps}, labels, log)
     finally:
         shutil.rmtree(context, ignore_errors=True)
-    image = sandbox_build._image(client, tag)
+    image = sandbox_build.find_image(client, tag)
     if image is None:
         raise BuildError(f"docker build finished but {tag} is missing")
     seconds = time.monotonic() - started
@@ -288,7 +288,7 @@ def _ensure_deps(client, base_image: str, log: Log) -> str:
     for part in ("\n".join(pins()).encode(), DEPS_DOCKERFILE.encode(), base_image.encode(), cli.read_bytes()):
         digest.update(hashlib.sha256(part).digest())
     tag = f"{DEPS_REPO}:{digest.hexdigest()[:12]}"
-    if sandbox_build._image(client, tag) is not None:
+    if sandbox_build.find_image(client, tag) is not None:
         log(f"dependencies image {tag} present")
         return tag
     wheels = ensure_wheelhouse(log)
@@ -296,7 +296,7 @@ def _ensure_deps(client, base_image: str, log: Log) -> str:
     try:
         (context / "Dockerfile").write_text(DEPS_DOCKERFILE)
         shutil.copy2(wheels / "pins.txt", context / "pins.txt")
-        sandbox_build._link_tree(wheels, context / "wheels")
+        sandbox_build.link_tree(wheels, context / "wheels")
         shutil.copy2(cli, context / "docker")
         log(f"docker build {tag} FROM {base_image} (network: none; installs every pinned package)")
         sandbox_build.docker_build(client, context, tag, {"BASE": base_image}, {}, log)
