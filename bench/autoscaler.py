@@ -32,9 +32,6 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -43,14 +40,15 @@ from typing import Any  # noqa: E402
 
 import psutil  # noqa: E402
 
+from bench.common import embedded_store, logger, print_figures, scratch_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
 FLEET = "bench"
 POLL_S = 0.2
 
 
-def _log(message: str) -> None:
-    print(f"bench autoscaler: {message}", file=sys.stderr, flush=True)
+_log = logger("autoscaler")
 
 
 @dataclass
@@ -311,24 +309,9 @@ def main(argv: list[str]) -> None:
     if args.submissions < 1 or args.cap < 1 or args.teams < 1:
         parser.error("--submissions, --teams and --cap take a positive number")
 
-    state = Path(tempfile.mkdtemp(prefix="bbo-bench-autoscaler-"))
-    os.environ["BBO_STATE_DIR"] = str(state)
-    os.environ.pop("BBO_REDIS_URL", None)
-    from competition.redis_server import EmbeddedRedis
-    from queue_schema.connection import connect, reset_clients
+    from queue_schema.connection import connect
 
     _log("workers run studies with --backend process and BBO_ALLOW_UNSAFE_SANDBOX=1 (no isolation)")
-    server = EmbeddedRedis()
-    server.start()
-    os.environ["BBO_REDIS_URL"] = server.url
-    reset_clients()
-    try:
+    with scratch_state("bbo-bench-autoscaler-"), embedded_store() as server:
         figures = run(connect(server.url), args)
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>24}: {value}")
+    print_figures(figures, args.json, width=24)

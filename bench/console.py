@@ -42,6 +42,7 @@ import psutil
 import redis
 
 from bench import seed_data
+from bench.common import print_figures
 from bench.seed_data import FAILURE_MESSAGES, beat_worker, study_result
 from competition import artifacts, lifecycle, scores, service
 from competition.redis_server import EmbeddedRedis
@@ -398,8 +399,4 @@ def main(argv: list[str]) -> None:
             name: figures[name] <= limit for name, limit in TARGETS.items() if name in figures
         },
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>22}: {value}")
+    print_figures(figures, args.json, width=22)

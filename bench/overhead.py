@@ -26,6 +26,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench.common import print_figures  # noqa: E402
+
 # Spans bayesmark's cost range: ~0.01 s (DT, lasso) to ~1 s (ada) per evaluation, single-threaded.
 DEFAULT_MIX = ("DT-iris-acc", "lasso-diabetes-mae", "RF-wine-acc", "MLP-adam-breast-acc", "ada-boston-mae")
 OPTIMIZER = Path(__file__).resolve().parent.parent / "tests" / "submissions" / "random_search"
@@ -150,8 +152,4 @@ def main(argv: list[str]) -> None:
         "mix": ",".join(problems),
         "identical_losses": raw_losses == platform_losses,
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>16}: {value}")
+    print_figures(figures, args.json, width=16)

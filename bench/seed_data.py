@@ -55,6 +55,7 @@ from rq.utils import utcformat
 
 from autoscaler.policy import Decision
 from baselines import scoring
+from bench.common import print_figures
 from competition import artifacts, audit, dispatch, recovery, scores, submit
 from competition import teams as team_records
 from competition.provenance import score_provenance, scoring_packages, study_seeds
@@ -839,8 +840,4 @@ def main(argv: list[str]) -> None:
     if server is not None:
         figures["state_dir"] = os.environ["BBO_STATE_DIR"]
         log(f"done; look at it with: BBO_STATE_DIR={figures['state_dir']} bbo admin console")
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>22}: {value}")
+    print_figures(figures, args.json, width=22)

@@ -30,16 +30,12 @@ pin_threads()
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -47,28 +43,20 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.common import embedded_store, free_port, logger, percentile, print_figures, scratch_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
 SANDBOX_HOST_MODULE = "sandbox_image.host"
 PHASES = ("status", "stop", "scaling")
 
 
-def _log(message: str) -> None:
-    print(f"bench service: {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_log = logger("service")
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    value = percentile(values, q)
+    return float("nan") if value is None else value
 
 
 def _bench_spec(work: Path, name: str, problem: str, studies: int, rounds: int, batch: int) -> Any:
@@ -111,7 +99,7 @@ class Fleet:
         self.names: list[str] = []
 
     def start_gateway(self) -> str:
-        port = _free_port()
+        port = free_port()
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", "demo"]
             + ["--backend", self.backend, "--log-level", "warning"]
@@ -586,11 +574,7 @@ def main(argv: list[str]) -> None:
     if skip - set(PHASES):
         parser.error(f"--skip takes {','.join(PHASES)}")
 
-    state = Path(tempfile.mkdtemp(prefix="bbo-bench-service-"))
-    os.environ["BBO_STATE_DIR"] = str(state)
-    os.environ.pop("BBO_REDIS_URL", None)
-    from competition.redis_server import EmbeddedRedis
-    from queue_schema.connection import connect, reset_clients
+    from queue_schema.connection import connect
 
     figures: dict[str, Any] = {
         "backend": args.backend,
@@ -599,28 +583,19 @@ def main(argv: list[str]) -> None:
     }
     if args.backend == "process":
         _log("workers run studies with --backend process and BBO_ALLOW_UNSAFE_SANDBOX=1 (no isolation)")
-    server = EmbeddedRedis()
-    server.start()
-    os.environ["BBO_REDIS_URL"] = server.url
-    reset_clients()
-    fleet = Fleet(server.url, args.backend, args.gateway_workers)
-    try:
-        r = connect(server.url)
-        fleet.start_gateway()
-        if "status" not in skip:
-            figures |= status_phase(fleet, r, args)
-            r.flushall()
-        if "stop" not in skip:
-            figures |= stop_phase(fleet, r, state, args)
-            r.flushall()
-        if "scaling" not in skip:
-            figures |= scaling_phase(fleet, r, state, args)
-    finally:
-        fleet.stop()
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>32}: {value}")
+    with scratch_state("bbo-bench-service-") as state, embedded_store() as server:
+        fleet = Fleet(server.url, args.backend, args.gateway_workers)
+        try:
+            r = connect(server.url)
+            fleet.start_gateway()
+            if "status" not in skip:
+                figures |= status_phase(fleet, r, args)
+                r.flushall()
+            if "stop" not in skip:
+                figures |= stop_phase(fleet, r, state, args)
+                r.flushall()
+            if "scaling" not in skip:
+                figures |= scaling_phase(fleet, r, state, args)
+        finally:
+            fleet.stop()
+    print_figures(figures, args.json)

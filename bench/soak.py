@@ -41,12 +41,9 @@ import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import zipfile  # noqa: E402
@@ -57,28 +54,20 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.common import free_port, logger, percentile, print_figures, scratch_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSION = ROOT / "tests" / "submissions" / "random_search"
 FINISHED = ("scored", "failed", "stopped")
 WORKERS = 2
 
 
-def _log(message: str) -> None:
-    print(f"bench soak: {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_log = logger("soak")
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return round(ordered[rank], 2)
+    value = percentile(values, q)
+    return None if value is None else round(value, 2)
 
 
 def _slope_per_min(points: list[tuple[float, float]]) -> float:
@@ -153,7 +142,7 @@ class Fleet:
         self.store.start()
         os.environ["BBO_REDIS_URL"] = self.store.url
         reset_clients()
-        port = _free_port()
+        port = free_port()
         self.gateway = self._spawn(
             ["serve", "--port", str(port), "--spec", str(spec), "--backend", "process"]
             + ["--log-level", "warning", "--workers", "1"]
@@ -487,9 +476,6 @@ def main(argv: list[str]) -> None:
     if args.teams < 1 or args.interval <= 0 or args.minutes <= 0 or args.warmup < 0:
         parser.error("--teams, --interval and --minutes must be positive, --warmup not negative")
 
-    state = Path(tempfile.mkdtemp(prefix="bbo-soak-"))  # short: the Redis socket lives in here
-    os.environ["BBO_STATE_DIR"] = str(state)
-    os.environ.pop("BBO_REDIS_URL", None)
     _log("workers run studies with --backend process and BBO_ALLOW_UNSAFE_SANDBOX=1 (no isolation)")
     figures: dict[str, Any] = {"backend": "process", "unsafe_sandbox_for_workers": True}
     figures |= {
@@ -499,15 +485,9 @@ def main(argv: list[str]) -> None:
         "problems": args.problems.split(","),
         "studies": args.studies,
     }
-    try:
+    with scratch_state("bbo-soak-") as state:
         figures |= run(state, args)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>32}: {value}")
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":
