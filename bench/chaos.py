@@ -23,6 +23,10 @@ bounded in time and prints counts.
   failed as `infrastructure` (refunded). Needs root, dockerd and the sandbox image; it stops the engine
   this machine's other docker users share, so it runs only when asked (`--only engine_restart`).
 
+Every scenario that scores submissions also counts those its team paid for (`SCENARIO_charged_to_team`:
+unscored but still counted against the quota, or failed with a cause that is the team's); every fault
+here is ours, so their total `charged_to_team` must be 0.
+
 With the process backend the workers run studies without isolation, with BBO_ALLOW_UNSAFE_SANDBOX=1 set
 for them only (the output says so).
 
@@ -43,10 +47,8 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import zipfile  # noqa: E402
@@ -57,20 +59,15 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.common import free_port, logger, print_figures, scratch_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
 SCENARIOS = ("worker_kill", "redis_restart", "disk_full", "daemon_restart", "engine_restart")
 FINISHED = ("scored", "failed", "stopped")
 
 
-def _log(message: str) -> None:
-    print(f"bench chaos: {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_log = logger("chaos")
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -160,7 +157,7 @@ class Stack:
         _wait(registered, timeout, f"workers {names} to register")
 
     def start_gateway(self, spec: str | Path) -> str:
-        port = _free_port()
+        port = free_port()
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec)]
             + ["--backend", "process", "--log-level", "warning", "--workers", "1"],
@@ -315,6 +312,19 @@ def _log_story(r: Any, conn: Any, sid: str) -> None:
         _log(f"  job {job_id}: {job.get_status()} meta={job.meta} retries_left={job.retries_left}")
 
 
+def charged_to_team(r: Any, sids: list[str]) -> int:
+    """Submissions whose team paid for our fault: unscored yet still counted against the quota, or failed
+    with a cause that is the team's. A team pays for a scored upload (it got its score), never for ours."""
+    from queue_schema.records import load_submission
+
+    subs = [sub for sub in (load_submission(r, sid) for sid in sids) if sub is not None]
+    return sum(
+        (sub.state.value != "scored" and sub.charged)
+        or (sub.failure is not None and sub.failure.cause.value != "infrastructure")
+        for sub in subs
+    )
+
+
 # -- worker_kill ------------------------------------------------------------------------------------
 
 
@@ -415,6 +425,7 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         for sid, failure in failures.items():
             _log(f"worker_kill: {sid} not scored exactly once: {failure}")
             _log_story(r, conn, sid)
+        charged = charged_to_team(r, sids)
     finally:
         stack.stop()
     return {
@@ -426,6 +437,7 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         "max_detection_s": round(max(detection.values(), default=0.0), 1),
         "median_detection_s": round(sorted(detection.values())[len(detection) // 2], 1) if detection else 0.0,
         "horse_processes_left_behind": leftovers,
+        "worker_kill_charged_to_team": charged,
     }
 
 
@@ -513,6 +525,7 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             sub = load_submission(r, sid)
             _log(f"redis_restart: {sid} ended {sub.state.value}: {sub.failure}")
         lost = missing + unscored
+        charged = charged_to_team(r, [sid for sid in accepted if sid not in missing])
     finally:
         stack.stop()
     return {
@@ -522,6 +535,7 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         "refused_with_error": len(errors),
         "refusals_by_status": _by_status(errors),
         "lost": len(lost),
+        "redis_restart_charged_to_team": charged,
     }
 
 
@@ -781,6 +795,7 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
 
         _wait_finished(r, sids, args.worker_kill_timeout)
         scored_once = sum(exactly_once(r, sid, spec)[0] for sid in sids)
+        charged = charged_to_team(r, sids)
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)  # stops; the workers stay up (they are the fleet)
@@ -800,6 +815,7 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         "daemon_takeover_max_s": round(max(takeover, default=0.0), 1),
         "daemon_submissions": len(sids),
         "daemon_submissions_scored_once": scored_once,
+        "daemon_restart_charged_to_team": charged,
     }
 
 
@@ -864,23 +880,20 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
 
         _wait_finished(r, sids, 900)
         subs = [load_submission(r, sid) for sid in sids]
+        charged = charged_to_team(r, sids)
     finally:
         if not _engine_answers():  # never leave the machine without its engine
             subprocess.run([str(ROOT / "scripts" / "start-dockerd")], check=False, timeout=180)
         stack.stop()
     scored = [sub for sub in subs if sub.state.value == "scored"]
     infrastructure = [sub for sub in subs if sub.failure and sub.failure.cause.value == "infrastructure"]
-    # A team pays for a scored upload (it got its score) and for its own failures, never for ours.
-    charged_to_team = sum(1 for sub in subs if sub.state.value != "scored" and sub.charged) + sum(
-        1 for sub in subs if sub.failure and sub.failure.cause.value != "infrastructure"
-    )
     return {
         "engine_restarts": restarts,
         "engine_backend": "docker",  # this scenario's studies run in docker sandboxes
         "engine_submissions": len(subs),
         "engine_scored": len(scored),
         "engine_failed_infrastructure": len(infrastructure),
-        "charged_to_team": charged_to_team,
+        "engine_restart_charged_to_team": charged,
     }
 
 
@@ -935,24 +948,22 @@ def main(argv: list[str]) -> None:
     for name in SCENARIOS:
         if name not in only:
             continue
-        state = Path(tempfile.mkdtemp(prefix="bbo-chaos-"))  # short: the Redis socket lives in here
-        os.environ["BBO_STATE_DIR"] = str(state)
-        os.environ.pop("BBO_REDIS_URL", None)
         started = time.monotonic()
-        try:
-            figures |= runners[name](state, args)
-        finally:
-            if args.keep_state:
-                _log(f"{name}: state folder kept: {state} (worker and gateway logs in processes.log)")
-            else:
-                shutil.rmtree(state, ignore_errors=True)
+        with scratch_state("bbo-chaos-", keep=args.keep_state) as state:
+            try:
+                figures |= runners[name](state, args)
+            finally:
+                if args.keep_state:
+                    _log(f"{name}: state folder kept: {state} (worker and gateway logs in processes.log)")
         figures[f"{name}_s"] = round(time.monotonic() - started, 1)
         _log(f"{name}: done in {figures[f'{name}_s']} s")
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>32}: {value}")
+    # Every scenario's faults are ours: the total a team paid for them must be 0.
+    figures["charged_to_team"] = sum(v for k, v in figures.items() if k.endswith("_charged_to_team"))
+    if "engine_restart" not in only:
+        figures["not_run"] = {
+            "engine_restart": "stops this machine's shared Docker engine; --only engine_restart"
+        }
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":

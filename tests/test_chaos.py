@@ -41,6 +41,7 @@ def test_workers_killed_mid_study_cost_nothing():
     assert figures["double_counted"] == 0
     assert figures["kills_not_detected"] == 0
     assert figures["horse_processes_left_behind"] == 0
+    assert figures["charged_to_team"] == 0
     # The reaper's promise (a dead worker's job is back in its queue within a minute); by design ~30 s.
     assert figures["max_detection_s"] <= 60
 
@@ -53,6 +54,7 @@ def test_uploads_accepted_across_store_crashes_are_never_lost():
     assert figures["accepted"] + figures["refused_with_error"] == 20
     assert figures["accepted"] >= 1
     assert figures["lost"] == 0
+    assert figures["charged_to_team"] == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
@@ -75,6 +77,7 @@ def test_a_restarted_autoscaler_daemon_takes_over_its_workers():
     assert figures["daemon_restarts"] == 1
     assert figures["orphans"] == figures["duplicates"] == 0
     assert figures["daemon_submissions_scored_once"] == figures["daemon_submissions"]
+    assert figures["charged_to_team"] == 0
 
 
 @pytest.mark.slow  # stops the Docker engine this machine's docker users share: run it on its own
