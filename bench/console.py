@@ -29,10 +29,8 @@ import multiprocessing
 import os
 import pstats
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,10 +40,9 @@ import psutil
 import redis
 
 from bench import seed_data
-from bench.common import print_figures
+from bench.common import embedded_store, print_figures, scratch_state
 from bench.seed_data import FAILURE_MESSAGES, beat_worker, study_result
 from competition import artifacts, lifecycle, scores, service
-from competition.redis_server import EmbeddedRedis
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients
@@ -364,13 +361,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--profile", default=None, help="write a cProfile of the ticks here (slows them)")
     args = parser.parse_args(argv)
 
-    state = Path(tempfile.mkdtemp(prefix="bbo-bench-console-"))
-    os.environ["BBO_STATE_DIR"] = str(state)
-    server = EmbeddedRedis()
-    server.start()
-    os.environ["BBO_REDIS_URL"] = server.url
-    reset_clients()
-    try:
+    with scratch_state("bbo-bench-console-"), embedded_store() as server:
         log(f"seeding {args.submissions} submissions of {args.teams} teams")
         seeded = seed_store(server.url, args)
         log(f"seeded in {seeded['seconds']} s ({seeded['used_memory_mb']} MB in Redis)")
@@ -382,9 +373,6 @@ def main(argv: list[str]) -> None:
         else:
             figures = measure(args, server.url)
         figures |= measure_data(server.url)
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
     figures |= {
         "refresh_s": args.refresh_s,
         "rate": args.rate,

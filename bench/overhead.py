@@ -22,11 +22,10 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.common import print_figures  # noqa: E402
+from bench.common import print_figures, scratch_state  # noqa: E402
 
 # Spans bayesmark's cost range: ~0.01 s (DT, lasso) to ~1 s (ada) per evaluation, single-threaded.
 DEFAULT_MIX = ("DT-iris-acc", "lasso-diabetes-mae", "RF-wine-acc", "MLP-adam-breast-acc", "ada-boston-mae")
@@ -57,7 +56,9 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
     return time.perf_counter() - started, losses
 
 
-def platform_side(problems: list[str], studies: int, rounds: int, batch: int) -> tuple[float, dict]:
+def platform_side(
+    work: Path, problems: list[str], studies: int, rounds: int, batch: int
+) -> tuple[float, dict]:
     from competition import artifacts
     from competition.redis_server import ensure_redis
     from competition.spec import load
@@ -76,7 +77,6 @@ studies = {studies}
 suggest_budget_s = 600.0
 call_timeout_s = 300.0
 """
-    work = Path(tempfile.mkdtemp(prefix="bbo-bench-"))
     (work / "spec.toml").write_text(spec_text)
     spec = load(work / "spec.toml")
     os.environ["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
@@ -131,13 +131,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
 
-    state = tempfile.mkdtemp(prefix="bbo-bench-state-")
-    os.environ["BBO_STATE_DIR"] = state
-    os.environ.pop("BBO_REDIS_URL", None)
-
-    raw_s, raw_losses = raw_side(problems, args.studies, args.rounds, args.batch)
-    print(f"raw: {raw_s:.2f} s", file=sys.stderr)
-    platform_s, platform_losses = platform_side(problems, args.studies, args.rounds, args.batch)
+    with scratch_state("bbo-bench-overhead-") as state:
+        raw_s, raw_losses = raw_side(problems, args.studies, args.rounds, args.batch)
+        print(f"raw: {raw_s:.2f} s", file=sys.stderr)
+        platform_s, platform_losses = platform_side(state, problems, args.studies, args.rounds, args.batch)
     print(f"platform: {platform_s:.2f} s", file=sys.stderr)
     evals = len(problems) * args.studies * args.rounds * args.batch
     figures = {
