@@ -21,7 +21,7 @@ from competition import service
 from competition.artifacts import InvalidSubmission
 from competition.quotas import QuotaExceeded
 from competition.spec import SpecError
-from queue_schema.connection import RedisUnavailable
+from queue_schema.connection import RedisUnavailable, store_refusal
 
 log = logging.getLogger("bbo.gateway")
 
@@ -79,26 +79,13 @@ _HTTP_CODES = {
 }
 
 
-# Redis refuses every write, for every client, when it cannot persist (MISCONF: the AOF or a snapshot
-# failed to write, nearly always a full disk), when it is full under noeviction (OOM), or when it is a
-# replica (READONLY: a failover in progress). None of these is the team's doing or a bug of ours: 503,
-# with what the organizers must fix in the log.
+# The store's refusals of every write (queue_schema/connection.py, `store_refusal`) are not the team's doing
+# or a bug of ours: 503, with what the organizers must fix in the log.
 STORE_REFUSALS = {
     "MISCONF": "the competition's store is out of disk space and takes no new data; try again later",
     "OOM": "the competition's store is out of memory and takes no new data; try again later",
     "READONLY": "the competition's store is read-only right now (a failover?); try again shortly",
 }
-
-
-def store_refusal(exc: redis.ResponseError) -> str | None:
-    """Which of STORE_REFUSALS this error is, or None. redis-py turns OOM and READONLY into classes of their
-    own and leaves MISCONF a plain ResponseError; a pipeline or a script puts words before the reason."""
-    message = str(exc)
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "when used memory > 'maxmemory'" in message:
-        return "OOM"
-    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in message:
-        return "READONLY"
-    return "MISCONF" if "MISCONF" in message else None
 
 
 # Below this much room, a store folder's disk counts as full (Redis needs room for its next AOF write).

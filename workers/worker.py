@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import time
+from typing import Any
 
+import redis
+
+from queue_schema.connection import store_refusal
 from queue_schema.settings import pin_threads
+
+log = logging.getLogger("bbo.worker")
+
+# While the store refuses writes, a worker probes it this often (with a key that lives this long).
+STORE_POLL_S = 5.0
+STORE_PROBE_TTL_S = 30
 
 
 def preload() -> None:
@@ -37,13 +50,68 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
     _sweep_orphan_sandboxes()
     queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
     worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
-    worker = FairWorker(queues, connection=rq_connection(), name=worker_name, teams=not priority_only)
     # Recovery (workers/heartbeat.py): the work horse dies with this process, a thread beats and reaps.
     from workers.heartbeat import WorkerHeartbeat, horses_die_with_worker
 
     horses_die_with_worker()
-    heartbeat = WorkerHeartbeat(worker).start()
+    worked = False
+    while True:
+        worker = FairWorker(queues, connection=rq_connection(), name=worker_name, teams=not priority_only)
+        heartbeat = WorkerHeartbeat(worker).start()
+        try:
+            worked = worker.work(burst=burst, logging_level="WARNING") or worked
+            refusal = None if burst or _stopping(worker) else _refusal_now(worker)
+        except redis.ResponseError as exc:
+            refusal = store_refusal(exc)
+            if refusal is None or _stopping(worker):
+                raise
+        finally:
+            heartbeat.stop()
+        if refusal is None:
+            return worked
+        # RQ quits on an error it does not expect, and every write failing is one. Quitting would take the
+        # whole fleet down with the store (and have the autoscaler replace machines that are fine): wait
+        # for the store instead, then work again under the same name. The job that was cut short is
+        # requeued by the reaper, and resumes at its next unfinished study.
+        log.error(
+            "worker %s: the store refuses writes (%s); waiting for it to take them again",
+            worker.name,
+            refusal,
+        )
+        if not _wait_for_writes(worker):
+            return worked
+        log.warning("worker %s: the store takes writes again; back to work", worker.name)
+
+
+def _refusal_now(worker: Any) -> str | None:
+    """Why the store refuses this worker's writes right now, or None if it takes them (a probe key)."""
+    from queue_schema import keys
+
     try:
-        return worker.work(burst=burst, logging_level="WARNING")
-    finally:
-        heartbeat.stop()
+        worker.connection.set(keys.lock(f"probe:{worker.name}"), "1", ex=STORE_PROBE_TTL_S)
+    except redis.ResponseError as exc:
+        return store_refusal(exc)
+    except redis.RedisError:
+        return None  # not a refusal: unreachable, which RQ and the supervisor already handle
+    return None
+
+
+def _stopping(worker: Any) -> bool:
+    """Whether the worker was asked to stop (a signal: RQ records when, busy or not)."""
+    return getattr(worker, "_shutdown_requested_date", None) is not None
+
+
+def _wait_for_writes(worker: Any) -> bool:
+    """Poll until the store takes writes; False if the worker was told to stop meanwhile (RQ's signal
+    handlers are still installed: a SIGTERM raises StopRequested when no job runs)."""
+    from rq.exceptions import StopRequested
+
+    try:
+        while not _stopping(worker) and _refusal_now(worker) is not None:
+            time.sleep(STORE_POLL_S)
+    except StopRequested:
+        return False
+    # The worker's own teardown failed on the refusal: finish it, so that its name is free again.
+    with contextlib.suppress(redis.RedisError):
+        worker.register_death()
+    return not _stopping(worker)
