@@ -312,13 +312,22 @@ class Daemon:
                 except (redis.RedisError, OSError) as exc:
                     log.warning("autoscaler step failed, retrying next interval: %s", exc)
                 if not self.dry_run:
-                    self._lock.take()
+                    self._renew_lock()
                 stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
             if drain_on_exit and not self.dry_run:
                 self.drain_all(drain_timeout_s)
         finally:
             if not self.dry_run:
                 self._lock.release()
+
+    def _renew_lock(self) -> None:
+        """Renew the lock; a store that is away or refuses writes is waited out like a failed step (the
+        lock may lapse meanwhile, and is taken again after, unless another daemon took it: then this one
+        stops with AnotherDaemonRuns)."""
+        try:
+            self._lock.take()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("autoscaler lock not renewed, retrying next interval: %s", exc)
 
     def drain_all(self, timeout_s: float) -> list[str]:
         """Drain every machine, wait for them to leave, delete the ones still there; return those."""

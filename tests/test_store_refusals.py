@@ -126,3 +126,38 @@ def test_a_full_disk_is_named_whether_the_store_refuses_writes_or_exits(tmp_path
                         time.sleep(0.5)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_the_autoscaler_daemon_waits_out_a_store_that_refuses_writes(tmp_path, monkeypatch):
+    import threading
+
+    from autoscaler.daemon import Daemon, lock_key, read_status
+    from autoscaler.policy import PolicyConfig
+    from autoscaler.providers.local import LocalProvider
+
+    with own_store(tmp_path / "store", monkeypatch) as r:
+        provider = LocalProvider(r, fleet="refused", cap=1, env=dict(os.environ), log_dir=tmp_path / "logs")
+        daemon = Daemon(
+            r, provider, PolicyConfig(min_workers=0, max_workers=1), fleet="refused", interval_s=0.2
+        )
+        stop = threading.Event()
+        loop = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not read_status(r, "refused"):
+                assert time.monotonic() < deadline, "the daemon never stepped"
+                time.sleep(0.1)
+            r.config_set("maxmemory", "1")
+            time.sleep(2.0)  # ten steps and lock renewals refused
+            assert loop.is_alive(), "the daemon quit on the refusal"
+            r.config_set("maxmemory", "0")
+            lifted = time.time()
+            while float(read_status(r, "refused").get("ts") or 0) <= lifted:
+                assert time.monotonic() < deadline + 30, "the daemon never stepped again"
+                time.sleep(0.1)
+            assert r.get(lock_key("refused")) == daemon._lock.token
+        finally:
+            stop.set()
+            loop.join(30)
+        assert not loop.is_alive()
