@@ -15,6 +15,9 @@ bounded in time and prints counts.
 - disk_full: the Redis folder on a small tmpfs that is then filled up; uploads must be refused with a
   clear error (not a 500, not a hang), and after space comes back and the store restarts, every earlier
   submission still loads and its artifact's sha256 still matches. Needs root (mount); skipped otherwise.
+- store_refuses: the store refuses every write for --refusal-s seconds (maxmemory under noeviction: the
+  same refusal a full disk's MISCONF gives every client) in the middle of studies. Workers must wait it
+  out rather than quit (`workers_quit_on_refusal` = 0), and every submission must end scored exactly once.
 
 - engine_restart: submissions scored in docker sandboxes; in the middle of a study the Docker engine is
   stopped (SIGTERM to dockerd, which takes its containers down) and, after a pause, started again
@@ -30,7 +33,7 @@ here is ours, so their total `charged_to_team` must be 0.
 With the process backend the workers run studies without isolation, with BBO_ALLOW_UNSAFE_SANDBOX=1 set
 for them only (the output says so).
 
-    python -m bench chaos --json [--quick] [--only worker_kill,...,engine_restart] [--kills N]
+    python -m bench chaos --json [--quick] [--only worker_kill,...,engine_restart] [--kills N] [--keep-state]
 """
 
 from __future__ import annotations
@@ -63,7 +66,14 @@ from bench.common import free_port, logger, print_figures, scratch_state  # noqa
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
-SCENARIOS = ("worker_kill", "redis_restart", "disk_full", "daemon_restart", "engine_restart")
+SCENARIOS = (
+    "worker_kill",
+    "redis_restart",
+    "disk_full",
+    "store_refuses",
+    "daemon_restart",
+    "engine_restart",
+)
 FINISHED = ("scored", "failed", "stopped")
 
 
@@ -676,6 +686,78 @@ def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- store_refuses ----------------------------------------------------------------------------------
+
+
+def store_refuses(state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from competition.submit import create_submission
+    from queue_schema import keys
+    from queue_schema.connection import rq_connection
+
+    stack = Stack(state)
+    r = stack.start_store()
+    studies = 3
+    spec, data = _ponderer_stream(r, state, studies)
+    sids: list[str] = []
+    exited: list[str] = []
+    refusals = 0
+
+    def note_exits() -> None:
+        for name, proc in list(stack.workers.items()):
+            if proc.poll() is not None:
+                exited.append(name)
+                stack.workers.pop(name)
+
+    def in_the_middle() -> bool:
+        return any(
+            0 < r.hlen(keys.study_results(sid, 1, problem)) < studies
+            for sid in sids
+            for problem in spec.phase("feedback").problems
+        )
+
+    try:
+        stack.wait_registered([stack.start_worker(), stack.start_worker()])
+        for _ in range(args.refusals):
+            sids += [
+                create_submission(
+                    r, team="chaos", data=data, spec=spec, phase="feedback", backend="process"
+                ).id
+                for _ in range(2)
+            ]
+            _wait(in_the_middle, 120, "a study in the middle")
+            # Every write refused, for every client, as a full disk's MISCONF does: maxmemory under the
+            # store's noeviction policy is the same refusal without filling a disk.
+            r.config_set("maxmemory", "1")
+            refused_at = time.monotonic()
+            while time.monotonic() - refused_at < args.refusal_s:
+                note_exits()
+                time.sleep(0.5)
+            r.config_set("maxmemory", "0")
+            refusals += 1
+            note_exits()
+            _log(f"store_refuses {refusals}/{args.refusals}: writes refused for {args.refusal_s:g} s")
+            while len(stack.workers) < 2:  # as a supervisor would: only needed if one quit
+                stack.start_worker()
+        _wait_finished(r, sids, args.worker_kill_timeout)
+        verdicts = [exactly_once(r, sid, spec) for sid in sids]
+        for sid, (once, _) in zip(sids, verdicts, strict=True):
+            if not once:
+                _log(f"store_refuses: {sid} not scored exactly once")
+                _log_story(r, rq_connection(stack.store.url), sid)
+        charged = charged_to_team(r, sids)
+    finally:
+        stack.stop()
+    return {
+        "store_refusals": refusals,
+        "store_refusal_s": args.refusal_s,
+        "workers_quit_on_refusal": len(exited),
+        "store_refused_submissions": len(sids),
+        "store_refused_scored_once": sum(once for once, _ in verdicts),
+        "store_refused_double_counted": sum(double for _, double in verdicts),
+        "store_refuses_charged_to_team": charged,
+    }
+
+
 # -- daemon_restart ---------------------------------------------------------------------------------
 
 
@@ -912,6 +994,10 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--daemon-restarts", type=int, default=None, help="daemon kills (3; quick 1)")
     parser.add_argument("--full-uploads", type=int, default=5, help="uploads tried on the full disk")
+    parser.add_argument(
+        "--refusals", type=int, default=None, help="times the store refuses writes (2; quick 1)"
+    )
+    parser.add_argument("--refusal-s", type=float, default=20.0, help="how long each refusal lasts (s)")
     parser.add_argument("--engine-restarts", type=int, default=None, help="engine stops (2; quick 1)")
     parser.add_argument(
         "--keep-state", action="store_true", help="keep each scenario's state folder (store, logs)"
@@ -929,6 +1015,7 @@ def main(argv: list[str]) -> None:
     args.redis_restart_timeout = 300 if args.quick else 900
     args.disk_full_request_timeout = 60.0
     args.daemon_submissions = 2 if args.quick else 6
+    args.refusals = args.refusals if args.refusals is not None else (1 if args.quick else 2)
     args.engine_submissions = 2 if args.quick else 4
     args.engine_down_s = 5.0
     # The engine scenario stops the Docker engine every docker user of this machine shares: only on request.
@@ -942,6 +1029,7 @@ def main(argv: list[str]) -> None:
         "worker_kill": worker_kill,
         "redis_restart": redis_restart,
         "disk_full": disk_full,
+        "store_refuses": store_refuses,
         "daemon_restart": daemon_restart,
         "engine_restart": engine_restart,
     }

@@ -1,5 +1,5 @@
-"""The chaos benchmark's quick scenarios as tests: real workers killed, a real store killed, a real disk
-filled, a real autoscaler daemon killed; every count of damage must be 0.
+"""The chaos benchmark's quick scenarios as tests: real workers killed, a real store killed or refusing
+writes, a real disk filled, a real autoscaler daemon killed; every count of damage must be 0.
 
 Each scenario runs `python -m bench.chaos --quick --json --only NAME` in a subprocess with a state folder
 of its own (its own embedded Redis), exactly as CI and people run the benchmark.
@@ -69,6 +69,16 @@ def test_a_full_disk_refuses_uploads_cleanly_and_corrupts_nothing():
     assert figures["disk_full_accepted"] == 0
     assert figures["corrupted"] == 0
     assert figures["disk_full_recovered_after_restart"]
+
+
+def test_workers_wait_out_a_store_that_refuses_writes_and_nothing_is_lost():
+    figures = chaos("store_refuses")
+    print(figures)
+    assert figures["store_refusals"] == 1
+    assert figures["workers_quit_on_refusal"] == 0
+    assert figures["store_refused_scored_once"] == figures["store_refused_submissions"] >= 2
+    assert figures["store_refused_double_counted"] == 0
+    assert figures["charged_to_team"] == 0
 
 
 def test_a_restarted_autoscaler_daemon_takes_over_its_workers():
