@@ -190,6 +190,8 @@ def run_command(
     import signal
     import threading
 
+    import redis
+
     from autoscaler import policy
     from autoscaler.daemon import Daemon
     from autoscaler.daemon_lock import AnotherDaemonRuns
@@ -244,6 +246,8 @@ def run_command(
         daemon.run(stop, drain_on_exit=drain_on_exit)
     except AnotherDaemonRuns as exc:
         fail(str(exc), code=1)
+    except redis.RedisError as exc:  # at start-up (later, the loop waits the store out)
+        fail(f"the store at {redis_url()} did not take the autoscaler's lock: {exc}", code=1)
     err.print("autoscaler stopped" + ("; workers drained" if drain_on_exit else "; workers left running"))
 
 
