@@ -32,15 +32,25 @@ def emit_json(value: Any) -> None:
 
 def with_redis(function: Any, *args: Any, errors: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
     """`function(redis, *args, **kwargs)` on the configured or embedded Redis (started if none runs); an
-    unreachable store or one of `errors` (the caller's refusals) is a one-line failure."""
+    unreachable store, one that refuses writes, or one of `errors` (the caller's refusals) is a one-line
+    failure."""
+    import redis
+
     from competition.redis_server import ensure_redis
-    from queue_schema.connection import RedisUnavailable, connect
+    from queue_schema.connection import RedisUnavailable, connect, store_refusal
 
     try:
         with ensure_redis() as url:
             return function(connect(url), *args, **kwargs)
     except (RedisUnavailable, *errors) as exc:
         fail(str(exc))
+    except redis.ResponseError as exc:
+        refusal = store_refusal(exc)
+        if refusal is None:
+            raise
+        fail(f"the store refuses writes ({refusal}): {exc}")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        fail(f"the store stopped answering: {exc}")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 import zipfile
@@ -161,3 +162,19 @@ def test_the_autoscaler_daemon_waits_out_a_store_that_refuses_writes(tmp_path, m
             stop.set()
             loop.join(30)
         assert not loop.is_alive()
+
+
+def test_admin_commands_say_in_one_line_that_the_store_refuses_writes(tmp_path, monkeypatch):
+    with own_store(tmp_path / "store", monkeypatch) as r:
+        r.config_set("maxmemory", "1")
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", "admin", "team", "add", "gamma"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "BBO_STATE_DIR": str(tmp_path)},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: the store refuses writes (OOM)"), line
