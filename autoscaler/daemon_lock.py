@@ -15,6 +15,8 @@ import socket
 
 import redis
 
+from competition.recovery import process_alive
+
 log = logging.getLogger("bbo.autoscaler")
 
 
@@ -27,16 +29,6 @@ def _pid_namespace() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return "?"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 class DaemonLock:
@@ -70,7 +62,7 @@ class DaemonLock:
         host, namespace, pid, *_ = [*holder.split("|"), "", "", ""]
         if host != socket.gethostname() or namespace != _pid_namespace() or not pid.isdigit():
             return False
-        return int(pid) != os.getpid() and not _alive(int(pid))
+        return int(pid) != os.getpid() and not process_alive(int(pid))
 
     def _replace(self, holder: str) -> bool:
         """Swap the dead holder's token for ours, unless the lock changed hands meanwhile."""

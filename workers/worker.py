@@ -57,6 +57,7 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
     worked = False
     while True:
         worker = FairWorker(queues, connection=rq_connection(), name=worker_name, teams=not priority_only)
+        _forget_dead_namesake(worker)
         heartbeat = WorkerHeartbeat(worker).start()
         try:
             worked = worker.work(burst=burst, logging_level="WARNING") or worked
@@ -81,6 +82,34 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
         if not _wait_for_writes(worker):
             return worked
         log.warning("worker %s: the store takes writes again; back to work", worker.name)
+
+
+def _forget_dead_namesake(worker: Any) -> None:
+    """A worker restarted under its old name (by `bbo admin up`, or a service manager) finds its killed
+    predecessor still registered: RQ keeps a worker's key for 8 minutes and refuses a second worker of that
+    name, and the reaper that would clear it runs on workers, perhaps none but this one. A predecessor
+    that ran on this host under a PID that is gone (or is ours: a new PID namespace) is forgotten now;
+    its job is requeued by the reaper as any dead worker's."""
+    from rq import worker_registration
+
+    from competition.recovery import process_alive
+
+    with contextlib.suppress(redis.RedisError):
+        host, pid, death = (
+            value.decode() if isinstance(value, bytes) else value
+            for value in worker.connection.hmget(worker.key, "hostname", "pid", "death")
+        )
+        if death or host != socket.gethostname() or not (pid or "").isdigit():
+            return
+        if int(pid) != os.getpid() and process_alive(int(pid)):
+            return
+        pipe = worker.connection.pipeline()
+        pipe.delete(worker.key)
+        worker_registration.unregister(worker, pipe)
+        pipe.execute()
+        log.warning(
+            "worker %s: forgot its predecessor (pid %s), which died without leaving", worker.name, pid
+        )
 
 
 def _refusal_now(worker: Any) -> str | None:

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 from competition.spec import Limits
 from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
 from workers.optimizer_process import LaunchSpec
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process (a worker that owns sandboxes) still exists on this host; sweeps use it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SandboxUnavailable(RuntimeError):

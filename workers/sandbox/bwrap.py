@@ -89,12 +89,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from competition.recovery import process_alive
 from competition.spec import Limits
 from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox.base import THREAD_ENV, SandboxUnavailable, pid_alive
+from workers.sandbox.base import THREAD_ENV, SandboxUnavailable
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -488,7 +489,7 @@ def sweep_cgroups() -> int:
             continue
         for path in base.glob(f"{CGROUP_PREFIX}*"):
             owner = path.name[len(CGROUP_PREFIX) :].split("-")[0]
-            if not owner.isdigit() or pid_alive(int(owner)):
+            if not owner.isdigit() or process_alive(int(owner)):
                 continue
             stale = _Cgroups({controller: path})
             stale.kill_all()

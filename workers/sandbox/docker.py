@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from competition.recovery import process_alive
 from competition.spec import Limits
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, pid_alive
+from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
 
 SANDBOX_UID = 10001
 ROLE_LABEL = "bbo-arena.role"
@@ -482,7 +483,7 @@ def sweep(max_age_s: float | None = None) -> int:
     for container in client.containers.list(all=True, filters={"label": ROLE_LABEL}):
         owner = container.labels.get(WORKER_LABEL, "")
         name, _, pid = owner.rpartition(":")
-        orphan = name == host and pid.isdigit() and not pid_alive(int(pid))
+        orphan = name == host and pid.isdigit() and not process_alive(int(pid))
         if max_age_s is not None and not orphan:
             created = container.attrs.get("Created", "")
             orphan = _age_s(created, now) > max_age_s
