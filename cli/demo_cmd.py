@@ -127,13 +127,14 @@ def _run(
     console_app: Any,
     started: float,
 ) -> tuple[dict[str, Any], list[str]] | None:
-    from cli.up import stop_children, supervise, system_children
+    from cli.up import StoreWatch, stop_children, supervise, system_children
     from competition import teams
     from competition.redis_server import ensure_redis
     from queue_schema.connection import RedisUnavailable, connect
 
+    store: list[StoreWatch] = []
     try:
-        with ensure_redis() as url:
+        with ensure_redis(on_owned=lambda server: store.append(StoreWatch(server))) as url:
             r = connect(url)
             demo = entries()
             tokens = {entry.team: teams.add_team(r, entry.team, actor="demo") for entry in demo}
@@ -154,7 +155,10 @@ def _run(
                 child.start()
             supervising = threading.Event()
             supervisor = threading.Thread(
-                target=supervise, args=(children, supervising.is_set), name="demo-supervisor", daemon=True
+                target=supervise,
+                args=([*children, *store], supervising.is_set),
+                name="demo-supervisor",
+                daemon=True,
             )
             supervisor.start()
             server = f"http://127.0.0.1:{port}"

@@ -1,7 +1,8 @@
 """`bbo admin up`: the whole service on one machine, in the foreground.
 
 Owns the embedded Redis (unless BBO_REDIS_URL points elsewhere), runs the gateway and N workers as child
-processes, restarts a child that dies (with a back-off, so a crash loop does not spin), and on Ctrl-C or
+processes, restarts a child or the owned Redis when it dies (with a back-off, so a crash loop does not
+spin), and on Ctrl-C or
 SIGTERM stops everything warmly: workers finish nothing new, running studies' sandboxes are killed with
 them, and Redis flushes its AOF last.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 import typer
 
 from cli.output import err, fail
+from competition.redis_server import EmbeddedRedis
+from queue_schema.connection import RedisUnavailable
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
@@ -74,6 +77,38 @@ class Child:
             self.proc.wait()
 
 
+@dataclass
+class StoreWatch:
+    """The embedded Redis `up` owns, restarted like a child when it exits (a crash, or its AOF write
+    failing on a full disk), so that the service comes back by itself once the cause is gone: the AOF
+    replays, and the gateway and workers reconnect."""
+
+    server: EmbeddedRedis
+    restarts: int = 0
+    next_start: float | None = None
+
+    def check(self, now: float) -> None:
+        process = self.server.process
+        if process is None or process.poll() is None:
+            return
+        if self.next_start is None:
+            delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
+            err.print(
+                f"[yellow]redis-server exited with {process.returncode} (see "
+                f"{self.server.directory / 'redis.log'}); restarting in {delay} s[/]",
+                soft_wrap=True,
+            )
+            self.restarts, self.next_start = self.restarts + 1, now + delay
+        if now < self.next_start:
+            return
+        self.next_start = None
+        try:
+            self.server.start()
+            err.print("[green]redis-server is back[/]")
+        except RedisUnavailable as exc:  # exited again at once (the disk still full): back off more
+            err.print(f"[yellow]{exc}[/]", soft_wrap=True)
+
+
 def up_command(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=0, help="Scoring workers to run."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Gateway port."),
@@ -92,7 +127,6 @@ def up_command(
     """Run the embedded Redis, the gateway and the workers in the foreground; Ctrl-C stops all of it."""
     from competition.redis_server import ensure_redis
     from competition.spec import SpecError, load
-    from queue_schema.connection import RedisUnavailable
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
 
     if autoscale not in ("none", "local"):
@@ -110,8 +144,9 @@ def up_command(
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    store: list[StoreWatch] = []
     try:
-        with ensure_redis() as url:
+        with ensure_redis(on_owned=lambda server: store.append(StoreWatch(server))) as url:
             env = {**os.environ, "BBO_REDIS_URL": url}
             children = system_children(
                 env,
@@ -130,7 +165,7 @@ def up_command(
                 f"{backend}, store {url}; Ctrl-C to stop",
                 soft_wrap=True,
             )
-            supervise(children, lambda: stopping)
+            supervise([*children, *store], lambda: stopping)
             err.print("stopping: workers finish nothing new, the gateway closes, Redis flushes")
             stop_children(children)
     except RedisUnavailable as exc:
@@ -162,8 +197,8 @@ def system_children(
     return children
 
 
-def supervise(children: list[Child], stopping: Callable[[], bool]) -> None:
-    """Restart whichever child exits, until `stopping()` says so."""
+def supervise(children: list[Child | StoreWatch], stopping: Callable[[], bool]) -> None:
+    """Restart whichever child (or owned store) exits, until `stopping()` says so."""
     while not stopping():
         now = time.monotonic()
         for child in children:

@@ -13,7 +13,7 @@ import fcntl
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -127,8 +127,9 @@ class EmbeddedRedis:
 
 
 @contextlib.contextmanager
-def ensure_redis() -> Iterator[str]:
-    """Yield a Redis URL that answers: the configured one, a running embedded server, or one we own now."""
+def ensure_redis(on_owned: Callable[[EmbeddedRedis], None] | None = None) -> Iterator[str]:
+    """Yield a Redis URL that answers: the configured one, a running embedded server, or one we own now
+    (then handed to `on_owned`, for a caller that watches over it)."""
     configured = settings.configured_redis_url()
     if configured:
         ping(configured)
@@ -152,6 +153,8 @@ def ensure_redis() -> Iterator[str]:
             lock.flush()
         fcntl.flock(lock, fcntl.LOCK_UN)
     reset_clients()
+    if owned is not None and on_owned is not None:
+        on_owned(owned)
     try:
         yield url
     finally:

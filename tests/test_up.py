@@ -21,11 +21,13 @@ from tests.waiting import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def zipped(folder: Path) -> bytes:
+def zipped(folder: Path, note: str = "") -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         for path in folder.iterdir():
             z.write(path, path.name)
+        if note:  # another archive, with the same optimizer
+            z.writestr("NOTE.txt", note)
     return buffer.getvalue()
 
 
@@ -99,6 +101,25 @@ def test_up_scores_restarts_a_dead_worker_and_stops_cleanly(tmp_path):
         (victim,) = workers_of(up)
         victim.kill()
         wait_for(lambda: [w for w in workers_of(up) if w.pid != victim.pid], 20, "a restarted worker")
+
+        # The store dies (as on a failed AOF write): `up` starts it again, the AOF replays, and the
+        # gateway and the worker carry on with it.
+        (store,) = [p for p in psutil.Process(up.pid).children() if "redis-server" in p.name()]
+        store.kill()
+
+        def new_store() -> list[psutil.Process]:
+            children = psutil.Process(up.pid).children()
+            return [p for p in children if "redis-server" in p.name() and p.pid != store.pid]
+
+        wait_for(new_store, 30, "a restarted store")
+        wait_for(healthy, 30, "the gateway to reach the store again")
+        assert httpx.get(f"{base}/v1/submissions/{sid}", headers=auth, timeout=5).json()["state"] == "scored"
+        files = {"file": ("rs2.zip", zipped(SUBMISSIONS / "random_search", "again"), "application/zip")}
+        again = httpx.post(f"{base}/v1/submissions", headers=auth, files=files, timeout=30)
+        assert again.status_code == 201, again.text
+        sid = again.json()["id"]
+        final = wait_for(scored, 240, "the score after the store's restart")
+        assert final["state"] == "scored"
     finally:
         up.send_signal(signal.SIGINT)
         try:
