@@ -2,9 +2,8 @@
 
 Owns the embedded Redis (unless BBO_REDIS_URL points elsewhere), runs the gateway and N workers as child
 processes, restarts a child or the owned Redis when it dies (with a back-off, so a crash loop does not
-spin), and on Ctrl-C or
-SIGTERM stops everything warmly: workers finish nothing new, running studies' sandboxes are killed with
-them, and Redis flushes its AOF last.
+spin), and on Ctrl-C or SIGTERM stops everything warmly: workers finish nothing new, running studies'
+sandboxes are killed with them, and Redis flushes its AOF last.
 """
 
 from __future__ import annotations
