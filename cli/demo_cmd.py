@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,9 @@ def _run(
             supervising = threading.Event()
             supervisor = threading.Thread(
                 target=supervise,
-                args=([*children, *store], supervising.is_set),
+                # The console owns the terminal: the supervisor's news go to its log (and to stderr
+                # only when headless).
+                args=([*children, *store], supervising.is_set, _log_lines(home / "logs", headless)),
                 name="demo-supervisor",
                 daemon=True,
             )
@@ -225,6 +228,20 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _log_lines(folder: Path, to_stderr: bool) -> Callable[[str], None]:
+    """A `say` for the supervisor: timestamped plain lines in FOLDER/supervisor.log."""
+    from rich.text import Text
+
+    def say(line: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "supervisor.log", "a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {Text.from_markup(line).plain}\n")
+        if to_stderr:
+            err.print(line, soft_wrap=True)
+
+    return say
 
 
 def _wait_for_gateway(server: str, gateway: Any, home: Path, timeout: float = 60) -> None:

@@ -24,6 +24,7 @@ from competition.redis_server import EmbeddedRedis
 from queue_schema.connection import RedisUnavailable
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -46,14 +47,14 @@ class Child:
                 self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
 
-    def check(self, now: float) -> None:
+    def check(self, now: float, say: Say) -> None:
         """Restart after an exit, backing off when it keeps dying."""
         if self.alive:
             return
         if self.proc is not None:
             code = self.proc.returncode
             delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
-            err.print(f"[yellow]{self.name} exited with {code}; restarting in {delay} s[/]")
+            say(f"[yellow]{self.name} exited with {code}; restarting in {delay} s[/]")
             self.proc, self.restarts, self.next_start = None, self.restarts + 1, now + delay
         if now >= self.next_start:
             self.start()
@@ -86,16 +87,15 @@ class StoreWatch:
     restarts: int = 0
     next_start: float | None = None
 
-    def check(self, now: float) -> None:
+    def check(self, now: float, say: Say) -> None:
         process = self.server.process
         if process is None or process.poll() is None:
             return
         if self.next_start is None:
             delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
-            err.print(
+            say(
                 f"[yellow]redis-server exited with {process.returncode} (see "
-                f"{self.server.directory / 'redis.log'}); restarting in {delay} s[/]",
-                soft_wrap=True,
+                f"{self.server.directory / 'redis.log'}); restarting in {delay} s[/]"
             )
             self.restarts, self.next_start = self.restarts + 1, now + delay
         if now < self.next_start:
@@ -103,9 +103,9 @@ class StoreWatch:
         self.next_start = None
         try:
             self.server.start()
-            err.print("[green]redis-server is back[/]")
+            say("[green]redis-server is back[/]")
         except RedisUnavailable as exc:  # exited again at once (the disk still full): back off more
-            err.print(f"[yellow]{exc}[/]", soft_wrap=True)
+            say(f"[yellow]{exc}[/]")
 
 
 def up_command(
@@ -196,12 +196,16 @@ def system_children(
     return children
 
 
-def supervise(children: list[Child | StoreWatch], stopping: Callable[[], bool]) -> None:
-    """Restart whichever child (or owned store) exits, until `stopping()` says so."""
+def supervise(
+    children: list[Child | StoreWatch], stopping: Callable[[], bool], say: Say | None = None
+) -> None:
+    """Restart whichever child (or owned store) exits, until `stopping()` says so; `say` tells of it
+    (default: a line on stderr; the demo writes to its log, as its console owns the terminal)."""
+    say = say or (lambda line: err.print(line, soft_wrap=True))
     while not stopping():
         now = time.monotonic()
         for child in children:
-            child.check(now)
+            child.check(now, say)
         time.sleep(0.5)
 
 
