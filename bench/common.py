@@ -4,12 +4,14 @@ of its own, and its figures on stdout (one JSON object with --json, aligned line
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import socket
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,20 @@ def scratch_state(prefix: str, *, keep: bool = False) -> Iterator[Path]:
     finally:
         if not keep:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def salted_zip(folder: Path, salt: str, pad_bytes: int = 0) -> bytes:
+    """The starter-kit zip of `folder` plus a salt file, so that each upload is an artifact of its own, and
+    `pad_bytes` of incompressible padding, so that it takes room on disk."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(folder).as_posix())
+        archive.writestr("salt.txt", salt)
+        if pad_bytes:
+            archive.writestr("padding.bin", os.urandom(pad_bytes), compress_type=zipfile.ZIP_STORED)
+    return buffer.getvalue()
 
 
 def print_figures(figures: dict[str, Any], as_json: bool, width: int = 32) -> None:

@@ -36,7 +36,6 @@ pin_threads()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -46,7 +45,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import zipfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -54,7 +52,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.common import free_port, logger, percentile, print_figures, scratch_state  # noqa: E402
+from bench.common import free_port, logger, percentile, print_figures, salted_zip, scratch_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSION = ROOT / "tests" / "submissions" / "random_search"
@@ -99,17 +97,6 @@ def soak_spec(work: Path, problems: list[str], studies: int, quota: int) -> Path
     path.write_text(text)
     load(path)  # a bad --problems fails here, with the spec's own message
     return path
-
-
-def salted_zip(folder: Path, salt: str) -> bytes:
-    """The starter-kit zip of `folder` plus a salt file, so that each upload is an artifact of its own."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                archive.write(path, path.relative_to(folder).as_posix())
-        archive.writestr("salt.txt", salt)
-    return buffer.getvalue()
 
 
 # -- processes --------------------------------------------------------------------------------------
