@@ -45,7 +45,6 @@ pin_threads()
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -54,7 +53,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import zipfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -62,7 +60,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.common import free_port, logger, print_figures, scratch_state  # noqa: E402
+from bench.common import free_port, logger, print_figures, salted_zip, scratch_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -75,6 +73,7 @@ SCENARIOS = (
     "engine_restart",
 )
 FINISHED = ("scored", "failed", "stopped")
+PONDERER_STUDIES = 3  # per problem, in one job: a job killed after its first study still has work left
 
 
 _log = logger("chaos")
@@ -208,20 +207,23 @@ class Stack:
         self.log.close()
 
 
-def _ponderer_stream(r: Any, state: Path, studies: int) -> tuple[Any, bytes]:
-    """The spec and zip of a stream of slow submissions (the ponderer thinks each round, so a study
-    lasts seconds and can be hit in the middle) on two fast problems, and the team `chaos` to send them."""
+def _ponderer_stream(state: Path) -> tuple[Stack, Any, Any, bytes]:
+    """A scenario's stack with its store started (and the store's client), and the spec and zip of a
+    stream of slow submissions: the ponderer thinks each round, so a study lasts seconds and can be hit in
+    the middle; PONDERER_STUDIES studies of two fast problems, one job each; the team `chaos` sends them."""
     from competition import artifacts, teams
 
+    stack = Stack(state)
+    r = stack.start_store()
     spec = _small_spec(
         state,
         problems=["DT-iris-acc", "lasso-diabetes-mae"],
-        studies=studies,
-        studies_per_job=studies,
+        studies=PONDERER_STUDIES,
+        studies_per_job=PONDERER_STUDIES,
         quota=999,
     )
     teams.add_team(r, "chaos")
-    return spec, artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+    return stack, r, spec, artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
 
 
 def _wait_finished(r: Any, sids: list[str], timeout: float) -> None:
@@ -245,20 +247,6 @@ def _gone(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def _unique_zip(folder: Path, salt: str, pad_bytes: int = 0) -> bytes:
-    """The folder's files zipped with a salt file (so each upload is its own artifact) and incompressible
-    padding (so uploads take room on disk)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                archive.write(path, path.relative_to(folder).as_posix())
-        archive.writestr("salt.txt", salt)
-        if pad_bytes:
-            archive.writestr("padding.bin", os.urandom(pad_bytes), compress_type=zipfile.ZIP_STORED)
-    return buffer.getvalue()
 
 
 def exactly_once(r: Any, sid: str, spec: Any) -> tuple[bool, bool]:
@@ -338,7 +326,7 @@ def charged_to_team(r: Any, sids: list[str]) -> int:
 # -- worker_kill ------------------------------------------------------------------------------------
 
 
-def _victim(r: Any, conn: Any, sids: list[str], studies: int, spared: set[str]) -> tuple[str, str] | None:
+def _victim(r: Any, conn: Any, sids: list[str], spared: set[str]) -> tuple[str, str] | None:
     """(job id, worker name) of a started job in the middle of a study: some of its studies written and
     not all, so one is running now. Jobs killed once already are spared, so that no job reaches the
     reaper's give-up count (which would fail its submission as infrastructure, by design)."""
@@ -359,7 +347,7 @@ def _victim(r: Any, conn: Any, sids: list[str], studies: int, spared: set[str]) 
             if job.get_status() != JobStatus.STARTED or not job.worker_name:
                 continue
             payload = ScoreJob.model_validate(job.args[0])
-            if 0 < r.hlen(keys.study_results(sid, 1, payload.problem)) < studies:
+            if 0 < r.hlen(keys.study_results(sid, 1, payload.problem)) < PONDERER_STUDIES:
                 return job_id, job.worker_name
     return None
 
@@ -370,11 +358,8 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from queue_schema.connection import rq_connection
     from queue_schema.records import load_submission, read_events
 
-    stack = Stack(state)
-    r = stack.start_store()
+    stack, r, spec, data = _ponderer_stream(state)
     conn = rq_connection(stack.store.url)
-    studies = 3
-    spec, data = _ponderer_stream(r, state, studies)
     sids: list[str] = []
     killed: dict[str, tuple[float, str]] = {}  # job id -> (kill time, submission id)
     detection: dict[str, float] = {}
@@ -393,7 +378,7 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 sids.append(sub.id)
                 continue
-            found = _victim(r, conn, active, studies, set(killed))
+            found = _victim(r, conn, active, set(killed))
             if found is None or found[1] not in stack.workers or stack.workers[found[1]].poll() is not None:
                 time.sleep(0.1)
                 continue
@@ -607,7 +592,7 @@ def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(base_url=stack.base, timeout=args.disk_full_request_timeout) as client:
 
             def post(index: int) -> tuple[int | None, str, float]:
-                data = _unique_zip(SUBMISSIONS / "random_search", f"disk-full-{index}", pad_bytes=256 * 1024)
+                data = salted_zip(SUBMISSIONS / "random_search", f"disk-full-{index}", pad_bytes=256 * 1024)
                 started = time.monotonic()
                 try:
                     response = client.post(
@@ -694,10 +679,7 @@ def store_refuses(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from queue_schema import keys
     from queue_schema.connection import rq_connection
 
-    stack = Stack(state)
-    r = stack.start_store()
-    studies = 3
-    spec, data = _ponderer_stream(r, state, studies)
+    stack, r, spec, data = _ponderer_stream(state)
     sids: list[str] = []
     exited: list[str] = []
     refusals = 0
@@ -710,7 +692,7 @@ def store_refuses(state: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     def in_the_middle() -> bool:
         return any(
-            0 < r.hlen(keys.study_results(sid, 1, problem)) < studies
+            0 < r.hlen(keys.study_results(sid, 1, problem)) < PONDERER_STUDIES
             for sid in sids
             for problem in spec.phase("feedback").problems
         )
@@ -794,11 +776,8 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from autoscaler.providers.local import LocalProvider, machines_key
     from competition.submit import create_submission
 
-    stack = Stack(state)
-    r = stack.start_store()
+    stack, r, spec, data = _ponderer_stream(state)
     fleet, cap = f"chaos{os.getpid()}", 2
-    studies = 3
-    spec, data = _ponderer_stream(r, state, studies)
     daemon: subprocess.Popen[bytes] | None = None
     restarts = orphans = duplicates = 0
     takeover: list[float] = []
@@ -935,11 +914,8 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     if os.geteuid() != 0 or _engine_pid() is None or not engine_ready():
         _log("engine_restart: skipped (needs root, a running dockerd we can restart and the sandbox image)")
         return {"engine_restarts": 0, "engine_restart_skipped": True}
-    stack = Stack(state)
-    r = stack.start_store()
+    stack, r, spec, data = _ponderer_stream(state)
     conn = rq_connection(stack.store.url)
-    studies = 3
-    spec, data = _ponderer_stream(r, state, studies)
     sids: list[str] = []
     restarts = 0
     try:
@@ -948,7 +924,7 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             sub = create_submission(r, team="chaos", data=data, spec=spec, phase="feedback", backend="docker")
             sids.append(sub.id)
         for _ in range(args.engine_restarts):
-            _wait(lambda: _victim(r, conn, sids, studies, set()), 300, "a job in the middle of a study")
+            _wait(lambda: _victim(r, conn, sids, set()), 300, "a job in the middle of a study")
             pid = _engine_pid()
             assert pid is not None
             os.kill(pid, signal.SIGTERM)  # dockerd stops its containers: the running sandboxes die
