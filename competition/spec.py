@@ -91,6 +91,20 @@ class SubmissionRules:
     max_unpacked_mb: int = 200
     max_files: int = 2000
     daily_quota: int = 5
+    # optimizer.py is parsed at intake (in a child process with limits); a source past this is refused.
+    max_source_kb: int = 1024
+    # Infrastructure failures refunded automatically per team and UTC day; past this, a refund waits for
+    # an organizer's decision (a hostile team must not turn crashes into free submissions).
+    refunds_per_day: int = 3
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Organizer-only job logs: what a study and a submission may write, and how long it is kept."""
+
+    study_kb: int = 256  # the sandbox's stderr per study; beyond it lines are counted, not kept
+    submission_mb: int = 16  # all job logs of one score version together
+    retention_days: float = 14.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,7 @@ class Spec:
     submission: SubmissionRules
     baselines: BaselineSettings
     obfuscate_names: bool = False
+    logs: LogSettings = field(default_factory=LogSettings)
     source: str = field(default="", compare=False)
 
     @property
@@ -202,6 +217,7 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
         "baselines",
         "obfuscate_names",
         "draw",
+        "logs",
     }
     if unknown:
         raise fail(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -227,6 +243,7 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
         raise fail("limits.call_timeout_s cannot exceed limits.suggest_budget_s")
     rules = _section(SubmissionRules, data.get("submission"), "submission", fail)
     baseline = _section(BaselineSettings, data.get("baselines"), "baselines", fail)
+    logs = _section(LogSettings, data.get("logs"), "logs", fail)
     if baseline.random_studies < 2:
         raise fail("baselines.random_studies must be at least 2")
     return Spec(
@@ -239,6 +256,7 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
         submission=rules,
         baselines=baseline,
         obfuscate_names=bool(data.get("obfuscate_names", False)),
+        logs=logs,
         source=source,
     )
 
@@ -351,7 +369,7 @@ def _section(cls, raw: Any, label: str, fail):
     for key, value in asdict(section).items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail(f"{label}.{key} must be a number, got {value!r}")
-        if value < 0 or (value == 0 and key not in {"strong_rounds", "seed"}):
+        if value < 0 or (value == 0 and key not in {"strong_rounds", "seed", "refunds_per_day"}):
             raise fail(f"{label}.{key} must be positive, got {value!r}")
     return section
 

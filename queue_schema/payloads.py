@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from queue_schema import SCHEMA_VERSION
 from queue_schema.states import FailureCause, StudyState, SubmissionState
+from queue_schema.untrusted import safe_text
 
 
 class Payload(BaseModel):
@@ -38,9 +39,19 @@ class Payload(BaseModel):
         return cls.model_validate_json(raw)
 
 
+# A failure message often carries team text (an exception's message): it is stored bounded and with its
+# controls made visible, once, so the record, the event streams and every face get the same safe text.
+MAX_FAILURE_MESSAGE = 1000
+
+
 class Failure(BaseModel):
     cause: FailureCause
     message: str
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> str:
+        return safe_text(value, limit=MAX_FAILURE_MESSAGE)
 
 
 class Progress(BaseModel):

@@ -149,7 +149,7 @@ def transition(
         sub.state = new_state
         sub.updated_at = time.time()
         if failure is not None:
-            sub.failure = Failure(cause=failure[0], message=failure[1])
+            sub.failure = Failure(cause=failure[0], message=failure[1])  # bounded and made safe here
         for name, value in updates.items():
             setattr(sub, name, value)
         fields = {"record": sub.to_json(), "state": new_state.value, "score_version": str(sub.score_version)}
@@ -159,7 +159,7 @@ def transition(
             sub.progress.studies_done = sub.progress.evals_done = 0
         data = {"from": previous.value, "to": new_state.value, "version": sub.score_version}
         if failure is not None:
-            data |= {"cause": failure[0].value, "message": failure[1]}
+            data |= {"cause": failure[0].value, "message": sub.failure.message}
         return fields, Event(kind="state", submission_id=sid, data=data)
 
     return _atomic_update(r, sid, change)
