@@ -75,3 +75,33 @@ def requalify_command(
         emit_json(sub.public_view())
         return
     err.print(f"submission {sub.id} of team {sub.team} is eligible again")
+
+
+def refund_command(
+    submission: str = typer.Argument(None, help="Submission id (omit: list the refunds awaiting a ruling)."),
+    deny: bool = typer.Option(False, "--deny", help="Rule the failure the team's: the upload stays counted."),
+    reason: str = typer.Option("", "--reason", help="Why (for the audit log; the team sees the outcome)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rule on a held refund: an infrastructure failure past the team's automatic refunds of the day
+    (the spec's submission.refunds_per_day) counts against its quota until an organizer decides."""
+    from competition import moderation
+    from queue_schema.untrusted import safe_text
+
+    if submission is None:
+        held = _with_redis(moderation.held_refunds)
+        if as_json:
+            emit_json([sub.public_view() for sub in held])
+            return
+        if not held:
+            err.print("no refund awaits a ruling")
+        for sub in held:
+            message = sub.failure.message if sub.failure else ""
+            err.print(f"{sub.id}  {safe_text(sub.team)}  {safe_text(message, limit=200)}", markup=False)
+        return
+    sub = _with_redis(moderation.decide_refund, submission, not deny, reason=reason)
+    if as_json:
+        emit_json(sub.public_view())
+        return
+    outcome = "stays counted against" if deny else "no longer counts against"
+    err.print(f"submission {sub.id} {outcome} team {safe_text(sub.team)}'s quota", markup=False)

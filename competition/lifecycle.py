@@ -8,10 +8,11 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from competition.spec import Spec, SubmissionRules
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
-from queue_schema.records import transition
+from queue_schema.records import load_submission, transition
 from queue_schema.states import ACTIVE_STATES, FailureCause, SubmissionState
 
 
@@ -19,12 +20,13 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
     """Mark the score version failed with a typed cause and cancel its queued jobs.
 
     Running jobs of the same version notice the state within a second and kill their sandboxes.
-    Infrastructure failures of an upload's first scoring are not the team's fault and are refunded.
+    Infrastructure failures of an upload's first scoring are not the team's fault and are refunded, up
+    to the spec's `submission.refunds_per_day` per team; past that the refund waits for an organizer
+    (`decide_refund`), and the message says which. Only the upload's own scoring (version 1) decides the
+    quota: an organizer's rescore that hits infrastructure trouble must not refund an upload that was
+    scored.
     """
-    # Only the upload's own scoring (version 1) decides the quota: an organizer's rescore that hits
-    # infrastructure trouble must not refund an upload that was scored.
-    refund = cause == FailureCause.INFRASTRUCTURE and version == 1
-    updates = {"charged": False} if refund else {}
+    refunds = _refunds_per_day(r, sid) if cause == FailureCause.INFRASTRUCTURE and version == 1 else None
     sub = transition(
         r,
         sid,
@@ -32,11 +34,20 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
         version=version,
         only_from=ACTIVE_STATES,
         failure=(cause, message),
-        **updates,
+        refunds_per_day=refunds,
     )
     if sub is not None:
         cancel_queued_jobs(r, sid, version)
     return sub
+
+
+def _refunds_per_day(r: redis.Redis, sid: str) -> int:
+    """The spec's automatic refunds per team and day, from the spec the submission was made under."""
+    sub = load_submission(r, sid)
+    raw = r.get(keys.spec(sub.spec_hash)) if sub is not None else None
+    if raw is None:
+        return SubmissionRules().refunds_per_day
+    return Spec.from_json(raw).submission.refunds_per_day
 
 
 def cancel_queued_jobs(r: redis.Redis, sid: str, version: int) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import redis
 
 from competition import audit
+from queue_schema import keys
 from queue_schema.payloads import Submission
-from queue_schema.records import add_event, load_submission, update_record
+from queue_schema.records import add_event, load_submission, load_submissions, update_record
+from queue_schema.states import RefundState
 
 MAX_REASON_CHARS = 500
 
@@ -65,3 +67,35 @@ def is_disqualified(r: redis.Redis, sid: str) -> bool:
     """Whether an organizer took this submission off the leaderboards (the final phase skips it too)."""
     sub = load_submission(r, sid)
     return sub is not None and sub.disqualified is not None
+
+
+def decide_refund(
+    r: redis.Redis, sid: str, grant: bool, *, reason: str = "", actor: str | None = None
+) -> Submission:
+    """An organizer's ruling on a refund the service held (the team was past its automatic refunds of
+    the day): granted, the upload no longer counts against the team's quota; denied, it stays counted.
+    A ruling can be changed; an automatic refund is not the organizers' to take back."""
+    before = _existing(r, sid)
+    if before.refund not in (RefundState.HELD, RefundState.GRANTED, RefundState.DENIED):
+        raise ModerationError(f"submission {sid} has no refund awaiting a decision")
+    decision = RefundState.GRANTED if grant else RefundState.DENIED
+    update_record(r, sid, refund=decision, charged=not grant)
+    r.srem(keys.refunds_held(), sid)
+    add_event(r, f"refund_{decision.value}", sid, team=before.team, reason=reason)
+    audit.record(
+        r,
+        f"refund_{decision.value}",
+        sid,
+        actor=actor,
+        team=before.team,
+        reason=reason,
+        previous=before.refund.value if before.refund else None,
+    )
+    return _existing(r, sid)
+
+
+def held_refunds(r: redis.Redis, limit: int = 1000) -> list[Submission]:
+    """Submissions whose refund waits for an organizer, newest first."""
+    ids = list(r.smembers(keys.refunds_held()))[:limit]
+    held = [sub for sub in load_submissions(r, ids) if sub.refund == RefundState.HELD]
+    return sorted(held, key=lambda sub: sub.created_at, reverse=True)

@@ -23,10 +23,10 @@ import redis
 from competition import audit, teams
 from competition.spec import Spec
 from queue_schema import keys
+from queue_schema.payloads import utc_day as day_bounds
 from queue_schema.payloads import utc_iso
 from queue_schema.records import add_event, load_submission, update_record
 
-DAY_S = 86_400
 # A hold spans only the checks and the store of an upload already read (seconds). A hold whose release
 # failed (a gateway crash, or the store down at that moment) blocks an upload slot until it expires, so
 # this stays short.
@@ -62,12 +62,6 @@ class QuotaStatus:
             "remaining": self.remaining,
             "resets_at": utc_iso(self.resets_at),
         }
-
-
-def day_bounds(now: float) -> tuple[float, float]:
-    """Start and end (exclusive) of the UTC day holding `now`."""
-    start = float(int(now) // DAY_S * DAY_S)
-    return start, start + DAY_S
 
 
 def _charged_today(r: redis.Redis, team: str, now: float) -> int:

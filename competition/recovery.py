@@ -409,8 +409,7 @@ def _claim(r: redis.Redis, conn: redis.Redis, started: _Started, reason: str) ->
                         payload.submission_id,
                         payload.score_version,
                         FailureCause.INFRASTRUCTURE,
-                        f"scoring infrastructure error (a job's worker was lost {reaps} times); "
-                        "not charged to your quota",
+                        f"scoring infrastructure error (a job's worker was lost {reaps} times)",
                     )
                 job.meta[REAPS_META] = reaps
                 execution = Execution(started.execution_id, started.job_id, conn, worker_name=started.worker)

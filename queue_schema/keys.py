@@ -138,6 +138,17 @@ def quota_holds(team: str) -> str:
     return f"{PREFIX}:team:{team}:holds"
 
 
+def team_refunds(team: str) -> str:
+    """Sorted set: the team's submissions refunded automatically (id -> the upload's time), so the refunds
+    of one UTC day are counted exactly (competition/lifecycle.py: at most `submission.refunds_per_day`)."""
+    return f"{PREFIX}:team:{team}:refunds"
+
+
+def refunds_held() -> str:
+    """Set: submissions whose refund waits for an organizer's decision (competition/moderation.py)."""
+    return f"{PREFIX}:refunds:held"
+
+
 def quota_overrides() -> str:
     """Hash: team -> daily submission limit an organizer set for it (instead of the spec's)."""
     return f"{PREFIX}:quota:overrides"

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from queue_schema import SCHEMA_VERSION
-from queue_schema.states import FailureCause, StudyState, SubmissionState
+from queue_schema.states import FailureCause, RefundState, StudyState, SubmissionState
 from queue_schema.untrusted import safe_text
 
 
@@ -99,6 +99,8 @@ class Submission(Payload):
     previous: ScoredVersion | None = None
     # A final-phase submission launched by `bbo admin final`: the feedback submission it came from.
     source: str | None = None
+    # Set when the upload's first scoring failed as infrastructure (see RefundState); None otherwise.
+    refund: RefundState | None = None
 
     def last_scored(self) -> Submission | None:
         """This record as of its last scored version: itself once scored; during a rescore (or after one
@@ -138,6 +140,8 @@ class Submission(Payload):
             out["partial_score"] = self.partial_score
         if self.disqualified is not None:
             out["disqualified"] = self.disqualified
+        if self.refund is not None:
+            out["refund"] = self.refund.value
         return out
 
 
@@ -217,6 +221,15 @@ class JobHeartbeat(Payload):
     study: int | None = None  # the study being run, None before the first
     started_at: float
     ts: float = Field(default_factory=time.time)
+
+
+DAY_S = 86_400
+
+
+def utc_day(ts: float) -> tuple[float, float]:
+    """Start and end (exclusive) of the UTC day holding `ts`: quotas and refunds count by it."""
+    start = float(int(ts) // DAY_S * DAY_S)
+    return start, start + DAY_S
 
 
 def utc_iso(ts: float) -> str:

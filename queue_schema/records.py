@@ -14,8 +14,8 @@ from typing import Any
 import redis
 
 from queue_schema import keys
-from queue_schema.payloads import Event, Failure, Progress, StudyResult, Submission
-from queue_schema.states import TERMINAL_STATES, FailureCause, SubmissionState, can_transition
+from queue_schema.payloads import DAY_S, Event, Failure, Progress, StudyResult, Submission, utc_day
+from queue_schema.states import TERMINAL_STATES, FailureCause, RefundState, SubmissionState, can_transition
 
 EVENTS_MAXLEN = 100_000
 SUBMISSION_EVENTS_MAXLEN = 2_000
@@ -93,11 +93,17 @@ def _from_hash(raw: dict[str, str]) -> Submission:
     return sub
 
 
+# What a change writes: the hash fields, the events, and other writes of the same transaction.
+_Write = Callable[[Any], Any]
+_Plan = tuple[dict[str, str], list[Event], list[_Write]]
+
+
 def _atomic_update(
-    r: redis.Redis, sid: str, change: Callable[[Submission], tuple[dict[str, str], Event | None] | None]
+    r: redis.Redis, sid: str, change: Callable[[Submission, Any], _Plan | None]
 ) -> Submission | None:
-    """Read-modify-write of a submission under WATCH; `change` mutates the record and returns the hash
-    fields to write (and an event), or None to leave it alone. Retries when another writer got there first."""
+    """Read-modify-write of a submission under WATCH; `change(sub, pipe)` mutates the record and returns
+    what to write, or None to leave it alone. It may WATCH and read more keys through `pipe` (still in
+    immediate mode). Retries when another writer got there first."""
     key = keys.submission(sid)
     with r.pipeline() as pipe:
         while True:
@@ -108,15 +114,17 @@ def _atomic_update(
                     pipe.unwatch()
                     return None
                 sub = _from_hash(raw)
-                planned = change(sub)
+                planned = change(sub, pipe)
                 if planned is None:
                     pipe.unwatch()
                     return None
-                fields, event = planned
+                fields, events, extra = planned
                 pipe.multi()
                 pipe.hset(key, mapping=fields)
-                if event is not None:
+                for event in events:
                     _event_into(pipe, event)
+                for write in extra:
+                    write(pipe)
                 pipe.execute()
                 return sub
             except redis.WatchError:
@@ -132,15 +140,18 @@ def transition(
     only_from: Iterable[SubmissionState] | None = None,
     failure: tuple[FailureCause, str] | None = None,
     reset_counters: bool = False,
+    refunds_per_day: int | None = None,
     **updates: Any,
 ) -> Submission | None:
     """Move a submission to `new_state` atomically; None if the move is not allowed (raced or stale).
 
     `version` guards against a job of an old score version touching a rescored submission.
+    `refunds_per_day`: the failure is one the upload is refunded for, within the team's refunds of the
+    upload's UTC day (see `_settle_refund`), decided in the same transaction.
     """
     allowed = set(only_from) if only_from is not None else None
 
-    def change(sub: Submission) -> tuple[dict[str, str], Event | None] | None:
+    def change(sub: Submission, pipe: Any) -> _Plan | None:
         if version is not None and sub.score_version != version:
             return None
         if not can_transition(sub.state, new_state) or (allowed is not None and sub.state not in allowed):
@@ -157,12 +168,53 @@ def transition(
             fields.update(dict.fromkeys(_COUNTERS, "0"))
             sub.partial_score = None
             sub.progress.studies_done = sub.progress.evals_done = 0
+        events, extra = [], []
+        if refunds_per_day is not None and sub.failure is not None and sub.charged:
+            events, extra = _settle_refund(sub, pipe, refunds_per_day)
+            fields["record"] = sub.to_json()
         data = {"from": previous.value, "to": new_state.value, "version": sub.score_version}
         if failure is not None:
             data |= {"cause": failure[0].value, "message": sub.failure.message}
-        return fields, Event(kind="state", submission_id=sid, data=data)
+        return fields, [Event(kind="state", submission_id=sid, data=data), *events], extra
 
     return _atomic_update(r, sid, change)
+
+
+REFUNDED_NOTE = "not charged to your quota"
+REFUND_HELD_NOTE = "counted against your quota until an organizer reviews it"
+
+
+def _settle_refund(
+    sub: Submission, pipe: Any, per_day: int
+) -> tuple[list[Event], list[Callable[[Any], Any]]]:
+    """Refund the failed upload if its team has refunds left on the upload's UTC day, else hold the
+    refund for an organizer: a team that can make its own submissions fail as ours must not get free
+    submissions out of it. Counted exactly from the team's refunded set, watched like the record."""
+    refunds = keys.team_refunds(sub.team)
+    pipe.watch(refunds)
+    start, end = utc_day(sub.created_at)
+    used = int(pipe.zcount(refunds, start, f"({end}"))
+    assert sub.failure is not None
+    if used < per_day:
+        sub.charged = False
+        sub.refund = RefundState.AUTO
+        sub.failure.message = f"{sub.failure.message}; {REFUNDED_NOTE}"
+        event = Event(kind="quota_refund", submission_id=sub.id, data={"team": sub.team, "auto": True})
+
+        def remember(p: Any) -> None:
+            p.zadd(refunds, {sub.id: sub.created_at})
+            p.zremrangebyscore(refunds, "-inf", start - 7 * DAY_S)  # a week of history is plenty
+            p.expire(refunds, 8 * DAY_S)
+
+        return [event], [remember]
+    sub.refund = RefundState.HELD
+    sub.failure.message = f"{sub.failure.message}; {REFUND_HELD_NOTE}"
+    event = Event(
+        kind="refund_held",
+        submission_id=sub.id,
+        data={"team": sub.team, "refunds_today": used, "refunds_per_day": per_day},
+    )
+    return [event], [lambda p: p.sadd(keys.refunds_held(), sub.id)]
 
 
 def start_score_version(r: redis.Redis, sid: str, version: int, **updates: Any) -> Submission | None:
@@ -171,7 +223,7 @@ def start_score_version(r: redis.Redis, sid: str, version: int, **updates: Any) 
     the submission is not terminal or its version moved on (someone else rescored first). Earlier
     versions keep their study results under their own keys."""
 
-    def change(sub: Submission) -> tuple[dict[str, str], Event | None] | None:
+    def change(sub: Submission, pipe: Any) -> _Plan | None:
         if sub.score_version != version or sub.state not in TERMINAL_STATES:
             return None
         previous = sub.state
@@ -189,7 +241,7 @@ def start_score_version(r: redis.Redis, sid: str, version: int, **updates: Any) 
             **dict.fromkeys(_COUNTERS, "0"),
         }
         data = {"from": previous.value, "to": sub.state.value, "version": sub.score_version, "rescore": True}
-        return fields, Event(kind="state", submission_id=sid, data=data)
+        return fields, [Event(kind="state", submission_id=sid, data=data)], []
 
     return _atomic_update(r, sid, change)
 
@@ -197,11 +249,11 @@ def start_score_version(r: redis.Redis, sid: str, version: int, **updates: Any) 
 def update_record(r: redis.Redis, sid: str, **updates: Any) -> Submission | None:
     """Change record fields without a state change (score details, totals), atomically."""
 
-    def change(sub: Submission) -> tuple[dict[str, str], Event | None]:
+    def change(sub: Submission, pipe: Any) -> _Plan:
         for name, value in updates.items():
             setattr(sub, name, value)
         sub.updated_at = time.time()
-        return {"record": sub.to_json()}, None
+        return {"record": sub.to_json()}, [], []
 
     return _atomic_update(r, sid, change)
 

@@ -29,6 +29,15 @@ class FailureCause(StrEnum):
     INFRASTRUCTURE = "infrastructure"
 
 
+class RefundState(StrEnum):
+    """What became of the refund an upload was due when its first scoring failed as infrastructure."""
+
+    AUTO = "auto"  # within the team's refunds of that day: not charged
+    HELD = "held"  # past them: charged until an organizer decides
+    GRANTED = "granted"  # an organizer refunded it
+    DENIED = "denied"  # an organizer ruled it the team's: stays charged
+
+
 ACTIVE_STATES = frozenset({SubmissionState.QUEUED, SubmissionState.RUNNING})
 TERMINAL_STATES = frozenset({SubmissionState.SCORED, SubmissionState.STOPPED, SubmissionState.FAILED})
 

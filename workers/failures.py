@@ -1,20 +1,45 @@
-"""What happens when a job raises: retry infrastructure trouble, then fail it as infrastructure."""
+"""Whose failure is it: the one rule that separates our infrastructure's failures from the team's.
+
+Everything a team controls is hostile input (DESIGN.md, "The trust boundary"): while a job handles the
+team's bytes (extracting its archive, installing its wheels, driving its optimizer), any failure is the
+team's typed cause unless it is positively identified as ours by `is_ours`: the store, the container
+engine, a lost sandbox, the worker's own disk or memory, RQ's job timeout. Only those become
+`infrastructure`, retried and refunded (within the spec's `submission.refunds_per_day`).
+"""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
+
+import redis
+from rq.timeouts import BaseTimeoutException
 
 from competition import lifecycle
 from queue_schema.connection import connect
 from queue_schema.payloads import ScoreJob
 from queue_schema.states import FailureCause
+from workers.harness import SandboxInfrastructureError
+from workers.sandbox.base import SandboxUnavailable
+
+# A worker's disk or descriptor table is full, or its file system failed: nothing a team's bytes decide.
+OUR_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE})
+
+
+def is_ours(exc: BaseException) -> bool:
+    """Whether `exc`, raised while a job handled a team's submission, is a failure of our infrastructure."""
+    if isinstance(exc, SandboxInfrastructureError | SandboxUnavailable | redis.RedisError | MemoryError):
+        return True
+    if isinstance(exc, BaseTimeoutException):  # RQ's job timeout: generous, sized from our cost table
+        return True
+    return isinstance(exc, OSError) and exc.errno in OUR_ERRNOS
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseException, tb: Any) -> None:
     """RQ failure callback. A job that still has retries left will run again; only the last failure counts.
 
-    Anything that escapes the job is ours, not the team's (their errors are handled inside the job), so
-    the submission fails with `infrastructure` and is not charged to the team.
+    The job turns every failure of the team's into the team's cause itself (workers/job.py), so whatever
+    escapes it is ours: the submission fails with `infrastructure`, refunded within the day's cap.
     """
     if getattr(job, "retries_left", 0):
         return
@@ -24,5 +49,5 @@ def on_job_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseExc
         payload.submission_id,
         payload.score_version,
         FailureCause.INFRASTRUCTURE,
-        f"scoring infrastructure error ({exc_type.__name__}); not charged to your quota",
+        f"scoring infrastructure error ({exc_type.__name__})",
     )

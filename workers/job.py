@@ -14,6 +14,8 @@ import shutil
 import socket
 import threading
 import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from rq import get_current_job
@@ -26,6 +28,7 @@ from queue_schema.payloads import ScoreJob
 from queue_schema.records import finished_study_indices, load_submission, transition, write_study
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
+from workers.failures import is_ours
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
 from workers.heartbeat import JobBeat, dying_with_parent
 from workers.joblog import JobLog
@@ -126,8 +129,10 @@ class ProblemRun:
             if backend is None:
                 return {"status": "stopped"}
             data = artifacts.fetch(rq_connection(), job.artifact_sha256)
-            submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
-            backend.prepare(submission_dir, spec.limits)
+            with self._teams_bytes(FailureCause.INVALID_SUBMISSION, "the archive could not be unpacked"):
+                submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
+            with self._teams_bytes(FailureCause.INSTALL_FAILED, "the bundled requirements did not install"):
+                backend.prepare(submission_dir, spec.limits)
             describe = backend.describe()
             baselines = scores.baselines_or_none(spec)
 
@@ -147,7 +152,10 @@ class ProblemRun:
                 proc = upcoming
                 upcoming = launch() if position + 1 < len(pending) else None
                 try:
-                    result = run_one_study(proc, job.problem, study, spec, describe, self.log)
+                    with self._teams_bytes(
+                        FailureCause.OPTIMIZER_CRASHED, "the optimizer's output could not be handled"
+                    ):
+                        result = run_one_study(proc, job.problem, study, spec, describe, self.log)
                 except SandboxInfrastructureError as lost:
                     # An ordinary exception: RQ retries the job, which resumes at this study.
                     raise RuntimeError(str(lost)) from None
@@ -178,8 +186,27 @@ class ProblemRun:
                 self.r, job.submission_id, job.score_version, FailureCause.INSTALL_FAILED, str(exc)
             )
             return {"status": "failed", "cause": FailureCause.INSTALL_FAILED.value}
+        except FatalOptimizerError as fatal:  # an unclassified failure while unpacking or installing
+            lifecycle.fail(self.r, job.submission_id, job.score_version, fatal.cause, fatal.message)
+            return {"status": "failed", "cause": fatal.cause.value}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _teams_bytes(self, cause: FailureCause, what: str) -> Iterator[None]:
+        """A step that handles the team's bytes: a failure not positively ours (`is_ours`) is the team's
+        `cause`, so no team input can turn into a refunded infrastructure failure by crashing our code."""
+        try:
+            yield
+        except (artifacts.InvalidSubmission, InstallFailed):
+            raise
+        except Exception as exc:
+            if is_ours(exc):
+                raise
+            self.log(f"[harness] {what}: unclassified {type(exc).__name__}, charged as {cause.value}")
+            for line in traceback.format_exc().splitlines()[-40:]:
+                self.log(f"[harness]   {line}")
+            raise FatalOptimizerError(cause, f"{what} ({type(exc).__name__})") from None
 
     def _problem_finished(self, spec: Spec) -> dict[str, Any]:
         job = self.job
