@@ -101,6 +101,11 @@ def job_log(job_id: str) -> str:
     return f"{PREFIX}:log:{job_id}"
 
 
+def log_budget(sid: str, version: int) -> str:
+    """String: bytes of job log written by one score version, against the spec's `logs.submission_mb`."""
+    return f"{PREFIX}:logbytes:{sid}:v{version}"
+
+
 def heartbeat(worker: str) -> str:
     """Hash with a TTL: a worker's last heartbeat (`json`: the Heartbeat payload; `job`: the job it runs)."""
     return f"{PREFIX}:hb:{worker}"

@@ -81,6 +81,11 @@ class ProblemRun:
         if raw_spec is None:
             raise RuntimeError(f"spec {job.spec_hash} is not in the store")
         spec = Spec.from_json(raw_spec)
+        self.log.limit(
+            keys.log_budget(job.submission_id, job.score_version),
+            spec.logs.submission_mb * 1024 * 1024,
+            spec.logs.retention_days * 86_400,
+        )
         transition(
             self.r,
             job.submission_id,
