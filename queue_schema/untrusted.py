@@ -5,16 +5,27 @@ that may carry credentials.
 log file or a Rich/Textual renderable: control characters (ESC and the rest of C0, DEL, C1, and the
 Unicode format and line/paragraph separators that reorder or break what an organizer reads) are made
 visible instead of being interpreted, so an OSC 52 clipboard write, a title change or a screen clear is
-shown as text and never reaches the terminal. With `markup=True` the result is also safe to embed in Rich
-console markup (Textual's too): `[/]` or `[link=...]` are shown as written instead of parsed.
+shown as text and never reaches the terminal. With `markup=True` (or "rich") the result is also safe to
+embed in Rich console markup: `[/]` or `[link=...]` are shown as written instead of parsed. Textual 8 has
+markup of its own, which reads every `[` as a tag (`[$accent]`, `[ @click=app.quit]`, `[Bold]`: Rich's
+escape leaves these alone), so a string handed to a Textual widget that parses markup (`Static`, `notify`,
+an `OptionList` prompt) takes `markup="textual"`. Rich's `Table` and Textual's `DataTable` parse a `str`
+cell as Rich markup.
+
+`SafeLines` wraps a service's stdout/stderr (a worker's, the gateway's) so that every line it writes to a
+terminal or a log file went through `safe_text`, with URL credentials redacted.
 
 `redact_url` hides the password (and a token-like user name) of a URL before it is shown or logged.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import re
+import threading
 import unicodedata
+from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 # Replacement glyphs for the C0 controls (U+2400 block), so a stray ESC reads as "␛" in a log.
@@ -45,11 +56,12 @@ def safe_text(
     text: object,
     *,
     limit: int | None = None,
-    markup: bool = False,
+    markup: bool | str = False,
     multiline: bool = False,
 ) -> str:
     """`text` made safe to show: every control made visible (`multiline` keeps newlines and tabs), at most
-    `limit` characters (an ellipsis marks a cut), and with `markup=True` escaped for Rich markup."""
+    `limit` characters (an ellipsis marks a cut), and escaped for the markup it will be embedded in:
+    `markup=True` or "rich" for Rich's (consoles, tables), "textual" for Textual's widgets."""
     if not isinstance(text, str):
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
     if limit is not None and len(text) > limit:
@@ -63,8 +75,12 @@ def safe_text(
         else:
             out.append(char)
     cleaned = "".join(out)
-    if markup:
+    if markup == "textual":
+        cleaned = escape_textual_markup(cleaned)
+    elif markup is True or markup == "rich":
         cleaned = escape_markup(cleaned)
+    elif markup:
+        raise ValueError(f"markup must be False, True, 'rich' or 'textual', not {markup!r}")
     return cleaned
 
 
@@ -84,9 +100,18 @@ def escape_markup(text: str) -> str:
     return escaped
 
 
+def escape_textual_markup(text: str) -> str:
+    """Textual's markup (textual.markup): any `[` not preceded by a backslash opens a tag, and `\\[` reads
+    as `[`. So every `[` gets a backslash, and a trailing backslash a space after it, lest it escape the
+    `[` of a closing tag the caller puts after the text."""
+    escaped = text.replace("[", "\\[")
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
 def redact_url(url: str | None) -> str:
     """The URL with its password (and a user name, which may itself be a token) replaced by `***`:
-    `redis://default:s3cret@host:6379/0` -> `redis://default:***@host:6379/0`."""
+    `redis://default:s3cret@host:6379/0` -> `redis://default:***@host:6379/0`; so is a `password=` (or
+    `token=`) in its query, where redis-py also reads one (`unix:///run/redis.sock?password=...`)."""
     if not url:
         return ""
     try:
@@ -94,7 +119,7 @@ def redact_url(url: str | None) -> str:
     except ValueError:
         return "<unparseable URL>"
     if parts.password is None and parts.username is None:
-        return url
+        return _hide_query_secrets(url)
     host = parts.hostname or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"
@@ -105,18 +130,109 @@ def redact_url(url: str | None) -> str:
     user = parts.username or ""
     # A lone user part (redis://TOKEN@host) is the secret itself.
     credentials = f"{user}:***" if parts.password is not None and user else "***"
-    return urlunsplit((parts.scheme, f"{credentials}@{host}{port}", parts.path, parts.query, parts.fragment))
+    return _hide_query_secrets(
+        urlunsplit((parts.scheme, f"{credentials}@{host}{port}", parts.path, parts.query, parts.fragment))
+    )
+
+
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|token)=)[^&#\s]*", re.IGNORECASE)
+
+
+def _hide_query_secrets(text: str) -> str:
+    return _QUERY_SECRET.sub(r"\1***", text)
 
 
 _URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/@]*)@", re.IGNORECASE)
 
 
 def redact_urls_in(text: str) -> str:
-    """Every `scheme://user:password@` inside free text (an exception message, a log line) redacted."""
+    """Every `scheme://user:password@` (and `?password=`) inside free text (an exception message, a log
+    line) redacted."""
 
     def hide(match: re.Match[str]) -> str:
         scheme, userinfo = match.groups()
         user, sep, _ = userinfo.partition(":")
         return f"{scheme}{user}:***@" if sep and user else f"{scheme}***@"
 
-    return _URL_IN_TEXT.sub(hide, text)
+    return _hide_query_secrets(_URL_IN_TEXT.sub(hide, text))
+
+
+def safe_line(line: str) -> str:
+    """One line of a service's output as it may reach a terminal or a log file: credentials in URLs
+    redacted, then made safe (tabs kept)."""
+    return safe_text(redact_urls_in(line), multiline=True).replace("\n", _C0_PICTURES[0x0A])
+
+
+class SafeLines(io.TextIOBase):
+    """A text stream writing whole lines to `stream`, each through `safe_line`: a service's stdout or
+    stderr, whatever prints to it (logging, RQ, uvicorn, a traceback, a stray `print`). A partial line
+    waits for its end, a flush, or `max_line` characters."""
+
+    def __init__(self, stream: TextIO, max_line: int = 65536) -> None:
+        super().__init__()
+        self._stream = stream
+        self._max_line = max_line
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self._lock = threading.RLock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._stream, "errors", None)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False  # no colours: an escape sequence of our own would be shown as text
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            *done, rest = text.split("\n")
+            if done:
+                head = "".join(self._pending) + done[0]
+                self._pending, self._pending_len = [], 0
+                self._emit([head, *done[1:]])
+            if rest:
+                self._pending.append(rest)
+                self._pending_len += len(rest)
+                if self._pending_len >= self._max_line:
+                    self._flush_pending()
+        return len(text)
+
+    def _emit(self, lines: list[str]) -> None:
+        self._stream.write("".join(safe_line(line) + "\n" for line in lines))
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            line = "".join(self._pending)
+            self._pending, self._pending_len = [], 0
+            self._stream.write(safe_line(line))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_pending()
+            self._stream.flush()
+
+
+def safe_log_text(text: str) -> str:
+    """A log record as formatted (a traceback spans lines): each line through `safe_line`."""
+    return "\n".join(safe_line(line) for line in text.split("\n"))
+
+
+class SafeStreamHandler(logging.StreamHandler):
+    """`logging.StreamHandler` whose every record goes through `safe_log_text`: for a logging
+    configuration that names handler classes (uvicorn's `log_config`, applied in each of its worker
+    processes, where a wrapped `sys.stderr` would not follow)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_log_text(super().format(record))
