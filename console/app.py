@@ -31,6 +31,7 @@ from console.screens.leaderboard import LeaderboardScreen
 from console.screens.logs import LogsScreen
 from console.screens.submissions import SubmissionsScreen
 from console.widgets.confirm import ConfirmDialog
+from queue_schema.untrusted import redact_urls_in, safe_text
 
 VIEWS = ("submissions", "detail", "logs", "leaderboard", "fleet")
 QUEUE_HISTORY = 120  # sparkline points: two minutes at the default refresh
@@ -130,7 +131,7 @@ class ConsoleApp(App):
             changes = self.data.poll()
             fleet = self.data.fleet()
         except redis.RedisError as exc:  # the store restarting: say so, and try again next refresh
-            self.deliver(self.notify, f"store unreachable: {exc}", severity="error", timeout=3)
+            self.deliver(self.say, f"store unreachable: {exc}", severity="error", timeout=3)
             return
         self.deliver(self._apply, changes, fleet)
 
@@ -186,6 +187,11 @@ class ConsoleApp(App):
         with contextlib.suppress(RuntimeError):  # the app's loop stopped meanwhile
             self.call_from_thread(guarded)
 
+    def say(self, message: str, **kwargs: Any) -> None:
+        """A notification whose text is not all ours (exception text, a team's name): shown as written
+        (controls visible, never parsed as markup), URL credentials redacted."""
+        self.notify(safe_text(redact_urls_in(str(message))), markup=False, **kwargs)
+
     # -- what screens ask -------------------------------------------------------------------------------
 
     @property
@@ -236,7 +242,7 @@ class ConsoleApp(App):
         if row is not None and not row.active:
             self.notify(f"{sid} is already {row.state}; only queued or running ones stop", severity="warning")
             return
-        team = row.team if row else "?"
+        team = row.team if row else "?"  # made safe by the row's reader; the dialog shows no markup
         body = (
             f"Stop submission {sid} of team {team}?\n\n"
             "Its queued jobs are cancelled and its running sandboxes killed; finished studies are kept. "
@@ -259,7 +265,7 @@ class ConsoleApp(App):
         try:
             plan = self.data.rescore_plan(sid)
         except Exception as exc:
-            self.deliver(self.notify, f"rescore: {exc}", severity="error")
+            self.deliver(self.say, f"rescore: {exc}", severity="error")
             return
         self.deliver(self._confirm_rescore, sid, plan)
 
@@ -268,7 +274,7 @@ class ConsoleApp(App):
             self.notify(f"{sid} is {plan['state']}; stop it first, then rescore", severity="warning")
             return
         body = (
-            f"Rescore submission {sid} of team {plan['team']}?\n\n"
+            f"Rescore submission {sid} of team {safe_text(plan['team'])}?\n\n"
             f"Score version {plan['version']} will be created under spec {plan['spec']} "
             f"({plan['spec_hash']}) with the current baselines; its jobs go to the priority queue. "
             "Earlier versions stay readable and the leaderboard shows the last scored one meanwhile. "
@@ -284,10 +290,10 @@ class ConsoleApp(App):
         try:
             sub = self.data.stop(sid) if action == "stop" else self.data.rescore(sid)
         except Exception as exc:  # the service's refusal (conflict, missing baselines...), one line
-            self.deliver(self.notify, f"{action} {sid}: {exc}", severity="error")
+            self.deliver(self.say, f"{action} {sid}: {exc}", severity="error")
             return
         done = "stopped" if action == "stop" else f"rescoring as version {sub.score_version}"
-        self.deliver(self.notify, f"{sid} (team {sub.team}): {done}")
+        self.deliver(self.say, f"{sid} (team {sub.team}): {done}")
 
     def get_system_commands(self, screen: Screen):
         yield from super().get_system_commands(screen)

@@ -21,6 +21,7 @@ from queue_schema import keys
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, SubmissionState
+from queue_schema.untrusted import safe_text
 
 LOAD_BATCH = 500  # submissions per round trip
 # HGETALL of many submissions in one call, each hash sent back as one JSON string: the client then parses
@@ -69,10 +70,12 @@ class SubmissionRow:
 
     @classmethod
     def of(cls, sub: Submission) -> SubmissionRow:
+        """The team's name and failure message are a team's text: made safe here, once, for every view
+        (controls visible; a failure message keeps its lines)."""
         final = sub.score is not None
         return cls(
-            id=sub.id,
-            team=sub.team,
+            id=safe_text(sub.id),
+            team=safe_text(sub.team),
             state=sub.state.value,
             phase=sub.phase,
             spec_name=sub.spec_name,
@@ -85,7 +88,7 @@ class SubmissionRow:
             score=sub.score if final else sub.partial_score,
             running_score=not final and sub.partial_score is not None,
             failure_cause=sub.failure.cause.value if sub.failure else None,
-            failure_message=sub.failure.message if sub.failure else None,
+            failure_message=safe_text(sub.failure.message, multiline=True) if sub.failure else None,
             disqualified=sub.disqualified is not None,
         )
 
@@ -218,7 +221,7 @@ class ConsoleData:
         try:
             report = scores.report(self.r, sid)
         except (BaselineError, ScoreError) as exc:
-            out["error"] = str(exc)
+            out["error"] = safe_text(exc)
             return out
         out["problems"] = report["problems"]
         out["provenance"] = report.get("provenance") or {}
@@ -270,12 +273,13 @@ class ConsoleData:
         return sorted(self.r.smembers(keys.submission_jobs(sid, sub.score_version)))
 
     def log_lines(self, job_id: str, after: str = "-", count: int = 10_000) -> tuple[list[str], str]:
-        """Lines of a job's log after stream id `after` ("-": from the start), and the last id read."""
+        """Lines of a job's log after stream id `after` ("-": from the start), and the last id read. The
+        optimizer's stderr is in them: each line made safe (an escape sequence shown, never sent)."""
         start = after if after == "-" else f"({after}"
         entries = self.r.xrange(keys.job_log(job_id), min=start, count=count)
         if not entries:
             return [], after
-        return [fields.get("line", "") for _, fields in entries], entries[-1][0]
+        return [safe_text(fields.get("line", "")) for _, fields in entries], entries[-1][0]
 
     # -- leaderboard ------------------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Collapsible, DataTable, Footer, Header, Static
 
-from console.widgets.cells import score_cell, state_cell
+from console.widgets.cells import safe_cell, score_cell, state_cell
 from console.widgets.plot import ConvergencePlot
+from queue_schema.untrusted import safe_text
 
 
 def _score(value: float | None) -> str:
@@ -62,7 +63,7 @@ class DetailScreen(Screen):
         self.app.deliver(self._show, sid, found)
 
     def _failed(self, sid: str, message: str) -> None:
-        self.query_one("#detail-title", Static).update(Text(f"{sid}: {message}", style="red"))
+        self.query_one("#detail-title", Static).update(safe_cell(f"{sid}: {message}", style="red"))
 
     def _show(self, sid: str, found: dict[str, Any]) -> None:
         if sid != self.sid:
@@ -78,14 +79,14 @@ class DetailScreen(Screen):
         if row.failure_cause:
             title.append(f"\n{row.failure_cause}: {row.failure_message}", style="red")
         if found.get("error"):
-            title.append(f"\n{found['error']}", style="yellow")
+            title.append(f"\n{safe_text(found['error'])}", style="yellow")
         self.query_one("#detail-title", Static).update(title)
         table = self.query_one("#detail-studies", DataTable)
         table.clear()
         for problem in found["problems"]:
             key = problem["problem"]
             table.add_row(
-                Text(key, style="bold"),
+                safe_cell(key, style="bold"),
                 f"{len(problem['studies'])} studies",
                 _score(problem["score"]),
                 _score(problem["normalized"]),
@@ -100,7 +101,7 @@ class DetailScreen(Screen):
                 normalized = study.get("normalized")
                 table.add_row(
                     f"  study {study['study']}",
-                    state,
+                    safe_cell(state),  # a DataTable reads a str cell as markup
                     _score(None if normalized is None else 100.0 * (1.0 - normalized)),
                     _score(normalized),
                     str(rounds),

@@ -10,8 +10,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
-from console.widgets.cells import age
+from console.widgets.cells import age, safe_cell
 from queue_schema.payloads import Event, utc_iso
+from queue_schema.untrusted import safe_text
 
 STALE_HEARTBEAT_S = 30.0
 
@@ -65,7 +66,13 @@ class FleetScreen(Screen):
             since = now - hb.ts
             beat = Text(age(since), style="red" if since > STALE_HEARTBEAT_S else "green")
             table.add_row(
-                hb.worker, hb.host, hb.state, hb.backend, beat, hb.current_job or "-", key=hb.worker
+                safe_cell(hb.worker),
+                safe_cell(hb.host),
+                safe_cell(hb.state),
+                safe_cell(hb.backend),
+                beat,
+                safe_cell(hb.current_job or "-"),
+                key=hb.worker,
             )
         self.query_one("#fleet-autoscaler", Static).update(_autoscalers(fleet["fleets"]))
         decisions = self.query_one("#fleet-decisions", DataTable)
@@ -74,11 +81,11 @@ class FleetScreen(Screen):
             data = event.data
             decisions.add_row(
                 utc_iso(event.ts)[11:19],
-                str(data.get("fleet", "")),
-                str(data.get("add", 0)),
-                ", ".join(data.get("drain") or []) or "-",
+                safe_cell(data.get("fleet", "")),
+                safe_cell(data.get("add", 0)),
+                safe_cell(", ".join(map(str, data.get("drain") or [])) or "-"),
                 "held" if data.get("held") else "",
-                str(data.get("error") or data.get("reason", "")),
+                safe_cell(data.get("error") or data.get("reason", "")),  # a provider's words among them
             )
 
 
@@ -89,11 +96,12 @@ def _autoscalers(fleets: dict[str, dict[str, Any]]) -> Text:
     for name, status in fleets.items():
         counts = status.get("workers") or {}
         cap = status.get("max_workers", status.get("cap"))
-        out.append(f"autoscaler {name}", style="bold")
-        out.append(f" ({status.get('provider', '?')}{', dry run' if status.get('dry_run') else ''})\n")
+        out.append(f"autoscaler {safe_text(name)}", style="bold")
+        dry = ", dry run" if status.get("dry_run") else ""
+        out.append(f" ({safe_text(status.get('provider', '?'))}{dry})\n")
         out.append(f"  cap {cap if cap is not None else '-'}  ")
         out.append("  ".join(f"{state} {n}" for state, n in counts.items()) + "\n")
         out.append(f"  queued {status.get('queued', '-')}  running {status.get('running', '-')}  ")
         out.append(f"machine-hours {status.get('machine_hours', 0):.2f}\n")
-        out.append(f"  last: {status.get('reason', '-')}\n", style="dim")
+        out.append(f"  last: {safe_text(status.get('reason', '-'))}\n", style="dim")
     return out

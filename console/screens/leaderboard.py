@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.widgets.cells import rank_change
+from console.widgets.cells import rank_change, safe_cell
 
 PHASES = ("feedback", "final")
 MIN_RECOMPUTE_S = 3.0
@@ -63,7 +62,7 @@ class LeaderboardScreen(Screen):
         try:
             rows = self.app.data.leaderboard(phase, spec_name) if spec_name else []
         except Exception as exc:  # e.g. a final board whose studies are missing: shown, not fatal
-            self.app.deliver(self.notify, f"leaderboard: {exc}", severity="error")
+            self.app.deliver(self.app.say, f"leaderboard: {exc}", severity="error")
             return
         self.app.deliver(self.take, phase, rows)
 
@@ -94,7 +93,7 @@ class LeaderboardScreen(Screen):
             title = f"{spec} / {self.phase}: computing..."
         else:
             title = f"{spec} / {self.phase}: {len(rows)} team(s)  (p: feedback/final)"
-        self.query_one("#board-title", Static).update(title)
+        self.query_one("#board-title", Static).update(safe_cell(title))
         at_open = self.at_open.get(self.phase, {})
         before = self.before_last.get(self.phase, at_open)
         for row in rows or []:
@@ -102,7 +101,7 @@ class LeaderboardScreen(Screen):
                 str(row["rank"]),
                 rank_change(at_open.get(row["team"]), row["rank"]),
                 rank_change(before.get(row["team"]), row["rank"]),
-                Text(row["team"], style="bold"),
+                safe_cell(row["team"], style="bold"),
                 f"{row['score']:.3f}",
             ]
             if final:
@@ -111,7 +110,7 @@ class LeaderboardScreen(Screen):
                     f"{row['rank_stability']:.0%}",
                     str(row["studies"]),
                 ]
-            cells += [f"v{row['score_version']}", row["submission"], row["scored_at"]]
+            cells += [f"v{row['score_version']}", safe_cell(row["submission"]), safe_cell(row["scored_at"])]
             table.add_row(*cells, key=row["team"])
 
     def action_switch_phase(self) -> None:

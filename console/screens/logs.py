@@ -14,6 +14,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Log, OptionList, Static
 from textual.widgets.option_list import Option
 
+from console.widgets.cells import safe_cell
+
 FOLLOW_S = 0.5
 MAX_LINES = 200_000
 
@@ -64,7 +66,7 @@ class LogsScreen(Screen):
     def _show_jobs(self, sid: str, jobs: list[str]) -> None:
         options = self.query_one("#logs-jobs", OptionList)
         options.clear_options()
-        options.add_options([Option(job, id=job) for job in jobs])
+        options.add_options([Option(safe_cell(job), id=job) for job in jobs])
         self._set_title(f"{sid}: {len(jobs)} job(s)" if jobs else f"{sid}: no jobs")
         if jobs:
             options.highlighted = 0
@@ -121,7 +123,8 @@ class LogsScreen(Screen):
             mode = "following" if self.follow else "paused"
             search = f", search {self.search!r}" if self.search else ""
             text = f"{self.sid} / {self.job}: {len(self.lines)} lines ({mode}{search})"
-        self.query_one("#logs-title", Static).update(text)
+        # The organizer's search words, shown as typed (a `[` of theirs is not markup).
+        self.query_one("#logs-title", Static).update(safe_cell(text))
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow

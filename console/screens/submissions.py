@@ -11,7 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
 from console.data import SubmissionRow
-from console.widgets.cells import BAR_WIDTH, age, progress_bar, score_cell, state_cell
+from console.widgets.cells import BAR_WIDTH, age, progress_bar, safe_cell, score_cell, state_cell
 from console.widgets.table import Column, RowTable
 
 CAUSE_WIDTH = 48
@@ -136,8 +136,9 @@ class SubmissionsScreen(Screen):
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         shown = self.table.row_count
         suffix = f"  |  filter {self.query_text!r}: {shown} shown" if self.query_text else ""
+        # The filter is shown as typed (a `[` in it is not markup).
         self.query_one("#submissions-summary", Static).update(
-            f"{sum(counts.values())} submissions: " + ", ".join(parts) + suffix
+            safe_cell(f"{sum(counts.values())} submissions: " + ", ".join(parts) + suffix)
         )
 
     def selected(self) -> str | None:

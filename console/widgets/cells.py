@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from queue_schema.untrusted import safe_text
+
 BAR_WIDTH = 12
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 STATE_STYLES = {
@@ -13,6 +15,13 @@ STATE_STYLES = {
     "stopped": "magenta",
     "failed": "bold red",
 }
+
+
+def safe_cell(value: object, style: str = "") -> Text:
+    """Text from the store (a team, a worker, an autoscaler's reason) as a table cell or a Static's
+    content: controls made visible (through safe_text, like every face), and a Text, so never parsed as
+    markup (a DataTable parses a str cell as Rich markup, a Static a str as Textual's)."""
+    return Text(safe_text("" if value is None else value), style=style)
 
 
 def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> Text:

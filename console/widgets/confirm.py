@@ -21,8 +21,9 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self._title, id="dialog-title")
-            yield Static(self._body, id="dialog-body")
+            # Plain text, never markup: the body names a team, whose name is not ours to trust.
+            yield Static(self._title, id="dialog-title", markup=False)
+            yield Static(self._body, id="dialog-body", markup=False)
             with Horizontal(id="dialog-buttons"):
                 yield Button(f"{self._label} (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", variant="primary", id="no")

@@ -22,6 +22,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from queue_schema.untrusted import safe_text
+
 
 @dataclass(frozen=True)
 class Column:
@@ -167,7 +169,9 @@ class RowTable(ScrollView, can_focus=True):
     def _row_text(self, cells: Sequence[Any]) -> Text:
         line = Text(" ", no_wrap=True, end="")
         for column, cell in zip(self.columns, cells, strict=False):
-            text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+            # A str cell may be a team's (a name, a message): controls made visible. A Text cell was
+            # built by a view from data the store's reader already made safe.
+            text = cell.copy() if isinstance(cell, Text) else Text(safe_text(cell))
             text.truncate(column.width, overflow="ellipsis", pad=True)
             line.append_text(text)
             line.append(" ")
