@@ -235,6 +235,9 @@ def test_optional_settings_reach_the_create_request(make_provider, fake):
 def test_settings_are_checked_before_any_server_is_made(make_provider, r, api):
     with pytest.raises(ProviderError, match="wheel_url"):
         make_provider(wheel_url=None)
+    # The servers pip install it and run it as root: plain http lets anyone on the path choose the code.
+    with pytest.raises(ProviderError, match="must be https"):
+        make_provider(wheel_url="http://example.org/bbo_arena-0.1.0-py3-none-any.whl")
     with pytest.raises(ProviderError, match="cannot reach"):
         make_provider(env={"BBO_REDIS_URL": "redis://127.0.0.1:6379/0"})
     with pytest.raises(ProviderError, match="unix"):

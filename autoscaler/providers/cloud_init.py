@@ -59,8 +59,14 @@ def check_wheel_url(url: str | None) -> str:
             "(the servers pip install the project from it; build it with `python -m build --wheel`)"
         )
     scheme = urlsplit(url).scheme
-    if scheme not in ("https", "http") or _URL_UNSAFE.search(url):
-        raise ProviderError(f"wheel_url must be an http(s) URL without spaces or quotes, not {url!r}")
+    if scheme == "http":
+        # The servers run what they fetch as root: over plain http anyone on the path chooses that code.
+        raise ProviderError(
+            "wheel_url must be https://: the servers install and run it as root, and a plain http download "
+            "can be replaced on the way (add #sha256=<hex> to pin its content as well)"
+        )
+    if scheme != "https" or _URL_UNSAFE.search(url):
+        raise ProviderError(f"wheel_url must be an https URL without spaces or quotes, not {url!r}")
     return url
 
 
