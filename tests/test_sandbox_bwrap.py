@@ -27,7 +27,7 @@ from tests.conftest import SUBMISSIONS
 from tests.sandbox_helpers import run_launched
 from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
-from workers.sandbox import bwrap
+from workers.sandbox import bwrap, uids
 
 _REASON = bwrap.unavailable_reason()
 if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
@@ -258,7 +258,9 @@ def test_read_only_except_tmp(probe_run):
 
 def test_unprivileged_and_no_host_environment(probe_run):
     _, probe, _, _ = probe_run
-    assert (probe["uid"], probe["euid"], probe["gid"], probe["groups"]) == (65534, 65534, 65534, [])
+    # A uid and gid of the sandbox's own (not root, not shared with any other sandbox of the machine).
+    assert probe["uid"] == probe["euid"] == probe["gid"] and probe["groups"] == []
+    assert uids.in_range(probe["uid"]), probe["uid"]
     assert all(int(value, 16) == 0 for value in probe["caps"].values()), probe["caps"]
     assert probe["no_new_privs"] == "1"
     env = probe["env"]
@@ -286,8 +288,8 @@ def test_rlimits_inside(probe_run, backend):
     assert inside["Max open files"] == [str(bwrap.NOFILE)] * 2
     cpu = 30 + 10 + bwrap.CPU_SLACK_S  # the probe's budget and call timeout, one cpu
     assert inside["Max cpu time"] == [str(cpu), str(cpu + 5)]
-    nproc = bwrap.NPROC_BACKSTOP if backend.mode == "cgroup" else limits.pids
-    assert inside["Max processes"] == [str(nproc)] * 2
+    assert backend.per_sandbox_uids  # so RLIMIT_NPROC counts this sandbox's processes only
+    assert inside["Max processes"] == [str(limits.pids)] * 2
     if backend.mode == "rlimit":
         assert inside["Max data size"] == [str(limits.memory_mb * mb)] * 2
 
@@ -335,7 +337,7 @@ def test_fork_bomb_is_contained(each_mode, small_spec, tmp_path, state_dir):
         assert result.state in (StudyState.COMPLETE, StudyState.CUT_OFF)
     counts = [int(n) for n in tagged(lines, "PIDS")]
     # The bomb ran up to the limit and no further: the pids group (all of the sandbox, bwrap included)
-    # or RLIMIT_NPROC for uid 65534 (which does not count bwrap's root-owned reaper, pid 1).
+    # or RLIMIT_NPROC for the sandbox's uid (which does not count bwrap's root-owned reaper, pid 1).
     assert counts and 16 <= max(counts) <= limits.pids + 1, counts
     assert_no_survivors(marker)
     assert_nothing_left(state_dir)

@@ -63,6 +63,7 @@ class LaunchSpec:
     # Why the sandbox ended, when the backend knows better than an exit code (docker's OOMKilled, a
     # cgroup's OOM counter): "resource_limit" or None.
     exit_cause: Callable[[int | None], str | None] | None = None
+    pass_fds: tuple[int, ...] = ()  # descriptors the child keeps (a backend's private start marker pipe)
 
 
 class OptimizerProcess:
@@ -89,6 +90,7 @@ class OptimizerProcess:
             start_new_session=True,  # its own process group, so kill() reaches grandchildren too
             close_fds=True,
             preexec_fn=self.launch.preexec,
+            pass_fds=self.launch.pass_fds,
         )
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()

@@ -16,17 +16,37 @@ measured without it: keyctl succeeds), no bpf, perf_event_open, userfaultfd or i
 subprocesses and multiprocessing pools work. Start-up, launch to `hello` for the random-search example,
 10 runs here: p50 0.50 s, p95 0.59 s (process backend: 0.45 s, 0.50 s).
 
-The unprivileged user. rlimits do not bind root, and `bwrap --unshare-all --uid 65534` run as root does
-not help: bwrap maps the sandbox uid to the *caller's* uid, so the process is uid 65534 inside but kernel
-uid 0 outside. Measured here: /proc/self/uid_map reads `65534 0 1` and with `prlimit --nproc=20` the
-sandbox forks 100 children without a failure. So bwrap runs as root *without* a user namespace, keeps only
-CAP_SETUID, CAP_SETGID and CAP_SETPCAP, and execs `setpriv --reuid 65534 --regid 65534 --clear-groups
---inh-caps -all --bounding-set -all`, which makes the process really uid/gid 65534 (kernel uid, no
-supplementary groups, CapEff = CapPrm = CapBnd = 0, NoNewPrivs 1) before it execs Python. The rlimits are
-set in the worker's preexec (as root, where they do not bind) and inherited through bwrap and setpriv;
-they bind from the uid switch on. Measured: with RLIMIT_NPROC 20 the sandbox forks 19 children (20
-processes of uid 65534), then fork fails with EAGAIN.
-This needs the worker to run as root (bwrap then needs no setuid bit and no user namespaces).
+The unprivileged user. rlimits do not bind root, and `bwrap --unshare-all --uid N` run as root does
+not help: bwrap maps the sandbox uid to the *caller's* uid, so the process is uid N inside but kernel uid 0
+outside. Measured here: /proc/self/uid_map reads `65534 0 1` and with `prlimit --nproc=20` the sandbox
+forks 100 children without a failure. So bwrap runs as root *without* a user namespace, keeps only
+CAP_SETUID, CAP_SETGID and CAP_SETPCAP, and execs `setpriv --reuid U --regid U --clear-groups --inh-caps
+-all --bounding-set -all`, which makes the process really uid/gid U (kernel uid, no supplementary groups,
+CapEff = CapPrm = CapBnd = 0, NoNewPrivs 1) before it execs Python. The rlimits are set in the worker's
+preexec (as root, where they do not bind) and inherited through bwrap and setpriv; they bind from the uid
+switch on. This needs the worker to run as root (bwrap then needs no setuid bit and no user namespaces).
+
+One uid per sandbox. U is a uid of the sandbox's own (workers/sandbox/uids.py: UID_BASE + a slot held by a
+lock for the sandbox's life, released in cleanup, and with the worker's death), in both limit modes, and
+the install sandbox of an artifact gets one too. What the kernel counts per uid is therefore counted per
+sandbox: RLIMIT_NPROC (= limits.pids), inotify instances, pipe pages, message queues. Measured before
+(issue 14, finding 8), all sandboxes as uid 65534 in rlimit mode: a fork bomb at its 32 processes left the
+next sandbox no thread and no child process (its suggest raised "can't start new thread"), and a third
+sandbox failed to exec its interpreter (EAGAIN), charged to that team as `optimizer_crashed`.
+tests/test_sandbox_shared_limits.py runs that case. A worker that can give neither per-sandbox uids nor
+cgroups (the slot folder unusable, cgroups not writable) refuses the backend (SandboxUnavailable naming
+both reasons) unless the operator sets BBO_ALLOW_SHARED_SANDBOX_LIMITS=1, which runs every sandbox as uid
+65534 with one shared process budget. With cgroups but no per-sandbox uid, sandboxes run as uid 65534 with
+a pids group each and RLIMIT_NPROC as a machine-wide backstop (NPROC_BACKSTOP).
+
+A sandbox that fails to start is ours. The worker passes the sandbox the write end of a pipe (a private
+descriptor, `LaunchSpec.pass_fds`); after the seccomp filter is installed and the host code is imported,
+and before anything of the submission loads or is on the path, the bootstrap writes STARTED_MARKER to it
+and closes it. No process of the sandbox's uid holds it afterwards (bwrap's own processes, which do, are
+root's), so team code can neither forge nor suppress it. A process that ended without the marker
+(bwrap, setpriv or Python could not start, fork or exec hit EAGAIN, the seccomp filter did not install)
+is `infrastructure` (`exit_cause`): retried, never charged; an exit code or a message on stderr is never
+taken for it.
 
 Limits, two modes.
 - `cgroup` (preferred, chosen when the worker can create cgroup v1 groups next to its own, as root on this
@@ -38,8 +58,8 @@ Limits, two modes.
   256 MB group dies at about 224 MB, bwrap exits 137 and oom_kill reads 1. A fork bomb stops at pids.max
   per study, however many sandboxes run on the machine (measured with pids 32: 31 processes inside, the
   32nd task of the group being bwrap itself; in rlimit mode 33: 32 of uid 65534 plus bwrap's root reaper).
-  `kill` SIGKILLs whatever is left in the group and cleanup removes the groups. RLIMIT_NPROC stays as a
-  machine-wide backstop for uid 65534 (NPROC_BACKSTOP).
+  `kill` SIGKILLs whatever is left in the group and cleanup removes the groups. RLIMIT_NPROC (per
+  sandbox uid) = limits.pids as well.
 - `rlimit` (fallback where cgroups are not writable, e.g. a pure cgroup v2 host): RLIMIT_DATA =
   limits.memory_mb and RLIMIT_NPROC = limits.pids. RLIMIT_DATA rather than RLIMIT_AS: address space is not
   memory, and it fights the numerics. Measured with one OpenBLAS thread, importing numpy, bayesmark,
@@ -48,8 +68,7 @@ Limits, two modes.
   passes it; unpinned BLAS threads and libraries such as torch reserve far more address space. An
   allocation over the limit raises MemoryError; the in-sandbox bootstrap turns a MemoryError that escapes
   the optimizer into exit code MEMORY_EXIT, which `exit_cause` reports as `resource_limit`. Weaker than
-  the cgroup: RLIMIT_DATA is per process and RLIMIT_NPROC counts every uid-65534 process on the machine,
-  so concurrent sandboxes share one process budget.
+  the cgroup: RLIMIT_DATA is per process; RLIMIT_NPROC counts the processes of the sandbox's own uid.
 Both modes: RLIMIT_FSIZE = limits.file_size_mb (Python ignores SIGXFSZ, so a write past it fails with
 EFBIG), RLIMIT_CORE = 0, RLIMIT_NOFILE = NOFILE, and RLIMIT_CPU as a backstop against CPU burnt between
 calls (soft: cpus x (suggest budget + call timeout) + 10 s, which ends the process with SIGXCPU; hard 5 s
@@ -62,27 +81,34 @@ its detached children die with bwrap. In cgroup mode `kill` also SIGKILLs the gr
 PR_SET_PDEATHSIG: the sandbox also dies when the *thread* that started it exits, so start a study's
 sandbox from the thread that drives it (as workers/job.py does).
 
-`prepare` does nothing yet. TODO(issue 4): bundled wheels (requirements.txt / install_order.txt) are
-installed only by the docker backend; here the submission sees the worker's runtime, so the preinstalled
-optimizer environment (skopt, hyperopt, ...) is there only if the worker's venv has it, or if the backend
-is given another interpreter (`BwrapBackend(python=...)`, e.g. a venv built from the sandbox image's
-wheelhouse).
+Bundled wheels (prepare, once per artifact, cached by content: workers/sandbox/install.py has the rules):
+pip runs with the sandbox interpreter in a sandbox like a study's (no network, seccomp, its own uid, the
+limits of install.py), the staged submission read-only, pip writing into a size-limited tmpfs at /install,
+the finished install copied out to the artifact's install folder (bound read-write for that step only).
+At launch that folder is bound read-only at /install and its site-packages put first on the path (and in
+PYTHONPATH for the optimizer's own subprocesses) by the bootstrap, after the start marker: never through
+the environment of the sandbox's interpreter, which would let a bundled sitecustomize.py run before the
+seccomp filter. The optimizer environment is the sandbox venv built by `bbo admin sandbox venv` (the
+image's packages, `default_python()`), or the worker's interpreter when there is none, or the one given
+(`BwrapBackend(python=...)`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -95,14 +121,17 @@ from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox.base import THREAD_ENV, SandboxUnavailable
+from workers.sandbox import install, uids
+from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
 
-SANDBOX_UID = 65534
+SANDBOX_UID = 65534  # only when sandboxes share a uid (no uid slots here: cgroups or the opt-in below)
 SANDBOX_GID = 65534
-SUBMISSION_MOUNT = "/submission"
+SHARED_LIMITS_ENV = "BBO_ALLOW_SHARED_SANDBOX_LIMITS"
+SUBMISSION_MOUNT = install.SUBMISSION_MOUNT
 HOST_MOUNT = "/host"
 NOFILE = 1024
-NPROC_BACKSTOP = 4096  # cgroup mode: all uid-65534 tasks on the machine; the pids group is per study
+NPROC_BACKSTOP = 4096  # cgroup mode with a shared uid: all its tasks on the machine; pids group per study
+STARTED_MARKER = b"bbo-sandbox-started\n"
 MEMORY_EXIT = protocol.EXIT_OUT_OF_MEMORY  # the host's exit code for a MemoryError
 CPU_SLACK_S = 10
 CGROUP_PREFIX = "bbo-bwrap-"
@@ -209,13 +238,21 @@ def _prelude() -> str:
     return _SECCOMP_PRELUDE % (SECCOMP_EXIT, seccomp_filter().hex())
 
 
-# Runs inside the sandbox as `python -s -P -c BOOTSTRAP /submission`, after the prelude: puts the host
-# code first on the path. The host itself exits with MEMORY_EXIT when the optimizer runs out of memory.
-BOOTSTRAP = f"""\
-sys.path.insert(0, {HOST_MOUNT!r})
-import host
-host.main()
-"""
+def bootstrap(started_fd: int | None = None, site: str | None = None) -> str:
+    """Runs inside the sandbox as `python -s -P -c PRELUDE+BOOTSTRAP /submission`, after the prelude: puts
+    the host code first on the path and imports it; writes the start marker to `started_fd` and closes it;
+    only then puts the bundled packages (`site`) on the path and runs the host, which loads the submission.
+    The host itself exits with MEMORY_EXIT when the optimizer runs out of memory."""
+    lines = [f"sys.path.insert(0, {HOST_MOUNT!r})", "import host"]
+    if started_fd is not None:
+        lines += [f"os.write({started_fd}, {STARTED_MARKER!r})", f"os.close({started_fd})"]
+    if site is not None:
+        lines += [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
+    lines.append("host.main()")
+    return "\n".join(lines) + "\n"
+
+
+BOOTSTRAP = bootstrap()  # without a start marker or bundled packages
 
 
 # -- the Python runtime ------------------------------------------------------------------------------
@@ -228,12 +265,14 @@ class Runtime:
     executable: str
     version: str
     binds: tuple[str, ...]
+    site: str  # its site-packages (purelib): what bundled packages may depend on
 
 
 _RUNTIME_PROBE = (
     "import json, os, sys; print(json.dumps({'executable': sys.executable, 'version': sys.version.split()[0],"
     " 'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,"
-    " os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]}))"
+    " os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))],"
+    " 'site': __import__('sysconfig').get_paths()['purelib']}))"
 )
 
 
@@ -259,7 +298,7 @@ def runtime(python: str | None = None) -> Runtime:
         if any(_within(path, done) for done in covered + binds):
             continue
         binds = [b for b in binds if not _within(b, path)] + [path]
-    return Runtime(executable, info["version"], tuple(binds))
+    return Runtime(executable, info["version"], tuple(binds), info["site"])
 
 
 def _within(path: str, folder: str) -> bool:
@@ -511,12 +550,18 @@ def cgroups_usable() -> bool:
 # -- the backend ---------------------------------------------------------------------------------------
 
 
+def shared_limits_allowed() -> bool:
+    return os.environ.get(SHARED_LIMITS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 class BwrapBackend:
     name = "bwrap"
 
     def __init__(self, python: str | None = None, cgroups: bool | None = None) -> None:
-        """`python`: the interpreter the sandbox runs (default: the worker's); `cgroups`: True requires
-        cgroup limits, False uses rlimits only, None (default) uses cgroups where the worker can."""
+        """`python`: the interpreter the sandbox runs (default: the sandbox venv, else the worker's);
+        `cgroups`: True requires cgroup limits, False uses rlimits only, None (default) uses cgroups where
+        the worker can. Sandboxes get a uid each where the worker can give them one (uids.py); a worker
+        that can give neither that nor cgroups refuses, unless SHARED_LIMITS_ENV opts in."""
         python = python or default_python()
         reason = unavailable_reason(python)
         if reason is not None:
@@ -526,47 +571,192 @@ class BwrapBackend:
         if cgroups and not usable:
             raise SandboxUnavailable("bwrap backend: cgroup limits were required but cannot be created here")
         self.mode = "cgroup" if (usable if cgroups is None else cgroups) else "rlimit"
+        no_uids = uids.unusable_reason()
+        self.per_sandbox_uids = no_uids is None
+        if not self.per_sandbox_uids and self.mode == "rlimit" and not shared_limits_allowed():
+            why_no_cgroups = "cgroup limits were not wanted" if usable else "no writable cgroup v1 groups"
+            raise SandboxUnavailable(
+                f"bwrap backend refused: sandboxes on this worker would share one process limit ({no_uids}; "
+                f"{why_no_cgroups}), so one team's fork bomb would stop another team's sandbox. Run the "
+                f"worker as root with {uids.DEFAULT_SLOT_DIR} writable, or give it cgroup v1 memory and pids "
+                f"groups, or set {SHARED_LIMITS_ENV}=1 to accept shared limits"
+            )
         if usable:
             sweep_cgroups()
+        self.prepared: dict[str, install.Prepared] = {}
 
     def describe(self) -> dict[str, str]:
-        return {"backend": self.name, "bwrap": version(), "limits": self.mode, "python": self.runtime.version}
+        return {
+            "backend": self.name,
+            "bwrap": version(),
+            "limits": self.mode,
+            "uids": "per-sandbox" if self.per_sandbox_uids else "shared",
+            "python": self.runtime.version,
+        }
 
-    def prepare(self, submission_dir: Path, limits: Limits) -> None:
-        # TODO(issue 4): bundled wheels (requirements.txt, install_order.txt) are not installed by this
-        # backend yet; the submission sees the sandbox interpreter's own packages.
-        return None
+    # -- uids -------------------------------------------------------------------------------------
+    def _slot(self) -> uids.Slot | None:
+        """A uid of the sandbox's own, or None where sandboxes share SANDBOX_UID (cgroups, or opted in)."""
+        if not self.per_sandbox_uids:
+            return None
+        try:
+            return uids.acquire()
+        except uids.NoSlot as exc:
+            raise SandboxUnavailable(f"bwrap backend: no sandbox uid free: {exc}") from None
 
+    # -- per artifact -----------------------------------------------------------------------------
+    def environment(self) -> str:
+        """The cache key of this optimizer environment: the interpreter and its packages' folder."""
+        stamp = ""
+        with contextlib.suppress(OSError):
+            stamp = str(os.stat(self.runtime.site).st_mtime_ns)
+        digest = hashlib.sha256(f"{self.runtime.executable}\0{self.runtime.version}\0{stamp}".encode())
+        return f"bwrap-{digest.hexdigest()[:16]}"
+
+    def prepare(self, submission_dir: Path, limits: Limits) -> install.Prepared | None:
+        """Stage the submission and install its bundled wheels, once per content (cached). A zip given
+        directly (the host unpacks it in the sandbox) has nothing installed."""
+        submission_dir = Path(submission_dir)
+        if submission_dir.is_file():
+            return None
+
+        def installer(staged: Path, target: Path, sha: str) -> None:
+            self._install(staged, target, limits)
+
+        prepared = install.prepare_cached(submission_dir, self.environment(), installer)
+        self.prepared[str(submission_dir.resolve())] = prepared
+        return prepared
+
+    def _install(self, staged: Path, target: Path, limits: Limits) -> None:
+        script = install.install_script(staged, self.runtime.executable)
+        slot = self._slot()
+        uid, gid = (slot.uid, slot.gid) if slot else (SANDBOX_UID, SANDBOX_GID)
+        work = Path(tempfile.mkdtemp(prefix="bwrap-install-", dir=_scratch()))
+        group: _Cgroups | None = None
+        memory_mb = max(limits.memory_mb, install.INSTALL_MIN_MEMORY_MB)
+        pids = max(limits.pids, install.INSTALL_MIN_PIDS)
+        try:
+            os.chown(target, uid, gid)
+            os.chmod(target, 0o700)
+            _write_etc(work / "etc", uid, gid)
+            if self.mode == "cgroup":
+                # The tmpfs pages pip writes are charged to the group too.
+                charged = memory_mb + install.INSTALL_MAX_MB + install.INSTALL_TMP_MB
+                group = _Cgroups.create(
+                    dataclasses.replace(limits, memory_mb=charged, pids=pids),
+                    f"{CGROUP_PREFIX}{os.getpid()}-install-{uuid.uuid4().hex[:12]}",
+                )
+            driver = f"import subprocess\nraise SystemExit(subprocess.call(['/bin/sh', '-c', {script!r}]))\n"
+            argv = _sandbox_argv(
+                self.runtime,
+                work / "etc",
+                binds=[(staged, SUBMISSION_MOUNT)],
+                rw_binds=[(target, install.INSTALL_OUT)],
+                tmpfs_bytes=install.INSTALL_TMP_MB * 1024 * 1024,
+                extra_tmpfs=[(install.INSTALL_MOUNT, install.INSTALL_MAX_MB * 1024 * 1024)],
+                uid=uid,
+                gid=gid,
+                command=[self.runtime.executable, "-s", "-P", "-c", _prelude() + driver],
+            )
+            env = dict(STUDY_ENV)
+            env["PYTHONPATH"] = install.install_pythonpath(self.runtime.version, self.runtime.site)
+            preexec = _preexec(
+                file_size=install.INSTALL_FILE_SIZE_MB * 1024 * 1024,
+                cpu=math.ceil(install.INSTALL_TIMEOUT_S),
+                nproc=pids if slot is not None or group is None else NPROC_BACKSTOP,
+                data=memory_mb * 1024 * 1024 if group is None else None,
+                procs_files=group.procs_files() if group else [],
+            )
+            code, output = _run_bounded(argv, env, str(work), preexec, install.INSTALL_TIMEOUT_S, group)
+            if code is None:
+                raise install.timed_out()
+            if (group is not None and group.oom_killed()) or (
+                group is None and "MemoryError" in output and code != 0
+            ):
+                raise install.out_of_memory(memory_mb)
+            if code != 0:
+                raise InstallFailed(install.install_error(output, code))
+        finally:
+            if group is not None:
+                group.kill_all()
+                group.remove()
+            shutil.rmtree(work, ignore_errors=True)
+            if slot is not None:
+                slot.release()
+
+    # -- per study --------------------------------------------------------------------------------
     def launch(self, submission_dir: Path, limits: Limits) -> LaunchSpec:
         submission_dir = Path(submission_dir)
-        work = Path(tempfile.mkdtemp(prefix="bwrap-", dir=_scratch()))
+        prepared: install.Prepared | None = None
+        if not submission_dir.is_file():
+            prepared = self.prepared.get(str(submission_dir.resolve()))
+            if prepared is None:
+                prepared = self.prepare(submission_dir, limits)
+            assert prepared is not None
+            install.touch(prepared)
+        slot = self._slot()
+        uid, gid = (slot.uid, slot.gid) if slot else (SANDBOX_UID, SANDBOX_GID)
+        work: Path | None = None
         group: _Cgroups | None = None
+        started_read, started_write = os.pipe()  # both close-on-exec; the child gets the write end only
+        os.set_blocking(started_read, False)
         try:
-            if submission_dir.is_file():  # a starter-kit zip given directly; the host unpacks it in /tmp
+            work = Path(tempfile.mkdtemp(prefix="bwrap-", dir=_scratch()))
+            binds: list[tuple[Path, str]] = []
+            if prepared is None:  # a starter-kit zip given directly; the host unpacks it in /tmp
                 target = f"{SUBMISSION_MOUNT}.zip"
                 shutil.copyfile(submission_dir, work / "submission.zip")
                 os.chmod(work / "submission.zip", 0o644)
-                submission_bind = (work / "submission.zip", target)
+                binds.append((work / "submission.zip", target))
             else:
                 target = SUBMISSION_MOUNT
-                _copy_tree(submission_dir, work / "submission")
-                submission_bind = (work / "submission", target)
+                binds.append((prepared.submission, target))
+            site = None
+            if prepared is not None and prepared.install is not None:
+                binds.append((prepared.install, install.INSTALL_MOUNT))
+                site = install.install_site(self.runtime.version)
             _copy_host(work / "host")
-            _write_etc(work / "etc")
+            binds.insert(0, (work / "host", HOST_MOUNT))
+            _write_etc(work / "etc", uid, gid)
             if self.mode == "cgroup":
                 group = _Cgroups.create(limits, f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            for fd in (started_read, started_write):
+                os.close(fd)
+            if slot is not None:
+                slot.release()
             raise
 
+        code = _prelude() + bootstrap(started_write, site)
         argv = _sandbox_argv(
             self.runtime,
             work / "etc",
-            binds=[(work / "host", HOST_MOUNT), submission_bind],
+            binds=binds,
             tmpfs_bytes=limits.tmpfs_mb * 1024 * 1024,
-            command=[self.runtime.executable, "-s", "-P", "-c", _prelude() + BOOTSTRAP, target],
+            uid=uid,
+            gid=gid,
+            command=[self.runtime.executable, "-s", "-P", "-c", code, target],
         )
-        preexec = _preexec(limits, group.procs_files() if group else [], rlimit_mode=group is None)
+        per_call = limits.suggest_budget_s + limits.call_timeout_s
+        cpu = math.ceil(max(1.0, limits.cpus) * per_call) + CPU_SLACK_S
+        preexec = _preexec(
+            file_size=limits.file_size_mb * 1024 * 1024,
+            cpu=cpu,
+            nproc=limits.pids if slot is not None or group is None else NPROC_BACKSTOP,
+            data=limits.memory_mb * 1024 * 1024 if group is None else None,
+            procs_files=group.procs_files() if group else [],
+        )
+        pipe = {"read": started_read, "write": started_write}
+        seen = [False]
+
+        def started() -> bool:
+            """Whether the bootstrap wrote the marker (what is in the pipe stays there until read)."""
+            if not seen[0] and pipe["read"] >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    seen[0] = STARTED_MARKER in os.read(pipe["read"], 4096)
+            return seen[0]
 
         def kill() -> None:
             if group is not None:
@@ -577,8 +767,18 @@ class BwrapBackend:
                 group.kill_all()
                 group.remove()
             shutil.rmtree(work, ignore_errors=True)
+            for end in ("read", "write"):
+                if pipe[end] >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(pipe[end])
+                    pipe[end] = -1
+            if slot is not None:
+                slot.release()
 
         def exit_cause(returncode: int | None) -> str | None:
+            if not started():
+                # It ended before anything of the submission ran: ours, whatever its exit code says.
+                return FailureCause.INFRASTRUCTURE.value
             if returncode == MEMORY_EXIT:
                 return FailureCause.RESOURCE_LIMIT.value
             if returncode in (128 + signal.SIGXCPU, -signal.SIGXCPU):
@@ -597,15 +797,62 @@ class BwrapBackend:
             kill=kill,
             preexec=preexec,
             exit_cause=exit_cause,
+            pass_fds=(started_write,),
         )
 
 
-def _preexec(limits: Limits, procs_files: list[bytes], rlimit_mode: bool) -> Callable[[], None]:
-    """Runs in the forked child, as root, before it execs bwrap: join the groups, set the rlimits."""
-    file_size = limits.file_size_mb * 1024 * 1024
-    cpu = math.ceil(max(1.0, limits.cpus) * (limits.suggest_budget_s + limits.call_timeout_s)) + CPU_SLACK_S
-    nproc = limits.pids if rlimit_mode else NPROC_BACKSTOP
-    memory = limits.memory_mb * 1024 * 1024
+def _run_bounded(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    preexec: Callable[[], None],
+    timeout: float,
+    group: _Cgroups | None,
+    keep_bytes: int = 64 * 1024,
+) -> tuple[int | None, str]:
+    """Run a sandbox to its end: (exit code, or None when it ran out of time and was killed; the last
+    `keep_bytes` of its output)."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=preexec,
+    )
+    tail = bytearray()
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(65536):
+            tail.extend(chunk)
+            del tail[:-keep_bytes]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        code: int | None = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if group is not None:
+            group.kill_all()
+        proc.wait()
+    reader.join(5)
+    with contextlib.suppress(OSError):
+        proc.stdout.close()  # type: ignore[union-attr]
+    return code, tail.decode("utf-8", errors="replace")
+
+
+def _preexec(
+    file_size: int, cpu: int, nproc: int, data: int | None, procs_files: list[bytes]
+) -> Callable[[], None]:
+    """Runs in the forked child, as root, before it execs bwrap: join the groups, set the rlimits
+    (RLIMIT_DATA only where there is no memory group)."""
     pid_text = b"0"
 
     def preexec() -> None:
@@ -620,8 +867,8 @@ def _preexec(limits: Limits, procs_files: list[bytes], rlimit_mode: bool) -> Cal
         resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        if rlimit_mode:
-            resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+        if data is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (data, data))
 
     return preexec
 
@@ -632,6 +879,10 @@ def _sandbox_argv(
     binds: list[tuple[Path, str]],
     tmpfs_bytes: int,
     command: list[str],
+    uid: int = SANDBOX_UID,
+    gid: int = SANDBOX_GID,
+    rw_binds: list[tuple[Path, str]] = (),  # type: ignore[assignment]
+    extra_tmpfs: list[tuple[str, int]] = (),  # type: ignore[assignment]
 ) -> list[str]:
     bwrap, setpriv = _bwrap(), _setpriv()
     assert bwrap is not None and setpriv is not None
@@ -658,13 +909,20 @@ def _sandbox_argv(
         if os.path.isfile(real):
             args += ["--ro-bind", real, path]
     made = {"/", "/usr", "/tmp", "/etc", "/proc", "/dev", *SYSTEM_DIRS}
-    for source, target in [*((p, p) for p in rt.binds), *((str(s), t) for s, t in binds)]:
+    mounts = [
+        *(("--ro-bind", p, p) for p in rt.binds),
+        *(("--ro-bind", str(s), t) for s, t in binds),
+        *(("--bind", str(s), t) for s, t in rw_binds),
+    ]
+    for option, source, target in mounts:
         for parent in _ancestors(target):
             if parent not in made:
                 args += ["--perms", "0755", "--dir", parent]
                 made.add(parent)
-        args += ["--ro-bind", str(source), target]
+        args += [option, str(source), target]
         made.add(target)
+    for target, size in extra_tmpfs:  # owned by the sandbox's uid: `--perms` makes it 1777
+        args += ["--perms", "1777", "--size", str(size), "--tmpfs", target]
     args += ["--remount-ro", "/", "--chdir", "/tmp"]
     args += ["--cap-drop", "ALL"]
     for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):  # for setpriv only; it drops them all
@@ -672,7 +930,7 @@ def _sandbox_argv(
     args += [
         "--",
         setpriv,
-        f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups",
+        f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         "--",
         *command,
@@ -683,27 +941,6 @@ def _sandbox_argv(
 def _ancestors(path: str) -> list[str]:
     parts = Path(path).parts[1:-1]
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Regular files and folders only (no symlinks, devices, fifos), readable by the sandbox's uid."""
-    target.mkdir()
-    os.chmod(target, 0o755)
-    for current, dirs, files in os.walk(source, followlinks=False):
-        rel = os.path.relpath(current, source)
-        here = target if rel == "." else target / rel
-        for name in list(dirs):
-            if os.path.islink(os.path.join(current, name)):
-                dirs.remove(name)
-                continue
-            (here / name).mkdir()
-            os.chmod(here / name, 0o755)
-        for name in files:
-            path = os.path.join(current, name)
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                continue
-            shutil.copyfile(path, here / name, follow_symlinks=False)
-            os.chmod(here / name, 0o644)
 
 
 def _copy_host(target: Path) -> None:
@@ -725,14 +962,15 @@ def _copy_host(target: Path) -> None:
         os.chmod(path, 0o644)
 
 
-def _write_etc(target: Path) -> None:
-    """Just enough /etc for the C library and Python: no host accounts, no secrets."""
+def _write_etc(target: Path, uid: int = SANDBOX_UID, gid: int = SANDBOX_GID) -> None:
+    """Just enough /etc for the C library and Python: no host accounts, no secrets; the sandbox's own uid
+    is `sandbox` (getpass.getuser() and friends need a name)."""
     target.mkdir(parents=True)
     os.chmod(target, 0o755)
     files = {
         "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        f"nobody:x:{SANDBOX_UID}:{SANDBOX_GID}:nobody:/tmp:/usr/sbin/nologin\n",
-        "group": f"root:x:0:\nnogroup:x:{SANDBOX_GID}:\n",
+        f"{'nobody' if uid == SANDBOX_UID else 'sandbox'}:x:{uid}:{gid}::/tmp:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\n{'nogroup' if gid == SANDBOX_GID else 'sandbox'}:x:{gid}:\n",
         "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
     }
     for name, text in files.items():

@@ -1,0 +1,146 @@
+"""Sandboxes on one worker never share a limit, and a sandbox that fails to start is never the team's.
+
+Real bubblewrap and docker (no mocks). Issue 14, finding 8: under bwrap's rlimit mode every sandbox ran as
+uid 65534, and RLIMIT_NPROC counts every process of a uid on the machine, so one team's fork bomb made the
+next team's sandbox fail to exec (EAGAIN) and that team was charged `optimizer_crashed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from baselines.objective import SeededProblem
+from queue_schema import protocol
+from queue_schema.states import StudyState
+from tests.conftest import SUBMISSIONS
+from tests.sandbox_helpers import run_launched
+from workers.optimizer_process import OptimizerProcess
+from workers.sandbox import bwrap, uids
+from workers.sandbox.base import SandboxUnavailable
+
+_REASON = bwrap.unavailable_reason()
+if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
+    raise RuntimeError(f"BBO_REQUIRE_BWRAP=1 but the bwrap backend is unavailable: {_REASON}")
+needs_bwrap = pytest.mark.skipif(_REASON is not None, reason=f"bwrap backend unavailable: {_REASON}")
+pytestmark = [pytest.mark.usefixtures("state_dir")]
+
+
+def marked_copy(tmp_path: Path, name: str, marker: str) -> Path:
+    target = tmp_path / f"{name}-{marker}"
+    shutil.copytree(SUBMISSIONS / name, target)
+    (target / "marker.txt").write_text(marker)
+    return target
+
+
+# Random search that, like many real optimizers, starts a thread and a child process in every suggest.
+WORKING_OPTIMIZER = """\
+import subprocess, sys, threading
+
+import bayesmark.random_search as rs
+from bayesmark.abstract_optimizer import AbstractOptimizer
+from bayesmark.experiment import experiment_main
+
+
+class UsesProcesses(AbstractOptimizer):
+    primary_import = None
+
+    def __init__(self, api_config, **kwargs):
+        AbstractOptimizer.__init__(self, api_config)
+
+    def suggest(self, n_suggestions=1):
+        worker = threading.Thread(target=lambda: None)
+        worker.start()
+        worker.join()
+        out = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True)
+        assert out.stdout.strip() == "42"
+        return rs.suggest_dict([], [], self.api_config, n_suggestions=n_suggestions)
+
+    def observe(self, X, y):
+        pass
+
+
+if __name__ == "__main__":
+    experiment_main(UsesProcesses)
+"""
+
+
+def working_optimizer(tmp_path: Path) -> Path:
+    target = tmp_path / "uses_processes"
+    target.mkdir()
+    (target / "optimizer.py").write_text(WORKING_OPTIMIZER)
+    return target
+
+
+def processes_named(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,comm=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and line.split()[1][:1] != "Z"]
+
+
+@needs_bwrap
+def test_a_fork_bomb_does_not_stop_another_teams_sandbox_rlimit_mode(small_spec, tmp_path):
+    backend = bwrap.BwrapBackend(cgroups=False)  # no pids group: RLIMIT_NPROC is the only process limit
+    limits = dataclasses.replace(small_spec.limits, pids=32)
+    spec = dataclasses.replace(small_spec, limits=limits)
+    marker = f"bbo{uuid.uuid4().hex[:12]}"
+    bomb_lines: list[str] = []
+    bomb = OptimizerProcess(
+        backend.launch(marked_copy(tmp_path, "marked_fork_bomb", marker), limits), log=bomb_lines.append
+    ).start()
+    try:
+        assert bomb.wait_hello(30).ok, bomb_lines[-10:]
+        api_config = SeededProblem("DT-iris-acc", 0, spec.batch).get_api_config()
+        assert bomb.call({"op": protocol.OP_INIT, "api_config": api_config, "seed": 1}, 30).ok
+        assert bomb.call({"op": protocol.OP_SUGGEST, "n": 1}, 30).ok  # the bomb is forking now
+        deadline = time.monotonic() + 20
+        while len(processes_named(marker)) < limits.pids - 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(processes_named(marker)) >= limits.pids - 4  # team A sits at its process limit
+
+        # Team B runs two studies while A's bomb keeps forking; like a job, it starts the second study's
+        # sandbox before it runs the first, and its optimizer starts a thread and a process per suggest.
+        team_b = working_optimizer(tmp_path)
+        first, second = (backend.launch(team_b, limits) for _ in range(2))
+        for study, launch in enumerate((first, second)):
+            result, lines = run_launched(backend, launch, spec, "DT-iris-acc", study)
+            assert not isinstance(result, BaseException), (result, lines[-10:])
+            assert result.state == StudyState.COMPLETE and len(result.losses) == spec.rounds
+            assert result.suggest_fallbacks == 0, lines[-10:]  # its threads and processes started
+        assert len(processes_named(marker)) >= limits.pids - 4  # A was at its limit all along
+    finally:
+        bomb.kill()
+    deadline = time.monotonic() + 10
+    while processes_named(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_named(marker) == []
+
+
+@needs_bwrap
+def test_a_worker_that_cannot_separate_sandboxes_refuses_bwrap_unless_opted_in(
+    small_spec, tmp_path, monkeypatch
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(uids.SLOT_DIR_ENV, str(blocker / "slots"))  # no uid slots can be made here
+    monkeypatch.delenv(bwrap.SHARED_LIMITS_ENV, raising=False)
+    with pytest.raises(SandboxUnavailable, match=bwrap.SHARED_LIMITS_ENV) as refused:
+        bwrap.BwrapBackend(cgroups=False)
+    assert "not usable" in str(refused.value)  # the reason is named
+    if bwrap.cgroups_usable():  # a pids group per sandbox separates them: accepted
+        assert bwrap.BwrapBackend(cgroups=True).describe()["uids"] == "shared"
+
+    monkeypatch.setenv(bwrap.SHARED_LIMITS_ENV, "1")
+    shared = bwrap.BwrapBackend(cgroups=False)
+    assert shared.describe()["uids"] == "shared" and shared.describe()["limits"] == "rlimit"
+    result, lines = run_launched(
+        shared, shared.launch(SUBMISSIONS / "random_search", small_spec.limits), small_spec, "DT-iris-acc", 0
+    )
+    assert not isinstance(result, BaseException), (result, lines[-10:])
+    assert result.state == StudyState.COMPLETE
