@@ -1,32 +1,43 @@
 """Submission archives: pack a folder as the starter kit's prepare script does, check, store, extract.
 
-Checks happen on the bytes before anything is written: zip-slip and absolute paths, links and device
-entries, too many files, a total or per-file uncompressed size over the limit, a suspicious compression
-ratio, and the starter-kit layout (optimizer.py at the top level, valid Python).
+Checks happen on the bytes before anything is written (competition/zip_checks.py): the end record read by
+hand and bounded before the central directory is parsed, every entry's name, kind, sizes and data checked
+positively, then the starter-kit layout (optimizer.py at the top level, at most `max_source_kb`), the
+bundled wheels and requirement files (competition/bundled.py), and last the syntax of optimizer.py, which
+is compiled in a child process with limits (competition/source_check.py), never in the caller's.
+
+`check` is intake (the gateway, `bbo validate`, `bbo admin score`); `extract` is the worker's: the same
+structural checks without the source parse (the sandbox host reports a syntax error itself), then every
+entry written under `dest`. Whatever the archive's bytes cause is `InvalidSubmission`, the team's; only
+an OSError of our own disk (no space, quota, I/O error, read-only, out of file handles) escapes as itself.
 """
 
 from __future__ import annotations
 
-import ast
+import errno
 import io
 import os
-import stat
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import redis
 
+from competition import bundled, source_check
 from competition.spec import SubmissionRules
+from competition.zip_checks import MAX_RATIO, Entry, InvalidSubmission, Listing, inspect, read_chunks, shown
 from queue_schema import keys
 from queue_schema.ids import artifact_digest
 
-MAX_RATIO = 200  # uncompressed / compressed, per entry: a bomb, not source code
+__all__ = ["MAX_RATIO", "Artifact", "InvalidSubmission", "check", "extract", "fetch", "pack", "store"]
+
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints", ".venv", "venv"}
-
-
-class InvalidSubmission(ValueError):
-    """Rejected at intake; the message is safe to show the team."""
+MIB = 1024 * 1024
+# OSErrors of our own disk while extracting: never the archive's doing, so never the team's.
+OUR_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+     errno.EACCES, errno.EPERM}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,60 +74,34 @@ def pack(path: Path, rules: SubmissionRules) -> bytes:
 
 
 def check(data: bytes, rules: SubmissionRules) -> Artifact:
-    limit = rules.max_zip_mb * 1024 * 1024
+    """Intake: every check, the syntax of optimizer.py included; raises InvalidSubmission."""
+    listing, optimizer = _structure(data, rules, verify=True)
+    source = listing.read(optimizer)  # at most max_source_kb: checked
+    source_check.check_syntax(source)
+    return Artifact(artifact_digest(data), data, len(listing.entries), listing.unpacked_bytes)
+
+
+def _structure(data: bytes, rules: SubmissionRules, *, verify: bool) -> tuple[Listing, Entry]:
+    """Every check but the source parse: size, the archive's entries, layout, bundled packages.
+    Returns the listing and its optimizer.py."""
+    limit = rules.max_zip_mb * MIB
     if len(data) > limit:
-        raise InvalidSubmission(
-            f"archive is {len(data) / 2**20:.1f} MiB; the limit is {rules.max_zip_mb} MiB"
-        )
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InvalidSubmission(f"not a readable zip archive: {exc}") from None
-    if len(infos) > rules.max_files:
-        raise InvalidSubmission(f"archive has {len(infos)} entries; the limit is {rules.max_files}")
-    total = 0
-    names: set[str] = set()
-    for info in infos:
-        _check_entry(info)
-        total += info.file_size
-        if total > rules.max_unpacked_mb * 1024 * 1024:
-            raise InvalidSubmission(f"archive unpacks to more than {rules.max_unpacked_mb} MiB")
-        if not info.is_dir():  # a folder named optimizer.py is not the file
-            names.add(info.filename)
-    if "optimizer.py" not in names:
-        nested = sorted(n for n in names if n.endswith("/optimizer.py"))
-        hint = f" (found {nested[0]}: zip the folder's contents, not the folder)" if nested else ""
+        raise InvalidSubmission(f"archive is {len(data) / MIB:.1f} MiB; the limit is {rules.max_zip_mb} MiB")
+    listing = inspect(
+        data, max_files=rules.max_files, max_unpacked=rules.max_unpacked_mb * MIB, verify=verify
+    )
+    optimizer = listing.file("optimizer.py")  # a folder named optimizer.py is not the file
+    if optimizer is None:
+        nested = sorted(e.name for e in listing.files() if e.name.endswith("/optimizer.py"))
+        hint = f" (found {shown(nested[0])}: zip the folder's contents, not the folder)" if nested else ""
         raise InvalidSubmission(f"optimizer.py not found at the top level of the archive{hint}")
-    try:
-        source = archive.read("optimizer.py")
-        ast.parse(source, filename="optimizer.py")
-    except SyntaxError as exc:
-        raise InvalidSubmission(f"syntax error in optimizer.py line {exc.lineno}: {exc.msg}") from None
-    except (zipfile.BadZipFile, RuntimeError, OSError, ValueError) as exc:  # bad CRC, encrypted, truncated
-        raise InvalidSubmission(f"cannot read optimizer.py from the archive: {exc}") from None
-    return Artifact(artifact_digest(data), data, len(infos), total)
-
-
-def _check_entry(info: zipfile.ZipInfo) -> None:
-    name = info.filename
-    path = PurePosixPath(name)
-    if name.startswith("/") or "\\" in name or (len(name) > 1 and name[1] == ":"):
-        raise InvalidSubmission(f"archive entry {name!r} has an absolute path")
-    if ".." in path.parts:
-        raise InvalidSubmission(f"archive entry {name!r} points outside the archive")
-    # Zip tools that write no file type leave these bits zero; only a declared non-regular type is refused.
-    file_type = stat.S_IFMT(info.external_attr >> 16)
-    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
-        raise InvalidSubmission(f"archive entry {name!r} is a link or device, not a regular file")
-    if info.flag_bits & 0x1:
-        raise InvalidSubmission(f"archive entry {name!r} is encrypted")
-    if (
-        info.compress_size
-        and info.file_size / info.compress_size > MAX_RATIO
-        and info.file_size > 1024 * 1024
-    ):
-        raise InvalidSubmission(f"archive entry {name!r} has a suspicious compression ratio")
+    if optimizer.size > rules.max_source_kb * 1024:
+        raise InvalidSubmission(
+            f"optimizer.py is {optimizer.size / 1024:.0f} KiB; the limit is {rules.max_source_kb} KiB "
+            "(move data into other files of the archive)"
+        )
+    bundled.check(listing, rules)
+    return listing, optimizer
 
 
 def store(r: redis.Redis, artifact: Artifact) -> None:
@@ -143,25 +128,29 @@ def fetch(r_raw: redis.Redis, sha256: str) -> bytes:
 
 
 def extract(data: bytes, dest: Path, rules: SubmissionRules) -> Path:
-    """Unpack into `dest` after the same checks as intake; nothing is written outside `dest`."""
-    check(data, rules)
+    """Unpack into `dest` after the structural checks of intake (not the source parse); nothing is
+    written outside `dest`. InvalidSubmission for anything the archive's bytes cause; an OSError of
+    our own disk (OUR_ERRNOS) is raised as itself."""
+    listing, _ = _structure(data, rules, verify=False)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            target = (root / info.filename).resolve()
-            if root != target and root not in target.parents:
-                raise InvalidSubmission(f"archive entry {info.filename!r} points outside the archive")
-            if info.is_dir():
+    for entry in listing.entries:
+        target = root.joinpath(*entry.parts)
+        try:
+            if entry.is_dir:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as out:
-                remaining = info.file_size
-                while chunk := src.read(1 << 16):
-                    remaining -= len(chunk)
-                    if remaining < 0:  # the header lied about the size
-                        raise InvalidSubmission(f"archive entry {info.filename!r} is larger than it claims")
+            # No symlink is followed (the archive holds none, and an existing one is not written through).
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in read_chunks(listing.archive, entry):  # InvalidSubmission for corrupt data
                     out.write(chunk)
-            target.chmod(0o644)
+            os.chmod(target, 0o644)
+        except OSError as exc:
+            if exc.errno in OUR_ERRNOS:
+                raise
+            raise InvalidSubmission(
+                f"archive entry {shown(entry.name)} cannot be written: {os.strerror(exc.errno or 0)}"
+            ) from None
     return root
