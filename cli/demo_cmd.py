@@ -24,7 +24,7 @@ from typing import Any
 
 import typer
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, plain, stdout_to_stderr
 
 SPEC = "demo"
 FLEET = "demo"
@@ -97,7 +97,10 @@ def demo_command(
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
     started = time.monotonic()
-    result = _run(home, port, backend, workers, headless, timeout, interrupted, console_app, started)
+    # Headless, stdout is the report's alone; with the console, the console owns the terminal.
+    guard = stdout_to_stderr() if headless else contextlib.nullcontext()
+    with guard:
+        result = _run(home, port, backend, workers, headless, timeout, interrupted, console_app, started)
     if result is None:
         err.print(f"demo stopped after {time.monotonic() - started:.0f} s; logs in {home}")
         return
@@ -113,7 +116,7 @@ def demo_command(
         raise typer.Exit(EXIT_INTERRUPTED)
     if problems:
         for problem in problems:
-            err.print(f"[bold red]unexpected:[/] {problem}", soft_wrap=True)
+            err.print(f"[bold red]unexpected:[/] {plain(problem)}", soft_wrap=True)
         raise typer.Exit(EXIT_UNEXPECTED)
 
 
@@ -231,13 +234,16 @@ def _free_port() -> int:
 
 
 def _log_lines(folder: Path, to_stderr: bool) -> Callable[[str], None]:
-    """A `say` for the supervisor: timestamped plain lines in FOLDER/supervisor.log."""
+    """A `say` for the supervisor: timestamped plain lines in FOLDER/supervisor.log (`line` is Rich
+    markup whose untrusted parts went through `plain`)."""
     from rich.text import Text
+
+    from queue_schema.untrusted import safe_line
 
     def say(line: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "supervisor.log", "a") as out:
-            out.write(f"{time.strftime('%H:%M:%S')} {Text.from_markup(line).plain}\n")
+            out.write(f"{time.strftime('%H:%M:%S')} {safe_line(Text.from_markup(line).plain)}\n")
         if to_stderr:
             err.print(line, soft_wrap=True)
 
@@ -302,7 +308,8 @@ def _follow(
             if shown.get(sid) != seen:
                 shown[sid] = seen
                 err.print(
-                    f"  {time.monotonic() - started:5.0f}s {entry.team:<14} {_line(sub)}", soft_wrap=True
+                    f"  {time.monotonic() - started:5.0f}s {entry.team:<14} {plain(_line(sub))}",
+                    soft_wrap=True,
                 )
             done += sub.state in TERMINAL_STATES
         if done == len(submitted):
@@ -380,8 +387,10 @@ def _print_report(report: dict[str, Any]) -> None:
     for column in ("rank", "team", "score", "submission"):
         board.add_column(column, justify="right" if column in ("rank", "score") else "left")
     for row in report["leaderboard"]:
-        board.add_row(str(row["rank"]), row["team"], f"{row['score']:.3f}", row["submission"])
+        board.add_row(str(row["rank"]), plain(row["team"]), f"{row['score']:.3f}", row["submission"])
     err.print(board)
     for row in report["submissions"]:
         if row["failure_cause"]:
-            err.print(f"{row['team']}: {row['state']}, {row['failure_cause']}: {row['failure_message']}")
+            err.print(
+                plain(f"{row['team']}: {row['state']}, {row['failure_cause']}: {row['failure_message']}")
+            )

@@ -1,9 +1,17 @@
-"""How every command speaks: JSON on stdout, messages and progress on stderr, one-line errors."""
+"""How every command speaks: JSON on stdout, messages and progress on stderr, one-line errors.
+
+Text a team controls (failure messages, file names, team names, optimizer output, exception text) is
+shown through `queue_schema.untrusted.safe_text` (with `markup=True` inside Rich markup or a Rich table
+cell); a URL through `redact_url`. `fail` does both for its whole message.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import typer
@@ -54,6 +62,42 @@ def with_redis(function: Any, *args: Any, errors: tuple[type[Exception], ...] = 
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Rejected input or an unreachable service: one line on stderr, non-zero exit."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Rejected input or an unreachable service: one line on stderr, non-zero exit. The message is plain
+    text (it often carries an exception's, or a team's, words): shown as written, credentials redacted."""
+    err.print(f"[bold red]error:[/] {plain(message)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def plain(text: object, limit: int | None = None) -> str:
+    """Untrusted text for a Rich markup string or table cell: controls made visible, markup escaped, URL
+    credentials redacted."""
+    from queue_schema.untrusted import redact_urls_in, safe_text
+
+    return safe_text(redact_urls_in(str(text)), limit=limit, markup=True)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """While scoring: whatever anything prints on stdout (a study's notes, a worker started meanwhile,
+    which inherits the descriptor) goes to stderr, so that a command's stdout holds its JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def guard_service_output() -> None:
+    """A service process (worker, gateway, autoscaler): every line it writes on stdout or stderr goes
+    through safe_text with URL credentials redacted, wherever it lands (a terminal, a log file), since
+    log lines carry exception text, request paths and team names."""
+    from queue_schema.untrusted import SafeLines
+
+    if not isinstance(sys.stdout, SafeLines):
+        sys.stdout = SafeLines(sys.stdout)
+    if not isinstance(sys.stderr, SafeLines):
+        sys.stderr = SafeLines(sys.stderr)

@@ -4,27 +4,55 @@ Owns the embedded Redis (unless BBO_REDIS_URL points elsewhere), runs the gatewa
 processes, restarts a child or the owned Redis when it dies (with a back-off, so a crash loop does not
 spin), and on Ctrl-C or SIGTERM stops everything warmly: workers finish nothing new, running studies'
 sandboxes are killed with them, and Redis flushes its AOF last.
+
+A child's output (stdout and stderr, one pipe) never reaches the terminal or a log file as it is: a relay
+thread passes each line through `safe_line` (controls made visible, URL credentials redacted), since
+worker and gateway lines carry exception text, request paths and team names. A child's stdout never
+becomes ours: it goes to our stderr (or its log file), so a command's stdout stays its JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import typer
 
-from cli.output import err, fail
+from cli.output import err, fail, plain
 from competition.redis_server import EmbeddedRedis
 from queue_schema.connection import RedisUnavailable
+from queue_schema.untrusted import redact_url, safe_line
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+RELAY_LINE_BYTES = 16384  # a longer line is relayed in pieces
 Say = Callable[[str], None]
+
+
+def relay(source: IO[bytes], log: Path | None) -> None:
+    """Copy a child's output, line by line through `safe_line`, to `log` (appended) or to our stderr,
+    until the child closes it. Keeps reading when the destination fails (a closed terminal), so the
+    child never blocks on a full pipe."""
+    out = open(log, "a", encoding="utf-8", errors="replace") if log is not None else None  # noqa: SIM115
+    try:
+        for raw in iter(lambda: source.readline(RELAY_LINE_BYTES), b""):
+            line = safe_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            with contextlib.suppress(OSError, ValueError):
+                target = out if out is not None else sys.stderr
+                target.write(line + "\n")
+                target.flush()
+    finally:
+        source.close()
+        if out is not None:
+            out.close()
 
 
 @dataclass
@@ -36,16 +64,22 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     log: Path | None = None  # its output goes here instead of our terminal (the demo's console owns that)
+    relay_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.log is None:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
-            return
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.relay_thread = threading.Thread(
+            target=relay, args=(self.proc.stdout, self.log), name=f"relay-{self.name}", daemon=True
+        )
+        self.relay_thread.start()
 
     def check(self, now: float, say: Say) -> None:
         """Restart after an exit, backing off when it keeps dying."""
@@ -75,6 +109,8 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.relay_thread is not None:
+            self.relay_thread.join(5)  # its last lines (a grandchild may still hold the pipe: not forever)
 
 
 @dataclass
@@ -95,7 +131,7 @@ class StoreWatch:
             delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
             say(
                 f"[yellow]redis-server exited with {process.returncode} (see "
-                f"{self.server.directory / 'redis.log'}); restarting in {delay} s[/]"
+                f"{plain(self.server.directory / 'redis.log')}); restarting in {delay} s[/]"
             )
             self.restarts, self.next_start = self.restarts + 1, now + delay
         if now < self.next_start:
@@ -105,7 +141,7 @@ class StoreWatch:
             self.server.start()
             say("[green]redis-server is back[/]")
         except RedisUnavailable as exc:  # exited again at once (the disk still full): back off more
-            say(f"[yellow]{exc}[/]")
+            say(f"[yellow]{plain(exc)}[/]")
 
 
 def up_command(
@@ -161,7 +197,7 @@ def up_command(
             err.print(
                 f"bbo-arena up: [bold]{spec.name}[/] on http://{host}:{port}, "
                 f"{workers} worker(s){' at most, autoscaled' if autoscale == 'local' else ''}, sandbox "
-                f"{backend}, store {url}; Ctrl-C to stop",
+                f"{backend}, store {redact_url(url)}; Ctrl-C to stop",
                 soft_wrap=True,
             )
             supervise([*children, *store], lambda: stopping)
