@@ -305,9 +305,10 @@ def test_requirement_not_bundled_fails_install(backend, engine, small_spec, tmp_
     assert "/root" not in message and os.environ.get("HOME", "/nonexistent") not in message
     assert not any(c.labels.get("bbo-arena.role") == "install" for c in engine.containers.list(all=True))
     # A failed install is not cached: nothing is left for a later prepare to mistake for success.
-    from workers.sandbox.docker import _cache_root, content_sha256
+    from queue_schema.settings import state_dir
+    from workers.sandbox.install import content_sha256
 
-    assert not (_cache_root() / content_sha256(submission)).exists()
+    assert not list((state_dir() / "sandbox" / "artifacts").glob(f"*/{content_sha256(submission)}"))
 
 
 # -- infrastructure ---------------------------------------------------------------------------------

@@ -121,3 +121,59 @@ def test_bwrap_started_sandbox_that_crashes_is_the_teams(small_spec):
     verdict, lines = outcome(backend, backend.launch(SUBMISSIONS / "exits", small_spec.limits), small_spec)
     assert isinstance(verdict, FatalOptimizerError), (verdict, lines[-5:])
     assert verdict.cause == FailureCause.OPTIMIZER_CRASHED
+
+
+# -- docker -----------------------------------------------------------------------------------------
+
+
+def _docker_reason() -> str | None:
+    from workers.sandbox import docker as docker_backend
+
+    if docker_backend.available():
+        return None
+    return "docker backend unavailable: no engine answers or the sandbox image is not built"
+
+
+_DOCKER_REASON = _docker_reason()
+if _DOCKER_REASON and os.environ.get("BBO_REQUIRE_DOCKER") == "1":
+    raise RuntimeError(f"BBO_REQUIRE_DOCKER=1 but {_DOCKER_REASON}")
+needs_docker = pytest.mark.skipif(_DOCKER_REASON is not None, reason=_DOCKER_REASON or "")
+
+
+@pytest.fixture(scope="module")
+def docker_backend(state_dir):
+    from workers.sandbox.docker import DockerBackend
+
+    return DockerBackend()
+
+
+@needs_docker
+def test_docker_memory_too_small_to_start_python_is_infrastructure(docker_backend, small_spec):
+    # 6 MB (the engine's minimum): the interpreter is OOM-killed before the submission loads. Docker says
+    # OOMKilled, which alone would read as the team's resource_limit; without the marker it is ours.
+    limits = dataclasses.replace(small_spec.limits, memory_mb=6)
+    spec = dataclasses.replace(small_spec, limits=limits)
+    launch = docker_backend.launch(SUBMISSIONS / "random_search", limits)
+    verdict, lines = outcome(docker_backend, launch, spec)
+    assert isinstance(verdict, SandboxInfrastructureError), (verdict, lines[-5:])
+
+
+@needs_docker
+@pytest.mark.parametrize("code", [127, 137])
+def test_docker_team_faking_a_failed_start_is_charged(docker_backend, small_spec, tmp_path, code):
+    launch = docker_backend.launch(faker(tmp_path, code), small_spec.limits)
+    verdict, lines = outcome(docker_backend, launch, small_spec)
+    assert isinstance(verdict, FatalOptimizerError), (verdict, lines[-5:])
+    expected = FailureCause.RESOURCE_LIMIT if code == 137 else FailureCause.OPTIMIZER_CRASHED
+    assert verdict.cause == expected  # 137 reads as a kill for memory: still the team's, never a refund
+    assert f"exit code {code}, backend's cause None" in "\n".join(lines)
+    fds = dict(line.split()[1:3] for line in lines if line.startswith("FD "))
+    assert not [fd for fd, target in fds.items() if "bbo-start" in target], fds  # the marker FIFO is closed
+
+
+@needs_docker
+def test_docker_started_sandbox_that_crashes_is_the_teams(docker_backend, small_spec):
+    launch = docker_backend.launch(SUBMISSIONS / "exits", small_spec.limits)
+    verdict, lines = outcome(docker_backend, launch, small_spec)
+    assert isinstance(verdict, FatalOptimizerError), (verdict, lines[-5:])
+    assert verdict.cause == FailureCause.OPTIMIZER_CRASHED

@@ -5,7 +5,8 @@ network, a read-only root, a size-limited tmpfs at /tmp (HOME and TMPDIR), memor
 pids limit, a cpu quota, every capability dropped, no-new-privileges, uid 10001, a fixed environment
 (nothing of the worker's), ulimits on open files, file size and core dumps, and no logging driver (the
 engine keeps nothing of what the optimizer prints). The only host paths it sees are the artifact's staged
-submission at /submission and its installed bundled packages at /install, both read-only.
+submission at /submission, its installed bundled packages at /install, both read-only, and the folder of
+its start marker (below), read-only.
 
 The container is created through the SDK and started by the docker CLI (`docker start --attach
 --interactive`), which the harness runs as its child: the CLI's stdin/stdout/stderr are then the
@@ -13,31 +14,43 @@ container's, so OptimizerProcess's pipes, reader threads, output caps and deadli
 closing stdin reaches the optimizer as end of file. Killing goes through the engine (SIGKILL to the
 container, which a signal-ignoring optimizer cannot refuse); cleanup removes the container.
 
-Per artifact (prepare), keyed by the sha256 of the submission folder's content and cached under
-<state dir>/sandbox/artifacts/<sha256>/: a staged copy of the submission (regular files only, no
-symlinks, world-readable so uid 10001 can read it) and, when the submission bundles packages
-(requirements.txt, optional install_order.txt, as the 2020 starter kit's prepare_upload.sh made them),
-their installation, done once in a network-less container of the same image with
-`pip install --no-index --find-links /submission --prefix /install`. Requirements the image already
-satisfies are not reinstalled; a bundled version of a preinstalled package shadows it (/install comes
-first on PYTHONPATH).
+A sandbox that fails to start is ours. The container's process is started by the engine, not by the CLI,
+so no private descriptor can be passed through `docker start --attach` (it carries stdin, stdout and
+stderr only, which are the protocol and the organizer log, both the team's to write). The marker travels
+through a FIFO instead: the worker makes it in a per-launch folder (mode 0622: the sandbox's uid may open
+it for writing, never for reading), holds its read end, and binds the folder read-only at STARTED_MOUNT.
+The image's interpreter runs a bootstrap (`-s -P -c`, the image's own entrypoint script and folder taken
+from its configuration) that imports the host, writes the marker, and only then puts the bundled packages
+on the path (and in PYTHONPATH for the optimizer's subprocesses; never in the container's environment,
+where a bundled sitecustomize.py would run before the marker) and runs the host, which loads the
+submission. Team code can add bytes to the FIFO but cannot remove the marker or read it. `exit_cause` is
+`infrastructure` when the container never started (the CLI could not reach the engine), when the engine or
+the container went away, or when the process ended without the marker (the interpreter could not start,
+or was killed before the submission loaded); `resource_limit` when docker saw the OOM killer; else the
+team's own exit.
+
+Per artifact (prepare), keyed by the sha256 of the submission folder's content and cached under <state
+dir>/sandbox/artifacts/docker-<image id>/<sha256>/: a staged copy of the submission (regular files only,
+no symlinks, world-readable) and, when the submission bundles packages (requirements.txt, optional
+install_order.txt, as the 2020 starter kit's prepare_upload.sh made them), their installation, done once
+in a network-less container of the same image by workers/sandbox/install.py's script and rules (only
+wheels, `pip --only-binary :all: --no-index --isolated`, nothing built, no setup.py): read-only root,
+the submission read-only, pip writing into a tmpfs of install.INSTALL_MAX_MB at /install (charged to the
+container's memory limit), per-file ulimit install.INSTALL_FILE_SIZE_MB, the result copied out to the
+artifact's install folder bound read-write at /install-out for that container only, then sealed (total
+checked, root-owned, read-only). Requirements the image already satisfies are not reinstalled; a bundled
+version of a preinstalled package shadows it (/install comes first on the path).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
 import os
-import shlex
 import shutil
 import socket
-import stat
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +59,23 @@ from competition.spec import Limits
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
+from workers.sandbox import install
 from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
+from workers.sandbox.install import Prepared, content_sha256  # noqa: F401 - part of this module's API
 
 SANDBOX_UID = 10001
 ROLE_LABEL = "bbo-arena.role"
 STUDY_LABEL = "bbo-arena.study"
 ARTIFACT_LABEL = "bbo-arena.artifact"
 WORKER_LABEL = "bbo-arena.worker"  # host:pid of the worker that made it, for sweeping orphans
-SUBMISSION_MOUNT = "/submission"
-INSTALL_MOUNT = "/install"
-INSTALL_SITE = f"{INSTALL_MOUNT}/lib/python3.11/site-packages"  # pip --prefix layout for the image's Python
-INSTALL_TIMEOUT_S = 600.0
-INSTALL_MIN_MEMORY_MB = 1024
-INSTALL_FILE_SIZE_MB = 2048
+SUBMISSION_MOUNT = install.SUBMISSION_MOUNT
+INSTALL_MOUNT = install.INSTALL_MOUNT
+IMAGE_PYTHON_VERSION = "3.11"  # the Dockerfile asserts it
+INSTALL_SITE = install.install_site(IMAGE_PYTHON_VERSION)
+STARTED_MOUNT = "/run/bbo-start"
+STARTED_FIFO = "started"
+STARTED_MARKER = b"bbo-sandbox-started\n"
 NOFILE = 1024
-CACHE_KEEP_DAYS = 7.0
 
 # The whole environment of a study container besides the image's own (PATH, LANG, PYTHONDONTWRITEBYTECODE,
 # PYTHONUNBUFFERED, PIP_*, GIT_PYTHON_REFRESH): nothing comes from the worker.
@@ -113,14 +128,23 @@ def available() -> bool:
     return True
 
 
-@dataclass
-class Prepared:
-    """One artifact made ready on this worker."""
-
-    sha256: str
-    submission: Path  # staged copy, bound read-only at /submission
-    install: Path | None  # installed bundled packages, bound read-only at /install
-    cached: bool  # True when an earlier prepare had already done the work
+def bootstrap(host_dir: str, site: str | None) -> str:
+    """The study container's program (`python -s -P -c BOOTSTRAP /submission`): import the host, write
+    the start marker, then put the bundled packages on the path and run the host."""
+    fifo = f"{STARTED_MOUNT}/{STARTED_FIFO}"
+    lines = [
+        "import os, sys",
+        f"sys.path.insert(0, {host_dir!r})",
+        "import host",
+        f"_fd = os.open({fifo!r}, os.O_WRONLY | os.O_NONBLOCK)",
+        f"os.write(_fd, {STARTED_MARKER!r})",
+        "os.close(_fd)",
+        "del _fd",
+    ]
+    if site is not None:
+        lines += [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
+    lines.append("host.main()")
+    return "\n".join(lines) + "\n"
 
 
 class DockerBackend:
@@ -145,6 +169,14 @@ class DockerBackend:
                 "the docker command-line client is not installed (apt-get install docker.io)"
             )
         self.cli = cli
+        # The image's entrypoint is `PYTHON -s HOST_DIR/host.py`: the interpreter and the host's folder.
+        entrypoint = (self.image.attrs.get("Config") or {}).get("Entrypoint") or []
+        if len(entrypoint) < 2 or not str(entrypoint[-1]).endswith("host.py"):
+            raise SandboxUnavailable(f"sandbox image {self.tag} has an unexpected entrypoint {entrypoint!r}")
+        self.python = str(entrypoint[0])
+        self.host_dir = os.path.dirname(str(entrypoint[-1]))
+        venv = os.path.dirname(os.path.dirname(self.python))
+        self.environment_site = f"{venv}/lib/python{IMAGE_PYTHON_VERSION}/site-packages"
         self.prepared: dict[str, Prepared] = {}
 
     # -- provenance -------------------------------------------------------------------------------
@@ -154,73 +186,56 @@ class DockerBackend:
     # -- per artifact -----------------------------------------------------------------------------
     def prepare(self, submission_dir: Path, limits: Limits) -> Prepared:
         """Stage the submission and install its bundled packages, once per content hash (cached)."""
-        key = str(Path(submission_dir).resolve())
-        sha = content_sha256(Path(submission_dir))
-        root = _cache_root() / sha
-        ready = root / "ready.json"
-        with _locked(_cache_root() / f"{sha}.lock"):
-            if ready.is_file():
-                info = json.loads(ready.read_text())
-                ready.touch()
-                install = root / "install" if info["install"] else None
-                prepared = Prepared(sha, root / "submission", install, True)
-            else:
-                prepared = self._prepare_fresh(Path(submission_dir), sha, root, limits)
-        self.prepared[key] = prepared
-        _prune_cache(keep=sha)
+
+        def installer(staged: Path, target: Path, sha: str) -> None:
+            self._install(staged, target, sha, limits)
+
+        environment = f"docker-{self.image.id.split(':')[-1][:16]}"
+        prepared = install.prepare_cached(Path(submission_dir), environment, installer)
+        self.prepared[str(Path(submission_dir).resolve())] = prepared
         return prepared
 
-    def _prepare_fresh(self, submission_dir: Path, sha: str, root: Path, limits: Limits) -> Prepared:
-        started = time.monotonic()
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        os.chmod(root, 0o755)
-        staged = root / "submission"
-        _stage(submission_dir, staged)
-        install: Path | None = None
-        if wants_install(staged):
-            install = root / "install"
-            try:
-                self._install(staged, install, sha, limits)
-            except BaseException:
-                shutil.rmtree(root, ignore_errors=True)
-                raise
-        info = {"install": install is not None, "seconds": round(time.monotonic() - started, 2)}
-        (root / "ready.json").write_text(json.dumps(info) + "\n")
-        return Prepared(sha, staged, install, False)
-
-    def _install(self, staged: Path, install: Path, sha: str, limits: Limits) -> None:
+    def _install(self, staged: Path, target: Path, sha: str, limits: Limits) -> None:
         docker = _docker()
-        install.mkdir()
+        script = install.install_script(staged, self.python)
         if os.geteuid() == 0:
-            os.chown(install, SANDBOX_UID, SANDBOX_UID)
+            os.chown(target, SANDBOX_UID, SANDBOX_UID)
+            os.chmod(target, 0o700)
         else:
-            os.chmod(install, 0o777)  # noqa: S103 - the container's uid must write here; tightened below
-        script = install_script(staged)
-        memory = max(limits.memory_mb, INSTALL_MIN_MEMORY_MB)
-        file_size = INSTALL_FILE_SIZE_MB * 1024 * 1024
+            os.chmod(target, 0o777)  # noqa: S103 - the container's uid must write here; sealed afterwards
+        memory = max(limits.memory_mb, install.INSTALL_MIN_MEMORY_MB)
+        charged = memory + install.INSTALL_MAX_MB + install.INSTALL_TMP_MB  # tmpfs pages count as memory
+        file_size = install.INSTALL_FILE_SIZE_MB * 1024 * 1024
         container = None
         try:
-            # The root is writable here (an ephemeral layer, discarded with the container) so that pip may
-            # "uninstall" a preinstalled version it replaces; the result lives only in /install.
             container = self.client.containers.create(
                 self.image.id,
                 entrypoint=["/bin/sh", "-c"],
                 command=[script],
                 user=f"{SANDBOX_UID}:{SANDBOX_UID}",
-                environment={**STUDY_ENV, "PYTHONPATH": INSTALL_SITE},
+                environment={
+                    **STUDY_ENV,
+                    "PYTHONPATH": install.install_pythonpath(IMAGE_PYTHON_VERSION, self.environment_site),
+                },
                 working_dir="/tmp",
                 network_mode="none",
-                mem_limit=f"{memory}m",
-                memswap_limit=f"{memory}m",
-                pids_limit=max(limits.pids, 256),
+                read_only=True,
+                tmpfs={
+                    "/tmp": f"rw,nosuid,nodev,mode=1777,size={install.INSTALL_TMP_MB}m",
+                    # The engine copies the image's /install (root's, 0755) over a mode option: an owner.
+                    INSTALL_MOUNT: f"rw,nosuid,nodev,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,"
+                    f"size={install.INSTALL_MAX_MB}m",
+                },
+                mem_limit=f"{charged}m",
+                memswap_limit=f"{charged}m",
+                pids_limit=max(limits.pids, install.INSTALL_MIN_PIDS),
                 nano_cpus=int(limits.cpus * 1e9),
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 ulimits=_ulimits(file_size, NOFILE),
                 volumes={
                     str(staged): {"bind": SUBMISSION_MOUNT, "mode": "ro"},
-                    str(install): {"bind": INSTALL_MOUNT, "mode": "rw"},
+                    str(target): {"bind": install.INSTALL_OUT, "mode": "rw"},
                 },
                 labels={ROLE_LABEL: "install", ARTIFACT_LABEL: sha[:12], WORKER_LABEL: _worker_id()},
                 log_config=docker.types.LogConfig(
@@ -229,22 +244,20 @@ class DockerBackend:
             )
             container.start()
             try:
-                status = container.wait(timeout=INSTALL_TIMEOUT_S)
+                status = container.wait(timeout=install.INSTALL_TIMEOUT_S)
             except Exception as exc:  # requests' ReadTimeout/ConnectionError when the wait runs out
                 if isinstance(exc, docker.errors.DockerException):
                     raise
                 with contextlib.suppress(docker.errors.DockerException):
                     container.kill()
-                raise InstallFailed(
-                    f"installing the bundled requirements took longer than {INSTALL_TIMEOUT_S:.0f} s"
-                ) from None
+                raise install.timed_out() from None
             code = status.get("StatusCode")
             output = container.logs(stdout=True, stderr=True, tail=200).decode("utf-8", errors="replace")
             container.reload()
             if container.attrs["State"].get("OOMKilled"):
-                raise InstallFailed(f"installing the bundled requirements ran out of memory ({memory} MB)")
+                raise install.out_of_memory(memory)
             if code != 0:
-                raise InstallFailed(install_error(output, code))
+                raise InstallFailed(install.install_error(output, code))
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(
                 f"the engine failed while installing bundled packages: {_first_line(exc)}"
@@ -253,7 +266,6 @@ class DockerBackend:
             if container is not None:
                 with contextlib.suppress(docker.errors.DockerException):
                     container.remove(force=True)
-        os.chmod(install, 0o755)
 
     # -- per study --------------------------------------------------------------------------------
     def launch(self, submission_dir: Path, limits: Limits, study: str | None = None) -> LaunchSpec:
@@ -262,13 +274,24 @@ class DockerBackend:
         prepared = self.prepared.get(str(Path(submission_dir).resolve()))
         if prepared is None:
             prepared = self.prepare(submission_dir, limits)
-        with contextlib.suppress(OSError):
-            (_cache_root() / prepared.sha256 / "ready.json").touch()
+        install.touch(prepared)
         environment = dict(STUDY_ENV)
         volumes = {str(prepared.submission): {"bind": SUBMISSION_MOUNT, "mode": "ro"}}
+        site = None
         if prepared.install is not None:
             volumes[str(prepared.install)] = {"bind": INSTALL_MOUNT, "mode": "ro"}
-            environment["PYTHONPATH"] = INSTALL_SITE
+            site = INSTALL_SITE
+        marker_dir = Path(tempfile.mkdtemp(prefix="docker-start-", dir=_scratch()))
+        try:
+            os.chmod(marker_dir, 0o755)
+            fifo = marker_dir / STARTED_FIFO
+            os.mkfifo(fifo, 0o622)
+            os.chmod(fifo, 0o622)  # the sandbox's uid may write the marker, never read or drain it
+            started_read = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            shutil.rmtree(marker_dir, ignore_errors=True)
+            raise
+        volumes[str(marker_dir)] = {"bind": STARTED_MOUNT, "mode": "ro"}
         file_size = limits.file_size_mb * 1024 * 1024
         labels = {ROLE_LABEL: "sandbox", ARTIFACT_LABEL: prepared.sha256[:12], WORKER_LABEL: _worker_id()}
         if study is not None:
@@ -276,6 +299,7 @@ class DockerBackend:
         try:
             container = self.client.containers.create(
                 self.image.id,
+                entrypoint=[self.python, "-s", "-P", "-c", bootstrap(self.host_dir, site)],
                 command=[SUBMISSION_MOUNT],
                 name=f"bbo-sandbox-{uuid.uuid4().hex[:16]}",
                 hostname="sandbox",
@@ -298,7 +322,18 @@ class DockerBackend:
                 log_config=docker.types.LogConfig(type="none"),
             )
         except docker.errors.DockerException as exc:
+            os.close(started_read)
+            shutil.rmtree(marker_dir, ignore_errors=True)
             raise SandboxUnavailable(f"cannot create a sandbox container: {_first_line(exc)}") from None
+
+        marker = {"fd": started_read, "seen": False}
+
+        def started() -> bool:
+            """Whether the bootstrap wrote the marker (what is in the FIFO stays there until read)."""
+            if not marker["seen"] and marker["fd"] >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    marker["seen"] = STARTED_MARKER in os.read(marker["fd"], 65536)
+            return bool(marker["seen"])
 
         def kill() -> None:
             with contextlib.suppress(docker.errors.DockerException):
@@ -307,11 +342,17 @@ class DockerBackend:
         def cleanup() -> None:
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
+            if marker["fd"] >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(marker["fd"])
+                marker["fd"] = -1
+            shutil.rmtree(marker_dir, ignore_errors=True)
 
         def exit_cause(returncode: int | None) -> str | None:
             # resource_limit: docker saw the OOM killer. infrastructure: the engine or the container went
-            # away, or the container never started (the CLI could not reach the engine): not the team's
-            # doing. None: the optimizer's own exit.
+            # away, the container never started (the CLI could not reach the engine), or its process ended
+            # before the submission loaded (no start marker): not the team's doing. None: the optimizer's
+            # own exit.
             with contextlib.suppress(Exception):
                 container.wait(timeout=5)
             try:
@@ -319,10 +360,12 @@ class DockerBackend:
             except docker.errors.DockerException:
                 return FailureCause.INFRASTRUCTURE.value
             state = container.attrs.get("State") or {}
-            if state.get("OOMKilled"):
-                return FailureCause.RESOURCE_LIMIT.value
             if str(state.get("StartedAt", "")).startswith("0001-"):
                 return FailureCause.INFRASTRUCTURE.value
+            if not started():
+                return FailureCause.INFRASTRUCTURE.value
+            if state.get("OOMKilled"):
+                return FailureCause.RESOURCE_LIMIT.value
             return None
 
         env = {name: os.environ[name] for name in _CLI_ENV if name in os.environ}
@@ -336,127 +379,14 @@ class DockerBackend:
         )
 
 
-# -- submission content ----------------------------------------------------------------------------
-
-
-def _regular_files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """(relative path, path) of every regular file, sorted; symlinks and special files are skipped."""
-    for current, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(current, d)))
-        for name in sorted(files):
-            path = Path(current) / name
-            if stat.S_ISREG(path.lstat().st_mode):
-                yield path.relative_to(folder).as_posix(), path
-
-
-def content_sha256(folder: Path) -> str:
-    """The sha256 of a submission folder: every regular file's relative path and bytes."""
-    digest = hashlib.sha256()
-    for rel, path in _regular_files(folder):
-        file_digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                file_digest.update(chunk)
-        digest.update(f"{rel}\0".encode() + file_digest.digest())
-    return digest.hexdigest()
-
-
-def _stage(source: Path, target: Path) -> None:
-    """Copy regular files (0644) and folders (0755), never following a link out of the submission."""
-    target.mkdir(mode=0o755)
-    os.chmod(target, 0o755)
-    for rel, path in _regular_files(source):
-        dest = target / rel
-        for parent in reversed(dest.relative_to(target).parents[:-1]):
-            folder = target / parent
-            if not folder.is_dir():
-                folder.mkdir(mode=0o755)
-                os.chmod(folder, 0o755)
-        shutil.copyfile(path, dest, follow_symlinks=False)
-        os.chmod(dest, 0o644)
-
-
-def _meaningful_lines(path: Path) -> list[str]:
-    if not path.is_file() or path.is_symlink():
-        return []
-    lines = path.read_text(errors="replace").splitlines()
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
-
-
-def wants_install(folder: Path) -> bool:
-    """Whether the submission bundles anything to install (an empty requirements.txt does not)."""
-    names = ("requirements.txt", "install_order.txt")
-    return any(_meaningful_lines(folder / name) for name in names)
-
-
-def install_script(folder: Path) -> str:
-    """The shell script the install container runs: install_order.txt's entries one by one (--no-deps,
-    in order), then requirements.txt. An entry naming a bundled file installs that file."""
-    pip = ["python", "-m", "pip", "install", "--no-index", "--find-links", SUBMISSION_MOUNT,
-           "--prefix", INSTALL_MOUNT, "--no-build-isolation", "--no-warn-script-location",
-           "--no-input", "--progress-bar", "off", "--disable-pip-version-check"]  # fmt: skip
-    steps = ["set -e", f"cd {SUBMISSION_MOUNT}"]
-    for number, entry in enumerate(_meaningful_lines(folder / "install_order.txt"), start=1):
-        if entry.startswith("-"):
-            raise InstallFailed(
-                f"install_order.txt line {number} is an option ({entry[:40]!r}); list files or requirements"
-            )
-        bundled = folder / entry
-        target = f"{SUBMISSION_MOUNT}/{entry}" if "/" not in entry and bundled.is_file() else entry
-        steps.append(shlex.join([*pip, "--no-deps", target]))
-    if _meaningful_lines(folder / "requirements.txt"):
-        steps.append(shlex.join([*pip, "-r", f"{SUBMISSION_MOUNT}/requirements.txt"]))
-    return "\n".join(steps)
-
-
-def install_error(output: str, code: int | None) -> str:
-    """pip's own error lines (they name only the team's packages and files), else the exit code."""
-    errors = [line.strip() for line in output.splitlines() if line.strip().startswith("ERROR:")]
-    detail = " ".join(errors[-2:])[:400] if errors else f"pip exited with code {code}"
-    return (
-        f"the bundled requirements did not install: {detail} (requirements.txt may only name packages that "
-        "the image provides or that are bundled as wheels in the submission; there is no network)"
-    )
-
-
-# -- cache -----------------------------------------------------------------------------------------
-
-
-def _cache_root() -> Path:
-    path = state_dir() / "sandbox" / "artifacts"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _prune_cache(keep: str) -> None:
-    """Drop artifacts no worker has used for CACHE_KEEP_DAYS (every launch touches its ready.json)."""
-    cutoff = time.time() - CACHE_KEEP_DAYS * 86400
-    root = _cache_root()
-    for entry in root.iterdir():
-        if entry.name == keep or not entry.is_dir():
-            continue
-        ready = entry / "ready.json"
-        try:
-            stale = ready.stat().st_mtime < cutoff if ready.exists() else entry.stat().st_mtime < cutoff
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (root / f"{entry.name}.lock").unlink()
-
-
 # -- containers ------------------------------------------------------------------------------------
+
+
+def _scratch() -> Path:
+    path = state_dir() / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _ulimits(file_size: int, nofile: int) -> list[Any]:
