@@ -37,6 +37,7 @@ __all__ = [
     "ServiceUnavailable",
     "SpecError",
     "WindowClosed",
+    "admit_upload",
     "info",
     "leaderboard",
     "leaderboard_view",
@@ -141,6 +142,47 @@ def check_window(spec: Spec, phase: str, now: float | None = None) -> None:
 # -- submit -----------------------------------------------------------------------------------------
 
 
+def admit_upload(
+    r: redis.Redis, team: str, spec: Spec, phase: str | None = "feedback", *, now: float | None = None
+) -> None:
+    """Every refusal of an upload that needs none of its bytes, so the gateway answers it before reading
+    the body: the phase exists (SpecError), takes uploads and is open (Forbidden, WindowClosed), the team
+    is not disabled (Forbidden), and it has a submission left today (QuotaExceeded). Reads only: `submit`
+    calls it again and then reserves the quota atomically. `phase=None` is a phase not known yet (the
+    gateway before reading a form that may name one): refused only when no phase taking uploads is open."""
+    now = time.time() if now is None else now
+    if phase is not None:
+        _phase_takes_uploads(spec, phase, now)
+    else:
+        names = sorted(
+            (n for n, p in spec.phases.items() if p.accepts_uploads), key=lambda n: n != "feedback"
+        )
+        refusals: list[ServiceError] = []
+        for name in names:
+            try:
+                _phase_takes_uploads(spec, name, now)
+                break
+            except ServiceError as exc:
+                refusals.append(exc)
+        else:
+            raise refusals[0] if refusals else Forbidden("no phase of this competition takes uploads")
+    registered = teams.get_team(r, team)  # organizer runs under unregistered names are not refused
+    if registered is not None and registered.disabled:
+        raise Forbidden(f"team {team} is disabled; ask the organizers")
+    left = quotas.remaining(r, team, spec, now)
+    if left.remaining <= 0:
+        raise quotas._exceeded(left.limit, left.used, left.held, now)
+
+
+def _phase_takes_uploads(spec: Spec, phase: str, now: float) -> None:
+    if not spec.phase(phase).accepts_uploads:  # SpecError for a phase this competition does not have
+        raise Forbidden(
+            f"the {phase} phase takes no uploads: the organizers score each team's selected submission "
+            "on it (`bbo select ID`; default: your best)"
+        )
+    check_window(spec, phase, now)
+
+
 def submit(
     r: redis.Redis,
     team: str,
@@ -152,14 +194,9 @@ def submit(
     *,
     now: float | None = None,
 ) -> Submission:
-    """Accept one upload: phase and window, quota (reserved atomically), then the archive checks and
-    the enqueue. A refused upload stores nothing and costs nothing."""
-    if not spec.phase(phase).accepts_uploads:  # SpecError for a phase this competition does not have
-        raise Forbidden(
-            f"the {phase} phase takes no uploads: the organizers score each team's selected submission "
-            "on it (`bbo select ID`; default: your best)"
-        )
-    check_window(spec, phase, now)
+    """Accept one upload: `admit_upload`'s checks, the quota reserved atomically, then the archive checks
+    and the enqueue. A refused upload stores nothing and costs nothing."""
+    admit_upload(r, team, spec, phase, now=now)
     hold = quotas.check_and_reserve(r, team, spec, now)
     try:
         return create_submission(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from competition import service
-from competition.spec import Spec, load
+from competition.quotas import QuotaExceeded
+from competition.spec import Spec, SpecError, load
 from gateway import errors, metrics
 from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
@@ -37,6 +39,9 @@ MIB = 1024 * 1024
 # Room for the multipart framing and the small form fields around the file part.
 MULTIPART_SLACK = 64 * 1024
 LEADERBOARD_CACHE_S = 2.0
+# /metrics reads every submission's hash: computed at most once per this many seconds and shared by every
+# scraper (a Prometheus scrape interval is 15 s or more), so a flood of requests costs one scan.
+METRICS_CACHE_S = 5.0
 # An upload body may pause this long between chunks, and take this long in all (50 MiB in 5 minutes is
 # 170 KiB/s, slower than any team's uplink); the reverse proxy's own body timeout may be shorter.
 BODY_IDLE_S = 30.0
@@ -91,6 +96,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     app.state.backend = backend
     app.state.redis = connect(redis_url)
     app.state.leaderboard_cache_s = LEADERBOARD_CACHE_S
+    app.state.metrics_cache_s = METRICS_CACHE_S
     errors.install(app)
     limit = spec.submission.max_zip_mb * MIB
 
@@ -107,7 +113,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     )
     async def upload(
         request: Request,
-        team: str = Depends(require_team),
+        team: str = Depends(_uploading_team),
         phase: str | None = Query(None, max_length=40, description="feedback (default) or final"),
     ) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
@@ -116,10 +122,17 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
                 415,
                 "unsupported_media_type",
                 "upload the zip as multipart/form-data with the archive in a field named 'file'",
+                {"Connection": "close"},
             )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
             raise _too_large(spec.submission.max_zip_mb)
+        # Before a byte of the body: the phase (when the query names it) and its window, a disabled team,
+        # the day's quota. Refused here, the connection is closed instead of the body being read.
+        try:
+            await run_in_threadpool(service.admit_upload, app.state.redis, team, spec, phase)
+        except (QuotaExceeded, service.ServiceError, SpecError) as exc:
+            raise _refused_before_body(exc) from None
         try:
             form = await MultiPartParser(
                 request.headers, _limited(request, limit + MULTIPART_SLACK), max_files=1, max_fields=8
@@ -199,9 +212,17 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         team = team_of(request)
         return JSONResponse(service.info(app.state.redis, spec, team))
 
+    metrics_lock = threading.Lock()
+    metrics_cache: list = [float("-inf"), ""]  # [computed at (monotonic), text]
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        text = metrics.render(service.metrics_snapshot(app.state.redis))
+        # One computation at a time; requests arriving meanwhile wait for it and share its text.
+        with metrics_lock:
+            if time.monotonic() - metrics_cache[0] >= app.state.metrics_cache_s:
+                text = metrics.render(service.metrics_snapshot(app.state.redis))
+                metrics_cache[:] = [time.monotonic(), text]
+            text = metrics_cache[1]
         return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
     return app
@@ -238,6 +259,28 @@ def _too_large(max_mb: int) -> ApiError:
         f"the upload is larger than this competition's limit of {max_mb} MiB",
         {"Connection": "close"},
     )
+
+
+def _uploading_team(request: Request) -> str:
+    """`require_team` for an upload: a refusal closes the connection, so its body is never read."""
+    try:
+        return require_team(request)
+    except ApiError as exc:
+        headers = {**(exc.headers or {}), "Connection": "close"}
+        raise ApiError(exc.status, exc.code, exc.message, headers) from None
+
+
+def _refused_before_body(exc: Exception) -> ApiError:
+    """An upload refused before its body was read: the answer closes the connection (kept alive, the
+    server would go on reading the body it no longer wants)."""
+    close = {"Connection": "close"}
+    if isinstance(exc, QuotaExceeded):
+        return ApiError(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after), **close})
+    if isinstance(exc, SpecError):
+        return ApiError(422, "invalid_phase", str(exc), close)
+    if isinstance(exc, service.Forbidden):
+        return ApiError(403, exc.code, str(exc), close)
+    return ApiError(400, getattr(exc, "code", "bad_request"), str(exc), close)
 
 
 def _safe_filename(name: str | None) -> str:
