@@ -24,7 +24,7 @@ from cli import (
     submissions_cmd,
     up,
 )
-from cli.output import emit_json, err, fail, studies_progress
+from cli.output import emit_json, err, fail, guard_service_output, plain, stdout_to_stderr, studies_progress
 from cli.up import Child
 
 app = typer.Typer(
@@ -99,7 +99,8 @@ def score(
     ) as exc:
         fail(str(exc))
     try:
-        with ensure_redis() as url:
+        # Nothing a worker or a study prints may reach stdout, which holds the report alone.
+        with stdout_to_stderr(), ensure_redis() as url:
             r = connect(url)
             sub = create_submission(
                 r, team=team, data=data, spec=spec, phase=phase, filename=path.name, backend=backend
@@ -177,11 +178,12 @@ def _print_report(report: dict) -> None:
     for row in report.get("problems", []):
         score = "" if row["score"] is None else f"{row['score']:.3f}"
         table.add_row(
-            row["problem"], f"{row['clip']:.5g}", f"{row['opt']:.5g}", score, str(len(row["studies"]))
+            plain(row["problem"]), f"{row['clip']:.5g}", f"{row['opt']:.5g}", score, str(len(row["studies"]))
         )
     err.print(table)
     if report.get("failure"):
-        err.print(f"[red]failed[/]: {report['failure']['cause']}: {report['failure']['message']}")
+        failure = report["failure"]
+        err.print(f"[red]failed[/]: {failure['cause']}: {plain(failure['message'])}", soft_wrap=True)
     score = report.get("score")
     typer.echo(f"score: {score:.4f}" if score is not None else f"state: {report['state']}")
 
@@ -192,6 +194,7 @@ def worker(
     name: str = typer.Option(None, "--name", help="Worker name (default: bbo-HOST-PID)."),
 ) -> None:
     """Run a scoring worker against BBO_REDIS_URL (or the embedded Redis)."""
+    guard_service_output()
     from queue_schema.connection import RedisUnavailable, ping
     from workers.worker import run_worker
 

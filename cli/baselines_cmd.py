@@ -75,10 +75,12 @@ def build(
 ) -> None:
     """Run the baseline studies of every problem of SPEC (both phases) and write its baseline file."""
     from baselines.build import build_baselines, rich_progress, write_baseline_file
+    from cli.output import stdout_to_stderr
 
     loaded = _load_spec(spec)
     n_workers = workers or os.cpu_count() or 1
-    with rich_progress(f"baselines {loaded.name}") as progress:
+    # bayesmark's study loop prints notes on stdout (in this process or its pool's): stdout is the JSON's.
+    with stdout_to_stderr(), rich_progress(f"baselines {loaded.name}") as progress:
         data = build_baselines(loaded, n_workers, progress)
     try:
         path = write_baseline_file(data, out)

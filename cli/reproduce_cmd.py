@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, plain
 
 
 def reproduce_command(
@@ -31,8 +31,8 @@ def reproduce_command(
     from queue_schema.connection import RedisUnavailable, connect
     from workers.sandbox import SandboxRefused, SandboxUnavailable
 
-    def progress(line: str) -> None:
-        err.print(f"[dim]{line}[/]", soft_wrap=True, markup=True, highlight=False)
+    def progress(line: str) -> None:  # the rerun's log: the optimizer's stderr among it
+        err.print(f"[dim]{plain(line)}[/]", soft_wrap=True, markup=True, highlight=False)
 
     try:
         with ensure_redis() as url:
@@ -44,8 +44,10 @@ def reproduce_command(
     if as_json:
         emit_json(outcome)
         return
+    from queue_schema.untrusted import safe_text
+
     for line in verdict_lines(outcome):
-        typer.echo(line)
+        typer.echo(safe_text(line))  # the rerun's error is the optimizer's words
 
 
 def verdict_lines(outcome: dict[str, Any]) -> list[str]:

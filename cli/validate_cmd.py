@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, plain, stdout_to_stderr
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -347,7 +346,8 @@ def _logged_in_rules(fallback: Any) -> Any:
         )
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         err.print(
-            f"[yellow]could not read the rules of {config['server']} ({exc}); using {fallback.name}'s[/]"
+            f"[yellow]could not read the rules of {plain(config['server'])} ({plain(exc)}); "
+            f"using {fallback.name}'s[/]"
         )
         return fallback
 
@@ -408,14 +408,15 @@ def validate(
         fail(str(exc))
     cut = _study_spec(spec, rounds, call_timeout)
     err.print(
-        f"validating [bold]{escape(str(path))}[/] on {problem}: {studies} x {cut.rounds} rounds x "
+        f"validating [bold]{plain(path)}[/] on {problem}: {studies} x {cut.rounds} rounds x "
         f"{cut.batch} ({spec.name} rules, optimizer budget {cut.limits.suggest_budget_s:.0f} s per study, "
         f"{cut.limits.call_timeout_s:.0f} s per call; {backend.name} backend)",
         soft_wrap=True,
     )
-    verdict = run_validation(
-        path, cut, problem, studies, backend, lambda line: err.print(line, soft_wrap=True)
-    )
+    with stdout_to_stderr():  # stdout holds the verdict alone, whatever the study prints
+        verdict = run_validation(
+            path, cut, problem, studies, backend, lambda line: err.print(line, soft_wrap=True)
+        )
     if as_json:
         emit_json(verdict.to_dict())
     else:
@@ -424,12 +425,14 @@ def validate(
 
 
 def _print_verdict(verdict: Verdict) -> None:
+    from queue_schema.untrusted import safe_text
+
     for warning in verdict.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {plain(warning)}", soft_wrap=True)
     if verdict.stderr_tail and (verdict.warnings or not verdict.ok):
         err.print("optimizer stderr (last lines):")
         for line in verdict.stderr_tail:
-            err.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"  {safe_text(line)}", markup=False, highlight=False, soft_wrap=True)
     if verdict.ok:
         typer.echo(
             f"passed: {verdict.message}; best loss {_fmt_loss(verdict.best_loss)} ({verdict.seconds:.1f} s)"
@@ -438,4 +441,4 @@ def _print_verdict(verdict: Verdict) -> None:
     scope = (
         "the service would fail the submission" if verdict.fatal else "the service would cut the study off"
     )
-    typer.echo(f"failed: {verdict.cause}: {verdict.message} ({scope})")
+    typer.echo(safe_text(f"failed: {verdict.cause}: {verdict.message} ({scope})"))
