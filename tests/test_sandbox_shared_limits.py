@@ -22,6 +22,7 @@ from queue_schema import protocol
 from queue_schema.states import StudyState
 from tests.conftest import SUBMISSIONS
 from tests.sandbox_helpers import run_launched
+from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import bwrap, uids
 from workers.sandbox.base import SandboxUnavailable
@@ -107,12 +108,16 @@ def test_a_fork_bomb_does_not_stop_another_teams_sandbox_rlimit_mode(small_spec,
         # Team B runs two studies while A's bomb keeps forking; like a job, it starts the second study's
         # sandbox before it runs the first, and its optimizer starts a thread and a process per suggest.
         team_b = working_optimizer(tmp_path)
-        first, second = (backend.launch(team_b, limits) for _ in range(2))
-        for study, launch in enumerate((first, second)):
-            result, lines = run_launched(backend, launch, spec, "DT-iris-acc", study)
-            assert not isinstance(result, BaseException), (result, lines[-10:])
+        logs: list[list[str]] = [[], []]
+        running = [OptimizerProcess(backend.launch(team_b, limits), log=log.append).start() for log in logs]
+        for study, proc in enumerate(running):
+            log = logs[study].append
+            try:
+                result = run_one_study(proc, "DT-iris-acc", study, spec, backend.describe(), log)
+            except FatalOptimizerError as fatal:
+                raise AssertionError(f"team B's study {study}: {fatal} {logs[study][-5:]}") from None
             assert result.state == StudyState.COMPLETE and len(result.losses) == spec.rounds
-            assert result.suggest_fallbacks == 0, lines[-10:]  # its threads and processes started
+            assert result.suggest_fallbacks == 0, logs[study][-10:]  # its threads and processes started
         assert len(processes_named(marker)) >= limits.pids - 4  # A was at its limit all along
     finally:
         bomb.kill()

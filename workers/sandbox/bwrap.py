@@ -1,7 +1,8 @@
 """The `bwrap` backend: every study's optimizer in a fresh bubblewrap sandbox, for machines with no engine.
 
-Per study (launch): a private copy of the submission (regular files only, world-readable) bound read-only
-at /submission; the host code (sandbox_image/host.py and queue_schema/protocol.py) copied and bound
+Per study (launch): the artifact's staged copy of the submission (regular files only, world-readable,
+made once by `prepare`) bound read-only at /submission, and its installed bundled wheels read-only at
+/install; the host code (sandbox_image/host.py and queue_schema/protocol.py) copied and bound
 read-only at /host; the system directories (/usr and the /bin, /lib... links) and the Python runtime the
 worker runs (its base install and its venv, at their own paths, nothing else of their parents) bound
 read-only; a minimal generated /etc (passwd, group, hosts) plus ld.so.cache and localtime; size-limited
@@ -29,15 +30,17 @@ switch on. This needs the worker to run as root (bwrap then needs no setuid bit 
 One uid per sandbox. U is a uid of the sandbox's own (workers/sandbox/uids.py: UID_BASE + a slot held by a
 lock for the sandbox's life, released in cleanup, and with the worker's death), in both limit modes, and
 the install sandbox of an artifact gets one too. What the kernel counts per uid is therefore counted per
-sandbox: RLIMIT_NPROC (= limits.pids), inotify instances, pipe pages, message queues. Measured before
-(issue 14, finding 8), all sandboxes as uid 65534 in rlimit mode: a fork bomb at its 32 processes left the
-next sandbox no thread and no child process (its suggest raised "can't start new thread"), and a third
-sandbox failed to exec its interpreter (EAGAIN), charged to that team as `optimizer_crashed`.
-tests/test_sandbox_shared_limits.py runs that case. A worker that can give neither per-sandbox uids nor
-cgroups (the slot folder unusable, cgroups not writable) refuses the backend (SandboxUnavailable naming
-both reasons) unless the operator sets BBO_ALLOW_SHARED_SANDBOX_LIMITS=1, which runs every sandbox as uid
-65534 with one shared process budget. With cgroups but no per-sandbox uid, sandboxes run as uid 65534 with
-a pids group each and RLIMIT_NPROC as a machine-wide backstop (NPROC_BACKSTOP).
+sandbox: RLIMIT_NPROC (= limits.pids), inotify instances, pipe pages, message queues. Measured on the
+code before (issue 14, finding 8), every sandbox as uid 65534, rlimit mode, pids 32: with one team's fork
+bomb at its 32 tasks, another team's first sandbox ran but could start no thread (3 of 3 suggests fell
+back to random), and its pre-started second sandbox could not exec its interpreter ("setpriv: failed to
+execute ...: Resource temporarily unavailable", exit 126), charged as `optimizer_crashed`. Now both
+studies complete with no fallback (tests/test_sandbox_shared_limits.py).
+A worker that can give neither per-sandbox uids nor cgroups (the slot folder unusable, cgroups not
+writable) refuses the backend (SandboxUnavailable naming both reasons) unless the operator sets
+BBO_ALLOW_SHARED_SANDBOX_LIMITS=1, which runs every sandbox as uid 65534 with one shared process budget.
+With cgroups but no per-sandbox uid, sandboxes run as uid 65534 with a pids group each and RLIMIT_NPROC
+as a machine-wide backstop (NPROC_BACKSTOP).
 
 A sandbox that fails to start is ours. The worker passes the sandbox the write end of a pipe (a private
 descriptor, `LaunchSpec.pass_fds`); after the seccomp filter is installed and the host code is imported,
@@ -57,7 +60,8 @@ Limits, two modes.
   oom_kill counter (and pids.events) and reports `resource_limit`. Measured: a hog of 32 MB chunks under a
   256 MB group dies at about 224 MB, bwrap exits 137 and oom_kill reads 1. A fork bomb stops at pids.max
   per study, however many sandboxes run on the machine (measured with pids 32: 31 processes inside, the
-  32nd task of the group being bwrap itself; in rlimit mode 33: 32 of uid 65534 plus bwrap's root reaper).
+  32nd task of the group being bwrap itself; in rlimit mode 33: 32 of the sandbox's uid plus bwrap's root
+  reaper).
   `kill` SIGKILLs whatever is left in the group and cleanup removes the groups. RLIMIT_NPROC (per
   sandbox uid) = limits.pids as well.
 - `rlimit` (fallback where cgroups are not writable, e.g. a pure cgroup v2 host): RLIMIT_DATA =
