@@ -11,6 +11,9 @@ import io
 import zipfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from competition import artifacts, bundled
 from competition.spec import SubmissionRules
@@ -260,3 +263,48 @@ def test_the_accepted_tags_are_those_of_the_sandbox_image():
     assert Tag("cp311", "cp311", "manylinux2014_x86_64") in bundled.ACCEPTED_TAGS
     assert Tag("cp311", "cp311", "manylinux_2_37_x86_64") not in bundled.ACCEPTED_TAGS
     assert Tag("cp311", "cp311", "linux_x86_64") not in bundled.ACCEPTED_TAGS
+
+
+# -- property-based: only InvalidSubmission, and only plain requirements pass --------------------------
+
+WHEEL_NAME = "tiny_dep-0.1.0-py3-none-any.whl"
+LINE_PIECES = st.sampled_from(
+    ["numpy", "==", "1.0", "-e", "--index-url", " ", "@", "://", "/", ".", "~", ";", "python_version<'4'",
+     "[x]", "git+", "${X}", "\\", "#", ".tar.gz", ".whl", WHEEL_NAME, ",", ">=", "https", "file:"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=st.one_of(st.text(max_size=60), st.lists(LINE_PIECES, max_size=6).map("".join)))
+def test_a_requirement_line_passes_only_as_a_name_with_versions_or_a_bundled_wheel(line):
+    data = f"{line}\n".encode("utf-8", errors="surrogatepass")
+    try:
+        bundled.check_install_file("requirements.txt", data, {WHEEL_NAME})
+    except artifacts.InvalidSubmission as exc:
+        assert str(exc).isprintable()
+        return
+    for raw in data.decode("utf-8", errors="surrogatepass").splitlines():
+        kept = bundled._COMMENT.sub("", raw).strip()
+        if not kept or kept == WHEEL_NAME:
+            continue
+        requirement = Requirement(kept)
+        assert requirement.url is None and requirement.marker is None, kept
+        assert not kept.startswith("-") and not any(c in kept for c in "/\\@$~"), kept
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.one_of(st.text(max_size=40).map(lambda t: t + ".whl"), st.just(WHEEL_NAME)),
+    payload=st.one_of(st.binary(max_size=200), st.just(make_wheel()[1])),
+    cut=st.integers(0, 400),
+)
+def test_random_wheel_names_and_bytes_raise_only_invalid_submission(name, payload, cut):
+    entries = {name: payload[: cut if cut < len(payload) else None]} if "\x00" not in name else {}
+    try:
+        data = submission(entries)
+    except (ValueError, UnicodeEncodeError):  # names zipfile itself cannot write
+        return
+    try:
+        artifacts.check(data, RULES)
+    except artifacts.InvalidSubmission as exc:
+        assert str(exc).isprintable()

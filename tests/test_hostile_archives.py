@@ -140,6 +140,52 @@ def test_what_extraction_raised_on_the_landed_code_is_now_refused_before_writing
         assert not work.exists()
 
 
+@pytest.mark.usefixtures("unsafe_ok")
+def test_an_archive_that_crashed_extraction_fails_its_submission_as_invalid_and_charged(r):
+    """Through the worker's job (workers.job.score_problem): an artifact stored without today's checks
+    (as those stored before them were) fails the submission with `invalid_submission`, charged, and
+    the message is extract's own reason (not a second-line catch-all). It was an OSError on the landed
+    code: `infrastructure`, refunded."""
+    from rq import Queue
+
+    from competition import quotas
+    from competition.spec import load
+    from competition.submit import create_submission
+    from queue_schema import keys
+    from queue_schema.connection import rq_connection
+    from queue_schema.ids import artifact_digest
+    from queue_schema.records import load_submission
+    from workers.job import score_problem
+
+    spec = load("demo")
+    good = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    source = (SUBMISSIONS / "random_search" / "optimizer.py").read_bytes()
+    cases = {
+        "a 300-character name": ([("a" * 300, b"x")], "the limit is 255"),
+        "pkg, then pkg/m.py": ([("pkg", b"x"), ("pkg/m.py", b"x")], "uses it as a folder"),
+        "pkg/m.py, then pkg": ([("pkg/m.py", b"x"), ("pkg", b"x")], "uses it as a folder"),
+        "an entry named '.'": ([(".", b"x")], "empty or '.' path component"),
+    }
+    for name, (entries, reason) in cases.items():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("optimizer.py", source)
+            for entry, data in entries:
+                archive.writestr(entry, data)
+        hostile = buffer.getvalue()
+        artifacts.store(r, artifacts.Artifact(artifact_digest(hostile), hostile, 1 + len(entries), 0))
+        sub = create_submission(r, team="t", data=good, spec=spec, phase="feedback", backend="process")
+        first = sorted(r.smembers(keys.submission_jobs(sub.id, 1)))[0]
+        payload = Queue(keys.team_queue("t"), connection=rq_connection()).fetch_job(first).args[0]
+        outcome = score_problem({**payload, "artifact_sha256": artifact_digest(hostile)})
+        assert outcome == {"status": "failed", "cause": "invalid_submission"}, (name, outcome)
+        failed = load_submission(r, sub.id)
+        assert failed.failure.cause.value == "invalid_submission", name
+        assert reason in failed.failure.message, (name, failed.failure.message)
+        assert failed.charged, name
+    assert quotas.used_today(r, "t") == len(cases)
+
+
 # -- data: sizes, CRCs, lies ------------------------------------------------------------------------
 
 
