@@ -198,11 +198,8 @@ def serve(submission_dir: str) -> int:
     if load_error is not None:
         channel.send(load_error)
         return 3
-    channel.send(
-        protocol.ok(
-            protocol.OP_HELLO, optimizer=getattr(cls, "__name__", "?"), version=protocol.PROTOCOL_VERSION
-        )
-    )
+    name = str(getattr(cls, "__name__", "?"))[:200]  # the protocol's schema: a string of at most 200
+    channel.send(protocol.ok(protocol.OP_HELLO, optimizer=name, version=protocol.PROTOCOL_VERSION))
 
     optimizer: Any = None
     last_suggested: list[Any] | None = None
@@ -238,7 +235,10 @@ def serve(submission_dir: str) -> int:
                 channel.send(_raised(op, exc))
                 continue
             last_suggested = suggested
-            last_suggested_json = protocol.decode(encoded)["X"]
+            try:
+                last_suggested_json = protocol.decode(encoded)["X"]
+            except protocol.ProtocolError:
+                last_suggested_json = None  # sent as it is: the harness says what is wrong with it
             channel._out.write(encoded)
         elif op == protocol.OP_OBSERVE:
             X = request["X"]

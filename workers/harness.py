@@ -5,13 +5,24 @@ bayesmark's semantics hold as they are: a suggest that raises gives a random bat
 is ignored, an objective that raises gives inf, a wrong batch size or an out-of-range point is fatal.
 Time limits and a dying sandbox are signalled with BaseException subclasses, which run_study's
 `except Exception` does not swallow.
+
+What the sandbox sends is the team's and is checked before bayesmark sees it: replies are typed by the
+protocol (a malformed, oversized or unsolicited one is a protocol violation), every suggested point is
+checked against the declared space and normalised (queue_schema/suggestions.py). Both failures are the
+team's optimizer_crashed. A failure of the harness itself (a bug of ours, which bayesmark's
+`except Exception` would otherwise take for the optimizer's suggest raising) is a HarnessFault, never
+charged to the team. Whatever the study loop prints on stdout (bayesmark's notes when the optimizer
+raises) goes to the organizer log, never to the process's stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bayesmark.experiment import run_study
@@ -23,11 +34,17 @@ from queue_schema import protocol
 from queue_schema.payloads import StudyResult
 from queue_schema.seeds import optimizer_seed
 from queue_schema.states import FailureCause, StudyState
+from queue_schema.suggestions import OutOfSpace, Space, SpaceError, check_batch, compile_space
+from queue_schema.untrusted import safe_text
 from workers.optimizer_process import CallTimeout, OptimizerDied, OptimizerProcess, ProtocolViolation
 
 # A killed process reports -SIGKILL (137 through a container runtime); when we did not kill it, the
 # kernel's OOM killer or a cgroup did.
 _SIGKILL = -9
+# The team's own words (an exception's message) inside a failure message or the log: at most this long.
+TEAM_TEXT_CHARS = 500
+# Lines the study loop may print into the organizer log per study (bayesmark prints one per failing call).
+STUDY_STDOUT_LINES = 1000
 
 
 class StudyCutOff(BaseException):  # noqa: N818 - a control-flow signal, not an error
@@ -49,8 +66,37 @@ class SandboxInfrastructureError(BaseException):
     """Our infrastructure lost the sandbox (engine gone, container vanished): retried, not charged."""
 
 
+class HarnessFault(SandboxInfrastructureError):
+    """The harness itself failed (our bug, our problem definition): never the team's failure."""
+
+
 class OptimizerRaised(Exception):
-    """The optimizer's own suggest/observe raised: bayesmark falls back (random batch) or ignores it."""
+    """The optimizer's own suggest/observe raised: bayesmark falls back (random batch) or ignores it.
+
+    bayesmark logs it (message and traceback): the message is the team's, so it is made safe first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(safe_text(message, limit=TEAM_TEXT_CHARS))
+
+
+def _team_text(text: str) -> str:
+    return safe_text(text, limit=TEAM_TEXT_CHARS)
+
+
+def _protocol_violation(exc: ProtocolViolation) -> FatalOptimizerError:
+    return FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {_team_text(str(exc))}")
+
+
+@contextlib.contextmanager
+def _ours(what: str) -> Iterator[None]:
+    """Inside a call bayesmark makes: our own failure must not pass for the optimizer's (bayesmark's
+    `except Exception` would answer it with random suggestions, charged to the team's study)."""
+    try:
+        yield
+    except OptimizerRaised:
+        raise
+    except Exception as exc:
+        raise HarnessFault(f"harness error during {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def obfuscated_names(problem: str, api_config: dict[str, Any]) -> dict[str, str]:
@@ -64,8 +110,11 @@ def obfuscated_names(problem: str, api_config: dict[str, Any]) -> dict[str, str]
 class RemoteOptimizer:
     """An AbstractOptimizer look-alike that forwards every call to the sandboxed host."""
 
-    def __init__(self, proc: OptimizerProcess, spec: Spec, aliases: dict[str, str] | None) -> None:
+    def __init__(
+        self, proc: OptimizerProcess, spec: Spec, aliases: dict[str, str] | None, space: Space | None = None
+    ) -> None:
         self.proc = proc
+        self.space = space  # the space the optimizer sees (under its aliases), to check suggestions
         self.budget_s = spec.limits.suggest_budget_s
         self.call_timeout_s = spec.limits.call_timeout_s
         self.aliases = aliases
@@ -90,53 +139,48 @@ class RemoteOptimizer:
         except OptimizerDied as exc:
             raise _died(exc, self.proc) from None
         except ProtocolViolation as exc:
-            raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {exc}") from None
+            raise _protocol_violation(exc) from None
         self.time_used += reply.seconds
         return reply
 
     def init(self, api_config: dict[str, Any], seed: int) -> None:
         visible = {self.aliases[k]: v for k, v in api_config.items()} if self.aliases else api_config
+        if self.space is None:
+            self.space = _space_of(visible)
         reply = self._call({"op": protocol.OP_INIT, "api_config": visible, "seed": seed})
-        if not reply.ok:
+        if reply.failure is not None:
             raise FatalOptimizerError(
                 FailureCause.OPTIMIZER_CRASHED,
-                f"the optimizer's constructor raised {reply.error.get('message', '')}",
+                f"the optimizer's constructor raised {_team_text(reply.failure.message)}",
             )
 
+    # Called by bayesmark's run_study, inside its `except Exception`: everything the team causes leaves
+    # as a BaseException (fatal, cut off) or OptimizerRaised (its method raised); anything else is ours.
     def suggest(self, n_suggestions: int = 1) -> list[dict[str, Any]]:
-        reply = self._call({"op": protocol.OP_SUGGEST, "n": n_suggestions})
-        if not reply.ok:
-            self.suggest_fallbacks += 1
-            self.last_error = reply.error.get("message", "")
-            raise OptimizerRaised(self.last_error)
-        points = reply.body.get("X")
-        if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-            raise FatalOptimizerError(
-                FailureCause.OPTIMIZER_CRASHED,
-                f"suggest must return a list of dicts, got {type(points).__name__}",
-            )
-        if self.real_names is not None:
-            points = [self._unalias(p) for p in points]
-        return points
+        with _ours("suggest"):
+            reply = self._call({"op": protocol.OP_SUGGEST, "n": n_suggestions})
+            if reply.failure is not None:
+                self.suggest_fallbacks += 1
+                self.last_error = _team_text(reply.failure.message)
+                raise OptimizerRaised(self.last_error)
+            assert isinstance(reply.message, protocol.Suggested) and self.space is not None
+            try:
+                points = check_batch(reply.message.points, self.space, n_suggestions)
+            except OutOfSpace as exc:
+                raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, _team_text(str(exc))) from None
+            if self.real_names is not None:
+                points = [{self.real_names[k]: v for k, v in point.items()} for point in points]
+            return points
 
     def observe(self, X: list[dict[str, Any]], y: list[float]) -> None:
-        if self.aliases is not None:
-            X = [{self.aliases[k]: v for k, v in point.items()} for point in X]
-        reply = self._call({"op": protocol.OP_OBSERVE, "X": X, "y": [float(v) for v in y]})
-        if not reply.ok:
-            self.observe_errors += 1
-            self.last_error = reply.error.get("message", "")
-            raise OptimizerRaised(self.last_error)
-
-    def _unalias(self, point: dict[str, Any]) -> dict[str, Any]:
-        assert self.real_names is not None
-        unknown = [k for k in point if k not in self.real_names]
-        if unknown:
-            raise FatalOptimizerError(
-                FailureCause.OPTIMIZER_CRASHED,
-                f"suggestion has unknown parameter(s): {', '.join(unknown[:5])}",
-            )
-        return {self.real_names[k]: v for k, v in point.items()}
+        with _ours("observe"):
+            if self.aliases is not None:
+                X = [{self.aliases[k]: v for k, v in point.items()} for point in X]
+            reply = self._call({"op": protocol.OP_OBSERVE, "X": X, "y": [float(v) for v in y]})
+            if reply.failure is not None:
+                self.observe_errors += 1
+                self.last_error = _team_text(reply.failure.message)
+                raise OptimizerRaised(self.last_error)
 
 
 def _died(exc: OptimizerDied, proc: OptimizerProcess) -> FatalOptimizerError:
@@ -161,19 +205,79 @@ def _plain(point: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if hasattr(v, "item") else v for k, v in point.items()}
 
 
-def load_failure(reply_error: dict[str, Any]) -> FatalOptimizerError:
+def load_failure(failed: protocol.Failed) -> FatalOptimizerError:
     """A hello that reports the submission could not load."""
-    kind = reply_error.get("kind")
-    message = reply_error.get("message", "the submission could not be loaded")
-    if kind in (protocol.ERR_LOAD, protocol.ERR_NO_CLASS):
+    message = _team_text(failed.message) or "the submission could not be loaded"
+    if failed.kind in (protocol.ERR_LOAD, protocol.ERR_NO_CLASS):
         return FatalOptimizerError(FailureCause.INVALID_SUBMISSION, message)
     return FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, message)
+
+
+def _space_of(api_config: dict[str, Any]) -> Space:
+    try:
+        return compile_space(api_config)
+    except SpaceError as exc:
+        raise HarnessFault(f"the problem's search space cannot be checked: {exc}") from None
+
+
+class _StudyStdout(io.TextIOBase):
+    """sys.stdout while the study loop runs: whole lines into the organizer log, made safe and bounded,
+    never onto the process's stdout (a command's --json). Thread-safe: one lock around the buffer."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self._buffer = ""
+        self._lines = 0
+        self._dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buffer += str(text)
+            *lines, self._buffer = self._buffer.split("\n")
+            if len(self._buffer) > TEAM_TEXT_CHARS:  # a line that never ends is cut, not kept
+                lines.append(self._buffer)
+                self._buffer = ""
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        with self._lock:
+            self._lines += 1
+            keep = self._lines <= STUDY_STDOUT_LINES
+            if not keep:
+                self._dropped += 1
+        if keep:
+            self._log(f"[harness] study stdout: {safe_text(line, limit=TEAM_TEXT_CHARS)}")
+
+    def finish(self) -> None:
+        with self._lock:
+            rest, self._buffer = self._buffer, ""
+        if rest:
+            self._emit(rest)
+        if self._dropped:
+            self._log(f"[harness] study stdout: {self._dropped} more line(s) dropped")
+
+
+@contextlib.contextmanager
+def _stdout_to_log(log: Callable[[str], None]) -> Iterator[None]:
+    sink = _StudyStdout(log)
+    try:
+        with contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        sink.finish()
 
 
 def _drive(
     proc: OptimizerProcess, problem: str, study: int, spec: Spec, log: Callable[[str], None]
 ) -> tuple[SeededProblem, RemoteOptimizer, StudyState, str | None]:
     """Load, init and run the study loop; the caller closes the sandbox whatever happens."""
+    proc.stderr_cap_bytes = spec.logs.study_kb * 1024
     try:
         hello = proc.wait_hello(spec.limits.call_timeout_s)
     except CallTimeout:
@@ -183,9 +287,9 @@ def _drive(
     except OptimizerDied as exc:
         raise _died(exc, proc) from None
     except ProtocolViolation as exc:
-        raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {exc}") from None
-    if not hello.ok:
-        raise load_failure(hello.error)
+        raise _protocol_violation(exc) from None
+    if hello.failure is not None:
+        raise load_failure(hello.failure)
 
     objective = SeededProblem(problem, study, spec.batch)
     api_config = objective.get_api_config()
@@ -193,19 +297,16 @@ def _drive(
     remote = RemoteOptimizer(proc, spec, aliases)
     state, reason = StudyState.COMPLETE, None
     try:
-        remote.init(api_config, optimizer_seed(problem, study))
-        run_study(remote, objective, spec.rounds, spec.batch, n_obj=len(objective.objective_names))
+        with _stdout_to_log(log):
+            remote.init(api_config, optimizer_seed(problem, study))
+            run_study(remote, objective, spec.rounds, spec.batch, n_obj=len(objective.objective_names))
     except StudyCutOff as cut:
         state, reason = StudyState.CUT_OFF, cut.reason
         log(f"[harness] study {study} cut off: {cut.reason}")
-    except AssertionError as exc:
-        # run_study asserts the batch size the optimizer returned.
-        raise FatalOptimizerError(
-            FailureCause.OPTIMIZER_CRASHED, f"suggest returned the wrong number of points ({exc})"
-        ) from None
-    except ValueError as exc:
-        # run_study's own check: "Optimizer suggestion is out of range."
-        raise FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"{exc} (study {study})") from None
+    except (AssertionError, ValueError) as exc:
+        # run_study's own checks (batch size, "Optimizer suggestion is out of range"): every suggestion
+        # was checked against the space before it got there, so one failing is ours, not the team's.
+        raise HarnessFault(f"bayesmark refused a checked suggestion: {type(exc).__name__}: {exc}") from exc
     return objective, remote, state, reason
 
 
@@ -217,7 +318,25 @@ def run_one_study(
     describe: dict[str, str],
     log: Callable[[str], None],
 ) -> StudyResult:
-    """Drive one study to its end (complete or cut off); raise FatalOptimizerError for the batch."""
+    """Drive one study to its end (complete or cut off); raise FatalOptimizerError for the batch.
+
+    What the team causes leaves as FatalOptimizerError (or a cut-off study); a lost sandbox as
+    SandboxInfrastructureError; any other exception is the harness's own and leaves as HarnessFault (a
+    SandboxInfrastructureError too), so that nothing of ours is charged to the team."""
+    try:
+        return _run_one_study(proc, problem, study, spec, describe, log)
+    except Exception as exc:
+        raise HarnessFault(f"harness error in study {study}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_one_study(
+    proc: OptimizerProcess,
+    problem: str,
+    study: int,
+    spec: Spec,
+    describe: dict[str, str],
+    log: Callable[[str], None],
+) -> StudyResult:
     started = time.monotonic()
     try:
         objective, remote, state, reason = _drive(proc, problem, study, spec, log)

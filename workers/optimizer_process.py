@@ -1,14 +1,27 @@
 """The harness's end of the protocol: one sandboxed optimizer process, driven call by call with deadlines.
 
-Two reader threads drain the child's stdout (protocol replies, each line length-capped) and stderr (the
-organizer log, byte-capped), so a flood of output can neither stall the worker nor fill its memory.
+Two reader threads drain the child's stdout (protocol replies) and stderr (the organizer log), so output
+can neither stall the worker nor fill its memory:
+
+- stdout is a bounded channel. At most one reply is pending per sandbox: from its start the process
+  expects exactly one line, the hello; each call then expects exactly one line, no longer than that call
+  can need (a suggest reply: from n and the declared space, see queue_schema/suggestions.py; any other
+  reply: protocol.CONTROL_REPLY_BYTES). A byte that arrives while no call is waiting (unsolicited
+  output, a second line before the first was taken, the flood of a pre-started sandbox no one has called
+  yet) or a line over the cap is a protocol violation: the team's, fatal. The reader kills the sandbox at
+  once and the waiting call, or the next one, raises ProtocolViolation. The reader holds at most one
+  reply plus one read chunk, whatever the optimizer writes.
+- stderr is kept up to a cap per study (`stderr_cap_bytes`, the spec's logs.study_kb), each line made
+  safe to show; beyond the cap lines are counted, not kept.
+
+Replies are decoded by `protocol.decode_reply` into typed messages: a malformed one is a
+ProtocolViolation too, never another exception.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import subprocess
 import threading
@@ -18,9 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from queue_schema import protocol
+from queue_schema.suggestions import suggest_reply_cap
+from queue_schema.untrusted import safe_text
 
 LogSink = Callable[[str], None]
-STDERR_CAP_BYTES = 256 * 1024  # per study; beyond it lines are counted, not kept
+STDERR_CAP_BYTES = 256 * 1024  # per study, unless the spec says otherwise; beyond it lines are counted
+READ_CHUNK = 64 * 1024  # the stdout reader's one read: the most it holds beyond the reply it is assembling
+STDERR_LINE = 8192
 
 
 class CallTimeout(Exception):
@@ -35,19 +52,24 @@ class OptimizerDied(Exception):
 
 
 class ProtocolViolation(Exception):
-    pass
+    """The sandbox broke the protocol (malformed, oversized or unsolicited output); it has been killed."""
 
 
 @dataclass
 class Reply:
-    ok: bool
+    """One typed reply and how long the call took."""
+
+    message: protocol.ReplyMessage
     op: str
-    body: dict[str, Any]
     seconds: float
 
     @property
-    def error(self) -> dict[str, Any]:
-        return self.body.get("error") or {}
+    def ok(self) -> bool:
+        return self.message.ok
+
+    @property
+    def failure(self) -> protocol.Failed | None:
+        return self.message if isinstance(self.message, protocol.Failed) else None
 
 
 @dataclass
@@ -66,16 +88,33 @@ class LaunchSpec:
     pass_fds: tuple[int, ...] = ()  # descriptors the child keeps (a backend's private start marker pipe)
 
 
+@dataclass
+class _Expected:
+    op: str
+    cap: int
+
+
 class OptimizerProcess:
-    def __init__(self, launch: LaunchSpec, log: LogSink | None = None) -> None:
+    def __init__(
+        self, launch: LaunchSpec, log: LogSink | None = None, stderr_cap_bytes: int = STDERR_CAP_BYTES
+    ) -> None:
         self.launch = launch
         self._log = log or (lambda line: None)
-        self._replies: queue.Queue[bytes | None] = queue.Queue()
+        self.stderr_cap_bytes = stderr_cap_bytes
         self._stderr_bytes = 0
         self._stderr_dropped = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.killed = False
+        self._kill_lock = threading.Lock()
+        # The reply channel: what the reader may accept next, what it accepted, and how it ended.
+        self._cond = threading.Condition()
+        self._expected: _Expected | None = _Expected(protocol.OP_HELLO, protocol.CONTROL_REPLY_BYTES)
+        self._line: bytes | None = None
+        self._eof = False
+        self._closing = False
+        self._violation: str | None = None
+        self._api_config: dict[str, Any] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> OptimizerProcess:
@@ -97,24 +136,29 @@ class OptimizerProcess:
         return self
 
     def kill(self) -> None:
+        """Kill the sandbox (idempotent; safe from any thread: the reader, a stop watcher, the caller)."""
         if self.proc is None:
             return
-        self.killed = True
-        if self.launch.kill is not None:
-            with contextlib.suppress(Exception):
-                self.launch.kill()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._finish()
+        with self._kill_lock:
+            self.killed = True
+            if self.launch.kill is not None:
+                with contextlib.suppress(Exception):
+                    self.launch.kill()
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            self._finish()
 
     def close(self, timeout: float = 5.0) -> None:
         """Ask politely, then kill: a study's sandbox never outlives its study."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        with self._cond:
+            self._closing = True  # whatever it says from now on is read and dropped
+            self._cond.notify_all()
+        if self.proc.poll() is None and not self.killed:
             with contextlib.suppress(Exception):
                 self._send({"op": protocol.OP_CLOSE})
                 self.proc.wait(timeout)
@@ -136,13 +180,31 @@ class OptimizerProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    @property
+    def violation(self) -> str | None:
+        """Why the reader killed the sandbox, if it did."""
+        return self._violation
+
     # -- calls ------------------------------------------------------------------------------------
     def wait_hello(self, timeout: float) -> Reply:
         remaining = max(0.0, timeout - (time.monotonic() - self.started_at))
         return self._receive(protocol.OP_HELLO, remaining, time.monotonic())
 
     def call(self, message: dict[str, Any], timeout: float) -> Reply:
+        op = message["op"]
         started = time.monotonic()
+        if op == protocol.OP_INIT:
+            self._api_config = message.get("api_config")
+        cap = (
+            suggest_reply_cap(self._api_config or {}, int(message.get("n", 1)))
+            if op == protocol.OP_SUGGEST
+            else protocol.CONTROL_REPLY_BYTES
+        )
+        with self._cond:
+            if self._violation is not None:
+                raise ProtocolViolation(self._violation)
+            # Expected before it is asked for: a fast reply must not find the channel closed.
+            self._expected, self._line = _Expected(op, cap), None
         try:
             if self.killed:
                 # Killed from outside (a stop): its pipes are closed, and a ValueError here would look
@@ -151,8 +213,11 @@ class OptimizerProcess:
             self._send(message)
         except (BrokenPipeError, OSError, ValueError):
             self._wait_exit()
-            raise OptimizerDied(self.returncode, message["op"]) from None
-        return self._receive(message["op"], timeout, started)
+            with self._cond:
+                if self._violation is not None:
+                    raise ProtocolViolation(self._violation) from None
+            raise OptimizerDied(self.returncode, op) from None
+        return self._receive(op, timeout, started)
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
@@ -160,24 +225,42 @@ class OptimizerProcess:
         self.proc.stdin.flush()
 
     def _receive(self, op: str, timeout: float, started: float) -> Reply:
-        try:
-            line = self._replies.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            self.kill()
-            raise CallTimeout(f"{op} took longer than {timeout:.1f} s") from None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while self._violation is None and self._line is None and not self._eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            violation, line, eof = self._violation, self._line, self._eof
+            self._line = None
         seconds = time.monotonic() - started
+        if violation is not None:
+            raise ProtocolViolation(violation)
         if line is None:
-            self._wait_exit()
-            raise OptimizerDied(self.returncode, op)
+            if eof:
+                self._wait_exit()
+                with self._cond:  # the reader may have found a violation just before the end
+                    if self._violation is not None:
+                        raise ProtocolViolation(self._violation)
+                raise OptimizerDied(self.returncode, op)
+            self.kill()
+            raise CallTimeout(f"{op} took longer than {timeout:.1f} s")
         try:
-            body = protocol.decode(line)
+            message = protocol.decode_reply(line, op, max_bytes=len(line))
         except protocol.ProtocolError as exc:
-            self.kill()
-            raise ProtocolViolation(f"during {op}: {exc}") from None
-        if body.get("op") not in (op, "?"):
-            self.kill()
-            raise ProtocolViolation(f"expected a reply to {op}, got {str(body)[:200]}")
-        return Reply(bool(body.get("ok")), op, body, seconds)
+            self._violate(f"during {op}: {exc}")
+            raise ProtocolViolation(self._violation or str(exc)) from None
+        return Reply(message, op, seconds)
+
+    def _violate(self, why: str) -> None:
+        """The team broke the protocol: remember why (the first reason stands) and kill the sandbox now."""
+        with self._cond:
+            if self._violation is None:
+                self._violation = safe_text(why, limit=300)
+            self._expected = None
+            self._cond.notify_all()
+        self.kill()
 
     def _wait_exit(self) -> None:
         if self.proc is not None:
@@ -188,31 +271,57 @@ class OptimizerProcess:
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         stream = self.proc.stdout
+        pending = bytearray()  # the reply being assembled: never more than its cap plus one chunk
         try:
             while True:
-                line = stream.readline(protocol.MAX_LINE_BYTES + 1)
-                if not line:
+                chunk = stream.read1(READ_CHUNK)
+                if not chunk:
                     break
-                if not line.endswith(b"\n") and len(line) > protocol.MAX_LINE_BYTES:
-                    self._replies.put(b"<oversized protocol line>")
-                    break
-                self._replies.put(line)
+                why = self._accept(pending, chunk)
+                if why is not None:
+                    self._violate(why)
+                    return
         except (OSError, ValueError):
             pass
-        self._replies.put(None)
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _accept(self, pending: bytearray, chunk: bytes) -> str | None:
+        """Take `chunk` into the channel; a reason when it breaks the protocol."""
+        with self._cond:
+            if self._closing:
+                return None  # the study is over: read and dropped until the process is gone
+            pending += chunk
+            while pending:
+                expected = self._expected
+                if expected is None:
+                    return f"unsolicited output: {len(pending)} byte(s) while no call was waiting for a reply"
+                end = pending.find(b"\n")
+                if end < 0:
+                    if len(pending) > expected.cap:
+                        return f"during {expected.op}: a reply longer than {expected.cap} bytes"
+                    return None
+                if end + 1 > expected.cap:
+                    return f"during {expected.op}: a reply of {end + 1} bytes (at most {expected.cap})"
+                self._line = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                self._expected = None  # exactly one line per call
+                self._cond.notify_all()
+        return None
 
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         stream = self.proc.stderr
         try:
             while True:
-                line = stream.readline(8192)
+                line = stream.readline(STDERR_LINE)
                 if not line:
                     return
-                if self._stderr_bytes >= STDERR_CAP_BYTES:
+                if self._stderr_bytes >= self.stderr_cap_bytes:
                     self._stderr_dropped += len(line)
                     continue
                 self._stderr_bytes += len(line)
-                self._log(line.decode("utf-8", errors="replace").rstrip("\n"))
+                self._log(safe_text(line.rstrip(b"\n")))
         except (OSError, ValueError):
             return
