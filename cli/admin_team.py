@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.output import emit_json, err, fail, with_redis
+from cli.output import emit_json, err, fail, guard_service_output, plain, with_redis
 
 app = typer.Typer(
     help="Teams and their tokens: add, list, rotate, revoke, disable, enable, quota (audited).",
@@ -32,9 +32,9 @@ def _print_token(name: str, token: str, as_json: bool, verb: str) -> None:
     if as_json:
         emit_json({"team": name, "token": token})
         return
-    err.print(f"team [bold]{name}[/] {verb}; its token (shown only now, give it to the team):")
+    err.print(f"team [bold]{plain(name)}[/] {verb}; its token (shown only now, give it to the team):")
     typer.echo(token)
-    err.print(f"the team logs in with: bbo login --server URL --token {token}")
+    err.print("the team logs in with: bbo login --server URL (it asks for the token, or reads --token -)")
 
 
 @app.command()
@@ -80,7 +80,7 @@ def list_(as_json: bool = JsonOpt) -> None:
     for row in rows:
         override = row["daily_quota_override"]
         table.add_row(
-            row["team"],
+            plain(row["team"]),
             row["created_at"],
             "yes" if row["has_token"] else "revoked",
             "disabled" if row["disabled"] else "active",
@@ -105,7 +105,7 @@ def revoke(name: str = NameArg) -> None:
     from competition import teams
 
     _redis_call(teams.revoke_token, name)
-    err.print(f"revoked the token of team {name}")
+    err.print(f"revoked the token of team {plain(name)}")
 
 
 @app.command()
@@ -114,7 +114,7 @@ def disable(name: str = NameArg) -> None:
     from competition import teams
 
     _redis_call(teams.set_disabled, name, True)
-    err.print(f"team {name} is disabled")
+    err.print(f"team {plain(name)} is disabled")
 
 
 @app.command()
@@ -123,7 +123,7 @@ def enable(name: str = NameArg) -> None:
     from competition import teams
 
     _redis_call(teams.set_disabled, name, False)
-    err.print(f"team {name} is enabled")
+    err.print(f"team {plain(name)} is enabled")
 
 
 @app.command()
@@ -139,9 +139,24 @@ def quota(
         fail("give the team's daily quota N, or --clear to go back to the spec's")
     _redis_call(quotas.set_override, name, limit)
     if clear:
-        err.print(f"team {name} has the spec's daily quota again")
+        err.print(f"team {plain(name)} has the spec's daily quota again")
     else:
-        err.print(f"team {name} may submit {limit} time(s) per UTC day")
+        err.print(f"team {plain(name)} may submit {limit} time(s) per UTC day")
+
+
+def _safe_log_config() -> dict:
+    """uvicorn's logging with every line through safe_text (access lines carry request paths, error lines
+    exception text), in each of its worker processes too, and no colours (they would show as text)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["class"] = "queue_schema.untrusted.SafeStreamHandler"
+    for formatter in config["formatters"].values():
+        formatter["use_colors"] = False
+    return config
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -172,6 +187,7 @@ def serve_command(
     Redis for as long as it runs. TLS: a reverse proxy in front, or --ssl-certfile/--ssl-keyfile."""
     if (ssl_certfile is None) != (ssl_keyfile is None):
         fail("--ssl-certfile and --ssl-keyfile go together")
+    guard_service_output()  # request paths, exception text: every log line made safe, URLs redacted
     scheme = "https" if ssl_certfile else "http"
     # uvicorn re-raises SIGTERM after its graceful shutdown; as an exception it still lets an embedded
     # Redis this command owns flush and stop (a process manager such as honcho stops us with SIGTERM).
@@ -181,6 +197,7 @@ def serve_command(
     from competition.redis_server import ensure_redis
     from competition.spec import SpecError
     from queue_schema.connection import RedisUnavailable
+    from queue_schema.untrusted import redact_url
 
     try:
         with ensure_redis() as url:
@@ -192,7 +209,7 @@ def serve_command(
                 fail(str(exc))
             err.print(
                 f"gateway for [bold]{application.state.spec.name}[/] on {scheme}://{host}:{port} "
-                f"(store {url}, sandbox {backend}); Ctrl-C to stop",
+                f"(store {redact_url(url)}, sandbox {backend}); Ctrl-C to stop",
                 soft_wrap=True,
             )
             options = {
@@ -204,6 +221,7 @@ def serve_command(
                 "http": "gateway.http_limits:GuardedHttpToolsProtocol",
                 "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
                 "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
+                "log_config": _safe_log_config(),
             }
             if workers == 1:
                 uvicorn.run(application, **options)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.output import emit_json, err, fail
+from cli.output import emit_json, err, fail, guard_service_output, plain
 
 app = typer.Typer(help="Size the worker fleet: run the daemon, simulate a competition.", no_args_is_help=True)
 
@@ -198,10 +198,12 @@ def run_command(
     from autoscaler.providers import ProviderError, make
     from queue_schema.connection import RedisUnavailable, connect, ping
     from queue_schema.settings import redis_url
+    from queue_schema.untrusted import redact_url
 
     cap = max_workers if max_workers is not None else (os.cpu_count() or 1)
     if min_workers > cap:
         fail(f"--min {min_workers} is above --max {cap}")
+    guard_service_output()  # provider and store errors in its lines: made safe, URLs redacted
     try:
         ping()
     except RedisUnavailable as exc:
@@ -232,7 +234,7 @@ def run_command(
         if json_events:
             emit_json(event)
         else:
-            err.print(f"[bold]autoscaler[/] {'(dry run) ' if dry_run else ''}{event['reason']}")
+            err.print(f"[bold]autoscaler[/] {'(dry run) ' if dry_run else ''}{plain(event['reason'])}")
 
     daemon = Daemon(r, provider, config, fleet=fleet, dry_run=dry_run, interval_s=interval, on_event=show)
     stop = threading.Event()
@@ -247,7 +249,7 @@ def run_command(
     except AnotherDaemonRuns as exc:
         fail(str(exc), code=1)
     except redis.RedisError as exc:  # at start-up (later, the loop waits the store out)
-        fail(f"the store at {redis_url()} did not take the autoscaler's lock: {exc}", code=1)
+        fail(f"the store at {redact_url(redis_url())} did not take the autoscaler's lock: {exc}", code=1)
     err.print("autoscaler stopped" + ("; workers drained" if drain_on_exit else "; workers left running"))
 
 
@@ -275,8 +277,10 @@ def status_command(
     if as_json:
         emit_json(status)
         return
+    from queue_schema.untrusted import safe_text
+
     for line in _status_lines(fleet, status, time.time()):
-        print(line)
+        print(safe_text(line))  # the decision and the provider's error carry outside text
 
 
 def _status_lines(fleet: str, status: dict, now: float) -> list[str]:

@@ -7,6 +7,7 @@ from functools import cache
 import redis
 
 from queue_schema.settings import redis_url
+from queue_schema.untrusted import redact_url, redact_urls_in
 
 
 class RedisUnavailable(ConnectionError):
@@ -62,4 +63,7 @@ def ping(url: str | None = None) -> None:
     try:
         _client(target, True).ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(f"Redis at {target} is not reachable: {exc}") from None
+        # Shown on terminals and written to logs: never the password the URL may carry.
+        raise RedisUnavailable(
+            f"Redis at {redact_url(target)} is not reachable: {redact_urls_in(str(exc))}"
+        ) from None
