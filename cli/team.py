@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 import typer
 
-from cli.output import emit_json, err, studies_progress
+from cli.output import emit_json, err, plain, studies_progress
+from queue_schema.untrusted import safe_text
 
 CONFIG_DIR_ENV = "BBO_CONFIG_DIR"
 SERVER_ENV = "BBO_SERVER"
@@ -43,7 +44,8 @@ IntervalOpt = typer.Option(
 
 
 def _fail(message: str, code: int = EXIT_REJECTED) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    # Plain text: it often carries the server's words (a file name, another team's name).
+    err.print(f"[bold red]error:[/] {plain(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -158,9 +160,9 @@ def _api(need_token: bool = True) -> Api:
     server = config.get("server")
     token = config.get("token")
     if not server:
-        _fail("not logged in: run `bbo login --server URL --token TOKEN` (or set BBO_SERVER)")
+        _fail("not logged in: run `bbo login --server URL` (it asks for the token) or set BBO_SERVER")
     if need_token and not token:
-        _fail("no token: run `bbo login --server URL --token TOKEN` (or set BBO_TOKEN)")
+        _fail("no token: run `bbo login --server URL` (it asks for the token) or set BBO_TOKEN")
     return Api(_normalize_server(server), token)
 
 
@@ -262,7 +264,7 @@ def _describe(sub: dict[str, Any]) -> str:
         parts.append(f"{label} {sub['partial_score']:.3f}")
     if sub.get("failure"):
         parts.append(f"failed: {sub['failure']['cause']}: {sub['failure']['message']}")
-    return "  ".join(parts)
+    return safe_text("  ".join(parts))
 
 
 def _follow(api: Api, sid: str, *, as_json_lines: bool, interval: float) -> dict[str, Any]:
@@ -295,7 +297,7 @@ def _follow_bar(api: Api, sid: str, interval: float) -> dict[str, Any]:
             label = "score" if sub.get("score") is not None else "running score"
             progress.update(
                 task,
-                description=f"{sid} {sub['state']}",
+                description=plain(f"{sid} {sub['state']}"),  # the bar's column is Rich markup
                 completed=counts.get("studies_done", 0),
                 total=counts.get("studies_total") or None,
                 score="" if shown is None else f"{label} {shown:.3f}",
@@ -320,16 +322,63 @@ def login(
         ..., "--server", help="The competition's gateway URL, e.g. https://bbo.example.org"
     ),
     token: str = typer.Option(
-        ..., "--token", help="Your team's token, from the organizers (shown to them once)."
+        None,
+        "--token",
+        help="Your team's token, from the organizers (shown to them once). `--token -` reads it from "
+        "stdin; without --token it comes from BBO_TOKEN, else you are asked for it (hidden). A token "
+        "written on the command line stays in your shell history.",
     ),
 ) -> None:
-    """Check a team token against the server and save both in the config file (mode 0600)."""
+    """Check a team token against the server and save both in the config file (mode 0600).
+
+    Safer than `--token TOKEN`: `bbo login --server URL` (asks for the token, hidden), `--token -` (reads
+    it from stdin: `bbo login --server URL --token - < token.txt`), or BBO_TOKEN in the environment."""
     server = _normalize_server(server)
+    token, on_command_line = _login_token(token)
     info = Api(server, token).get("/v1/info")
     if "team" not in info:
         _fail("the server did not recognise a team for this token")
     path = save_config(server, token)
-    err.print(f"logged in to {info.get('competition', server)} as team [bold]{info['team']}[/]; saved {path}")
+    err.print(
+        f"logged in to {plain(info.get('competition', server))} as team [bold]{plain(info['team'])}[/]; "
+        f"saved {plain(path)}"
+    )
+    if on_command_line:
+        err.print(
+            "[yellow]warning:[/] the token was given on the command line, so it is in your shell history "
+            "(and, while this ran, in the process list); next time use `--token -`, BBO_TOKEN, or the prompt",
+            soft_wrap=True,
+        )
+
+
+def _login_token(given: str | None) -> tuple[str, bool]:
+    """The token `login` checks, and whether it came on the command line: `-` reads one line of stdin;
+    none given, BBO_TOKEN, else a hidden prompt when stdin is a terminal."""
+    if given == "-":
+        token = sys.stdin.readline().strip()
+        if not token:
+            _fail("--token - read no token from stdin")
+        return token, False
+    if given is not None:
+        if not given.strip():
+            _fail("--token is empty")
+        return given.strip(), True
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip(), False
+    if not sys.stdin.isatty():
+        _fail(
+            f"no token: give --token - (read from stdin), set {TOKEN_ENV}, or run in a terminal to be asked"
+        )
+    import getpass
+
+    try:
+        token = getpass.getpass("team token (hidden): ").strip()
+    except (EOFError, KeyboardInterrupt):
+        err.print("")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not token:
+        _fail("no token given")
+    return token, False
 
 
 def submit(
@@ -347,7 +396,7 @@ def submit(
     if max_mb and len(data) > max_mb * 1024 * 1024:
         _fail(f"{filename} is {len(data) / 2**20:.1f} MiB; this competition accepts at most {max_mb} MiB")
     sub = _upload(api, data, filename, phase)
-    err.print(f"submitted [bold]{sub['id']}[/] ({_size(len(data))}): {sub['state']}")
+    err.print(f"submitted [bold]{plain(sub['id'])}[/] ({_size(len(data))}): {plain(sub['state'])}")
     if wait:
         sub = _follow(api, sub["id"], as_json_lines=False, interval=interval)
     _report(sub, as_json)
@@ -413,11 +462,11 @@ def submissions(
         else:
             score = sub["failure"]["cause"] if sub.get("failure") else ""
         table.add_row(
-            sub["id"],
-            sub["created_at"],
-            sub["state"],
+            plain(sub["id"]),
+            plain(sub["created_at"]),
+            plain(sub["state"]),
             f"{counts['studies_done']}/{counts['studies_total']}",
-            score,
+            plain(score),
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
@@ -429,17 +478,24 @@ def leaderboard(
     """The public leaderboard: each team's best scored submission, best first."""
     board = _api(need_token=False).get("/v1/leaderboard", params={"phase": phase})
     if as_json:
-        emit_json({"phase": board["phase"], "frozen": board.get("frozen", False), "rows": board["rows"]})
+        shown = {"phase": board["phase"], "frozen": board.get("frozen", False), "rows": board["rows"]}
+        for field in ("released", "pending"):
+            if field in board:
+                shown[field] = board[field]
+        emit_json(shown)
+        return
+    if board.get("pending"):
+        err.print(plain(board["pending"]))
         return
     if board.get("frozen"):
-        err.print(f"the leaderboard is frozen since {board['frozen_at']}: later scores are not shown")
+        err.print(f"the leaderboard is frozen since {plain(board['frozen_at'])}: later scores are not shown")
     if not board["rows"]:
         err.print(f"no scored submissions in the {phase} phase yet")
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{board.get('competition', '')} {phase} leaderboard".strip())
+    table = Table(title=plain(f"{board.get('competition', '')} {phase} leaderboard".strip()))
     # The final board says how sure it is: a 95% interval over studies and how often the rank holds.
     uncertain = "ci_low" in board["rows"][0]
     extra = ("95% interval", "rank holds") if uncertain else ()
@@ -451,7 +507,12 @@ def leaderboard(
         if uncertain:
             cells = (f"{row['ci_low']:.3f} - {row['ci_high']:.3f}", f"{row['rank_stability']:.0%}")
         table.add_row(
-            str(row["rank"]), row["team"], f"{row['score']:.3f}", *cells, row["submission"], row["scored_at"]
+            str(row["rank"]),
+            plain(row["team"]),  # every team's name: another team's may be hostile
+            f"{row['score']:.3f}",
+            *cells,
+            plain(row["submission"]),
+            plain(row["scored_at"]),
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
@@ -473,7 +534,9 @@ def select(
         return
     how = "your pick" if chosen["selected"] else "your best (no pick made)"
     locked = "; locked: the final phase has been launched" if chosen["locked"] else ""
-    typer.echo(f"final-phase entry: {chosen['submission']} ({how}), score {chosen['score']:.3f}{locked}")
+    typer.echo(
+        safe_text(f"final-phase entry: {chosen['submission']} ({how}), score {chosen['score']:.3f}{locked}")
+    )
 
 
 def info(as_json: bool = JsonOpt) -> None:
@@ -505,7 +568,7 @@ def info(as_json: bool = JsonOpt) -> None:
             f"team {data['team']}: {quota['remaining']} of {quota['limit']} submissions left today "
             f"(resets {quota['resets_at']})"
         )
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(safe_text(line) for line in lines))
 
 
 def register(app: typer.Typer) -> None:

@@ -106,6 +106,54 @@ def test_login_checks_the_token_and_writes_a_private_config(server, config_dir, 
     assert info.exit_code == 0 and json.loads(info.stdout)["quota"]["remaining"] == 20
 
 
+def test_login_keeps_the_token_out_of_the_command_line(server, config_dir, r, monkeypatch):
+    token = teams.add_team(r, "alpha")
+    saved = config_dir / "config.json"
+    # From stdin: `bbo login --server URL --token - < token.txt`.
+    result = CliRunner().invoke(bbo(), ["login", "--server", server, "--token", "-"], input=f"{token}\n")
+    assert result.exit_code == 0, result.stderr
+    assert "alpha" in result.stderr and "warning" not in result.stderr
+    assert json.loads(saved.read_text()) == {"server": server, "token": token}
+    saved.unlink()
+    # From the environment.
+    monkeypatch.setenv("BBO_TOKEN", token)
+    result = run("login", "--server", server)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+    assert json.loads(saved.read_text())["token"] == token
+    monkeypatch.delenv("BBO_TOKEN")
+    saved.unlink()
+    # On the command line it still works (the contract), with a one-line warning.
+    result = run("login", "--server", server, "--token", token)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "shell history" in warnings[0] and token not in result.stderr
+    # No token at all and no terminal to ask on: a one-line error.
+    saved.unlink()
+    line = one_line_error(run("login", "--server", server))
+    assert "--token -" in line and "BBO_TOKEN" in line
+    assert not saved.exists()
+    assert "--token -" in run("login", "--help").stdout
+
+
+def test_login_asks_for_the_token_on_a_terminal_without_echoing_it(server, config_dir, r):
+    from bench.terminal_scan import PtyProgram
+
+    token = teams.add_team(r, "alpha")
+    env = {k: v for k, v in os.environ.items() if k != "BBO_TOKEN"}
+    login = PtyProgram([sys.executable, "-m", "cli", "login", "--server", server], env)
+    try:
+        login.wait_text("team token", 60, "the hidden prompt")
+        login.send(token + "\r")
+        login.proc.wait(60)
+    finally:
+        login.stop()
+    shown = login.output.decode(errors="replace")
+    assert login.proc.returncode == 0, shown
+    assert "logged in" in shown and "alpha" in shown and "warning" not in shown
+    assert token not in shown  # not echoed
+    assert json.loads((config_dir / "config.json").read_text()) == {"server": server, "token": token}
+
+
 def test_a_wrong_token_or_a_dead_server_is_a_one_line_error(server, config_dir):
     line = one_line_error(run("login", "--server", server, "--token", "bbo_not_a_token"))
     assert "token" in line and "401" in line
