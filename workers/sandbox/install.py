@@ -357,9 +357,11 @@ def touch(prepared: Prepared) -> None:
 
 
 def prune_cache(base: Path, keep: str) -> None:
-    """Drop artifacts no worker has used for CACHE_KEEP_DAYS (every launch touches its ready.json)."""
+    """Drop artifacts no worker has used for CACHE_KEEP_DAYS (every launch touches its ready.json), in this
+    environment and those left directly in the cache folder by the layout before environments."""
     cutoff = time.time() - CACHE_KEEP_DAYS * 86400
-    for entry in base.iterdir():
+    legacy = [e for e in base.parent.iterdir() if len(e.name) == 64 and (e / "ready.json").exists()]
+    for entry in [*base.iterdir(), *legacy]:
         if entry.name == keep or not entry.is_dir():
             continue
         ready = entry / "ready.json"
@@ -370,4 +372,4 @@ def prune_cache(base: Path, keep: str) -> None:
         if stale:
             shutil.rmtree(entry, ignore_errors=True)
             with contextlib.suppress(OSError):
-                (base / f"{entry.name}.lock").unlink()
+                (entry.parent / f"{entry.name}.lock").unlink()
