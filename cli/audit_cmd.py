@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from cli.output import emit_json, err, with_redis
+from cli.output import emit_json, err, plain, with_redis
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 
@@ -33,7 +33,7 @@ def audit_command(
         emit_json(entries)
         return
     if not entries:
-        err.print("no organizer actions recorded" + (f" about {target}" if target else ""))
+        err.print("no organizer actions recorded" + (f" about {plain(target)}" if target else ""))
         return
     from rich.console import Console
     from rich.table import Table
@@ -43,7 +43,11 @@ def audit_command(
         table.add_column(column, no_wrap=column != "details")
     for entry in entries:
         details = ", ".join(f"{k}={v}" for k, v in entry["details"].items() if v not in (None, ""))
-        table.add_row(entry["ts"], entry["actor"], entry["action"], entry["target"], details)
+        # Targets name teams, and details carry reasons and failure messages: shown as text.
+        table.add_row(
+            *(plain(cell) for cell in (entry["ts"], entry["actor"], entry["action"], entry["target"])),
+            plain(details),
+        )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
@@ -59,7 +63,7 @@ def disqualify_command(
     if as_json:
         emit_json(sub.public_view())
         return
-    err.print(f"submission {sub.id} of team {sub.team} is disqualified: {sub.disqualified}")
+    err.print(f"submission {sub.id} of team {plain(sub.team)} is disqualified: {plain(sub.disqualified)}")
 
 
 def requalify_command(
@@ -74,7 +78,7 @@ def requalify_command(
     if as_json:
         emit_json(sub.public_view())
         return
-    err.print(f"submission {sub.id} of team {sub.team} is eligible again")
+    err.print(f"submission {sub.id} of team {plain(sub.team)} is eligible again")
 
 
 def refund_command(

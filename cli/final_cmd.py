@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from cli.output import emit_json, err, fail, studies_progress
+from cli.output import emit_json, err, fail, plain, studies_progress
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 BACKENDS = ("auto", "docker", "bwrap", "process")
@@ -104,7 +104,7 @@ def rescore_command(
                 emit_json(_rescored_view(sub))
             else:
                 _say(
-                    f"rescoring [bold]{sub.id}[/] (team {sub.team}) as version {sub.score_version}: "
+                    f"rescoring [bold]{sub.id}[/] (team {plain(sub.team)}) as version {sub.score_version}: "
                     f"spec {sub.spec_name}/{sub.spec_hash}, baselines {sub.baseline_version or '-'}; "
                     "queued with priority"
                 )
@@ -122,7 +122,7 @@ def rescore_command(
         )
         return
     for sid, why in skipped:
-        _say(f"skipped {sid}: {why}")
+        _say(f"skipped {sid}: {plain(why)}")
     _say(f"rescoring {len(done)} scored submission(s) of {spec.name}; queued with priority")
 
 
@@ -151,11 +151,11 @@ def final_command(
         launches = final.run_final(r, spec, top=top, backend=backend)
         for launch in launches:
             if launch.error:
-                _say(f"[red]team {launch.team}[/]: not launched: {launch.error}")
+                _say(f"[red]team {plain(launch.team)}[/]: not launched: {plain(launch.error)}")
             else:
                 verb = "launched" if launch.created else f"already launched ({launch.state})"
                 how = "its pick" if launch.selected else "its best"
-                _say(f"team {launch.team}: {verb} {launch.submission} from {launch.source} ({how})")
+                _say(f"team {plain(launch.team)}: {verb} {launch.submission} from {launch.source} ({how})")
         if not launches:
             _say("no team has a scored feedback submission: nothing to launch")
         if wait and launches:
@@ -210,7 +210,7 @@ def _print_board(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         table.add_row(
             str(row["rank"]),
-            row["team"],
+            plain(row["team"]),
             f"{row['score']:.3f}",
             f"{row['ci_low']:.3f} - {row['ci_high']:.3f}",
             f"{row['rank_stability']:.0%}",

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli.output import emit_json, err, with_redis
+from cli.output import emit_json, err, plain, with_redis
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 
@@ -58,7 +58,7 @@ def submissions_command(
         cause = f" ({row['failure']['cause']})" if row["failure"] else ""
         table.add_row(
             row["id"],
-            row["team"],
+            plain(row["team"]),
             row["phase"],
             row["state"] + cause,
             "" if score is None else f"{score:.3f}",
@@ -81,4 +81,4 @@ def stop_command(
     if as_json:
         emit_json(service.public_view(sub))
         return
-    err.print(f"submission {sub.id} of team {sub.team} is {sub.state.value}")
+    err.print(f"submission {sub.id} of team {plain(sub.team)} is {sub.state.value}")

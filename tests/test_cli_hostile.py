@@ -166,3 +166,32 @@ def test_validate_json_is_one_object_and_its_stderr_tail_is_safe(tmp_path):
     assert shown.returncode == 0, shown.stderr.decode()
     assert "optimizer stderr (last lines)" in shown.stderr.decode()  # the tail is shown: suggest raised
     assert count_hostile(shown.stdout + shown.stderr) == 0
+
+
+def test_admin_tables_and_messages_show_a_hostile_team_and_reason_as_text(r):
+    from competition.spec import load
+    from queue_schema.records import transition
+    from queue_schema.states import FailureCause, SubmissionState
+    from tests.console_helpers import record
+
+    # A team name as no organizer would type it (records take what they are given), a failure message
+    # and an organizer's reason with markup and escapes.
+    team = "evil\x1b]0;bbo-hostile-title\x07[/]"
+    sub = record(r, "s0000000eeeeeeeee1", team, 1_790_000_000.0, load("demo"))
+    transition(r, sub.id, SubmissionState.RUNNING)
+    transition(r, sub.id, SubmissionState.FAILED, failure=(FailureCause.OPTIMIZER_CRASHED, MARKUP))
+    runner = CliRunner()
+    outputs = []
+    for args in (
+        ["admin", "submissions"],
+        ["admin", "disqualify", sub.id, "--reason", f"{MARKUP} {hostile('REASON')}"],
+        ["admin", "audit"],
+        ["admin", "requalify", sub.id],
+        ["admin", "team", "quota", team, "3"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code in (0, 2) and "MarkupError" not in result.output, (args, result.output)
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), args
+        outputs.append(result.stdout_bytes + result.stderr_bytes)
+    assert "evil" in outputs[0].decode() and "[link=file:///etc/passwd]" in outputs[2].decode()
+    assert count_hostile(b"".join(outputs)) == 0
