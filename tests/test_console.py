@@ -231,6 +231,34 @@ async def test_rescore_asks_naming_the_version_then_creates_it(r, monkeypatch):
     assert [e.action for e in audit.read(r, target=sub.id) if e.actor == "console-tester"] == ["rescore"]
 
 
+async def test_a_hostile_team_name_and_log_are_shown_as_text_never_parsed(r):
+    """Markup in a team's name (records take what they are given), in its failure message and in its
+    job log: shown as written in the table, the stop dialog, the detail title and the log; an action
+    tag (`[ @click=app.quit]`, which Rich's escape leaves to Textual) never becomes one."""
+    spec = fixed.demo_spec()
+    team = "evil[ @click=app.quit][/]\x1b]0;t\x07"
+    sub = fixed.record(r, "s0000000eeeeeeeee1", team, fixed.NOW, spec)
+    r.sadd(keys.submission_jobs(sub.id, 1), "job-evil-1")
+    fixed.job_log(r, "job-evil-1", ["[/] [link=file:///etc/passwd]x[/link] \x1b]52;c;aGk=\x07 \x9b2J"])
+    app = ConsoleApp(r, refresh_s=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, app.ready.is_set)
+        assert column(app, "#submissions-table", "team") == ["evil[ @click=app.quit][/]␛]0;t␇"]
+        await pilot.press("s")  # a MarkupError in the dialog's body before
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        body = app.screen.query_one("#dialog-body").render()
+        assert "evil[ @click=app.quit][/]␛]0;t␇" in str(body)
+        await pilot.press("n")
+        await pilot.press("3")
+        log = app.screen.query_one("#logs-log", Log)
+        await until(pilot, lambda: len(log_text(log)) == 1)
+        assert log_text(log) == ["[/] [link=file:///etc/passwd]x[/link] ␛]52;c;aGk=␇ \\u009b2J"]
+        await pilot.press("2")
+        await until(pilot, lambda: app.screen.sid == sub.id)
+        await until(pilot, lambda: "evil" in str(app.screen.query_one("#detail-title").render()))
+        assert app.is_running  # no action ran
+
+
 async def test_readonly_hides_and_disables_the_actions(r):
     sub = real_submission(r, "alpha")
     app = ConsoleApp(r, readonly=True, refresh_s=0.2)
