@@ -291,3 +291,70 @@ def test_a_study_whose_optimizer_raises_prints_nothing_on_stdout(state_dir):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == b""
+
+
+# -- the same through the real sandboxes: docker and bwrap -----------------------------------------------
+
+
+def _docker_backend():
+    from workers.sandbox import docker
+
+    if not docker.available():
+        if os.environ.get("BBO_REQUIRE_DOCKER") == "1":
+            pytest.fail("BBO_REQUIRE_DOCKER=1 but the docker backend is unavailable")
+        pytest.skip("docker backend unavailable: no engine answers or the sandbox image is not built")
+    return docker.DockerBackend()
+
+
+def _bwrap_backend():
+    from workers.sandbox import bwrap
+
+    reason = bwrap.unavailable_reason()
+    if reason is not None:
+        if os.environ.get("BBO_REQUIRE_BWRAP") == "1":
+            pytest.fail(f"BBO_REQUIRE_BWRAP=1 but the bwrap backend is unavailable: {reason}")
+        pytest.skip(f"bwrap backend unavailable: {reason}")
+    return bwrap.BwrapBackend()
+
+
+@pytest.fixture(scope="module", params=["docker", "bwrap"])
+def sandbox(request, state_dir):
+    return _docker_backend() if request.param == "docker" else _bwrap_backend()
+
+
+def _launch(sandbox, submission: Path, spec):
+    sandbox.prepare(submission, spec.limits)
+    return sandbox.launch(submission, spec.limits)
+
+
+def test_nested_json_reply_from_a_real_sandbox(sandbox, spec, tmp_path):
+    from tests.sandbox_helpers import run_launched
+
+    submission = with_file(tmp_path, "raw_reply", "unused.txt", "")  # the default: X nested 20,000 deep
+    started = time.monotonic()
+    outcome, lines = run_launched(sandbox, _launch(sandbox, submission, spec), spec, DT, 0)
+    assert_team_crash(outcome, "nested")
+    assert time.monotonic() - started < 30, lines[-10:]
+
+
+def test_flood_from_a_real_sandbox_idle_and_in_a_study(sandbox, small_spec):
+    """The flooder pre-started and left idle after its hello is killed by the reader at once (its
+    container or namespace gone); in a study it is the team's optimizer_crashed."""
+    from tests.sandbox_helpers import run_launched
+
+    folder = SUBMISSIONS / "flood"
+    idle = OptimizerProcess(_launch(sandbox, folder, small_spec)).start()
+    try:
+        idle.wait_hello(small_spec.limits.call_timeout_s)
+        deadline = time.monotonic() + 10
+        while idle.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert idle.returncode is not None and idle.killed
+        with pytest.raises(ProtocolViolation, match="unsolicited"):
+            idle.call({"op": "suggest", "n": 1}, 5)
+    finally:
+        idle.kill()
+    outcome, lines = run_launched(
+        sandbox, _launch(sandbox, folder, small_spec), dataclasses.replace(small_spec, rounds=20), DT, 0
+    )
+    assert_team_crash(outcome, "protocol violation")

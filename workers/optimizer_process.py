@@ -255,12 +255,15 @@ class OptimizerProcess:
 
     def _violate(self, why: str) -> None:
         """The team broke the protocol: remember why (the first reason stands) and kill the sandbox now."""
+        self._record_violation(why)
+        self.kill()
+
+    def _record_violation(self, why: str) -> None:
         with self._cond:
             if self._violation is None:
                 self._violation = safe_text(why, limit=300)
             self._expected = None
             self._cond.notify_all()
-        self.kill()
 
     def _wait_exit(self) -> None:
         if self.proc is not None:
@@ -279,8 +282,14 @@ class OptimizerProcess:
                     break
                 why = self._accept(pending, chunk)
                 if why is not None:
-                    self._violate(why)
-                    return
+                    self._record_violation(why)
+                    pending.clear()
+                    # Killed from another thread while this one drains and drops what is still coming:
+                    # a container runtime blocked writing to us would hold the kill up (docker did, 50 s).
+                    threading.Thread(target=self.kill, daemon=True).start()
+                    while stream.read1(READ_CHUNK):
+                        pass
+                    break
         except (OSError, ValueError):
             pass
         with self._cond:

@@ -3,7 +3,8 @@
 `raw.json` next to this file says when and what: {"when": "import" | "init" | "suggest" | "observe",
 "b64": base64 of the bytes}. At import time the bytes go out before the host's own hello (so they are
 read as the hello); in a method they go out instead of that method's reply, and the method then blocks
-so the host never sends its own. Without raw.json it sends a deeply nested JSON array for suggest.
+so the host never sends its own. Without raw.json it answers suggest with X nested 20,000 deep (40 KB:
+within the reply cap).
 """
 
 import base64
@@ -23,7 +24,7 @@ try:
     RAW = base64.b64decode(_CASE["b64"])
     WHEN = _CASE["when"]
 except FileNotFoundError:
-    RAW = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    RAW = b'{"ok":true,"op":"suggest","X":' + b"[" * 20_000 + b"]" * 20_000 + b"}\n"
     WHEN = "suggest"
 
 
