@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import io
 import os
+import secrets
 import select
 import signal
 import struct
@@ -311,7 +312,7 @@ def measure(
         up.wait_text("Ctrl-C to stop", 120, "bbo admin up to start")
         server = f"http://127.0.0.1:{port}"
         _wait_healthy(server, 60)
-        name = f"mallory{os.getpid() % 100000}"
+        name = f"mallory{secrets.token_hex(3)}"  # a team of its own on any store, run after run
         token = teams.add_team(r, name)
         sid = _upload(server, token, hostile_zip())["id"]
         log(f"uploaded {sid}; waiting for up's worker to score it")
