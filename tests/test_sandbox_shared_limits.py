@@ -149,3 +149,107 @@ def test_a_worker_that_cannot_separate_sandboxes_refuses_bwrap_unless_opted_in(
     )
     assert not isinstance(result, BaseException), (result, lines[-10:])
     assert result.state == StudyState.COMPLETE
+
+
+# -- docker: the engine's cgroups are per container, but some kernel limits are per uid ---------------
+
+# Holds every inotify instance its uid may have (fs.inotify.max_user_instances) from its first suggest on.
+INOTIFY_HOG = """\
+import ctypes, sys
+
+import bayesmark.random_search as rs
+from bayesmark.abstract_optimizer import AbstractOptimizer
+from bayesmark.experiment import experiment_main
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+HELD = []
+
+
+class Hog(AbstractOptimizer):
+    primary_import = None
+
+    def suggest(self, n_suggestions=1):
+        while not HELD or HELD[-1] >= 0:
+            HELD.append(LIBC.inotify_init1(0))
+        print(f"HELD {len(HELD) - 1}", file=sys.stderr, flush=True)
+        return rs.suggest_dict([], [], self.api_config, n_suggestions=n_suggestions)
+
+    def observe(self, X, y):
+        pass
+
+
+if __name__ == "__main__":
+    experiment_main(Hog)
+"""
+
+# Random search that needs one inotify instance per suggest.
+INOTIFY_USER = """\
+import ctypes, os
+
+import bayesmark.random_search as rs
+from bayesmark.abstract_optimizer import AbstractOptimizer
+from bayesmark.experiment import experiment_main
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class Watcher(AbstractOptimizer):
+    primary_import = None
+
+    def suggest(self, n_suggestions=1):
+        fd = LIBC.inotify_init1(0)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        os.close(fd)
+        return rs.suggest_dict([], [], self.api_config, n_suggestions=n_suggestions)
+
+    def observe(self, X, y):
+        pass
+
+
+if __name__ == "__main__":
+    experiment_main(Watcher)
+"""
+
+
+def _docker_reason() -> str | None:
+    from workers.sandbox import docker as docker_backend
+
+    return None if docker_backend.available() else "no engine answers or the sandbox image is not built"
+
+
+_DOCKER_REASON = _docker_reason()
+if _DOCKER_REASON and os.environ.get("BBO_REQUIRE_DOCKER") == "1":
+    raise RuntimeError(f"BBO_REQUIRE_DOCKER=1 but {_DOCKER_REASON}")
+
+
+@pytest.mark.skipif(_DOCKER_REASON is not None, reason=f"docker backend unavailable: {_DOCKER_REASON}")
+def test_docker_containers_do_not_share_per_uid_kernel_limits(small_spec, tmp_path):
+    from workers.sandbox.docker import DockerBackend
+
+    backend = DockerBackend()
+    hog_dir, user_dir = tmp_path / "hog", tmp_path / "user"
+    for folder, source in ((hog_dir, INOTIFY_HOG), (user_dir, INOTIFY_USER)):
+        folder.mkdir()
+        (folder / "optimizer.py").write_text(source)
+    hog_lines: list[str] = []
+    hog = OptimizerProcess(backend.launch(hog_dir, small_spec.limits), log=hog_lines.append).start()
+    try:
+        assert hog.wait_hello(30).ok, hog_lines[-5:]
+        api_config = SeededProblem("DT-iris-acc", 0, small_spec.batch).get_api_config()
+        assert hog.call({"op": protocol.OP_INIT, "api_config": api_config, "seed": 1}, 30).ok
+        assert hog.call({"op": protocol.OP_SUGGEST, "n": 1}, 30).ok
+        deadline = time.monotonic() + 10  # its stderr arrives on the log reader's own time
+        while not [line for line in hog_lines if line.startswith("HELD ")] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = [int(line.split()[1]) for line in hog_lines if line.startswith("HELD ")]
+        with open("/proc/sys/fs/inotify/max_user_instances") as handle:
+            assert held and held[0] >= int(handle.read()) - 1, (held, hog_lines[-5:])  # all of its uid's
+
+        result, lines = run_launched(
+            backend, backend.launch(user_dir, small_spec.limits), small_spec, "DT-iris-acc", 0
+        )
+        assert not isinstance(result, BaseException), (result, lines[-10:])
+        assert result.state == StudyState.COMPLETE and result.suggest_fallbacks == 0, lines[-10:]
+    finally:
+        hog.kill()

@@ -2,11 +2,21 @@
 
 Per study (launch): a container of the content-tagged sandbox image (sandbox_image/build.py) with no
 network, a read-only root, a size-limited tmpfs at /tmp (HOME and TMPDIR), memory = memory+swap limit, a
-pids limit, a cpu quota, every capability dropped, no-new-privileges, uid 10001, a fixed environment
-(nothing of the worker's), ulimits on open files, file size and core dumps, and no logging driver (the
-engine keeps nothing of what the optimizer prints). The only host paths it sees are the artifact's staged
-submission at /submission, its installed bundled packages at /install, both read-only, and the folder of
-its start marker (below), read-only.
+pids limit, a cpu quota, every capability dropped, no-new-privileges, an unprivileged uid and gid of its
+own, a fixed environment (nothing of the worker's), ulimits on open files, file size and core dumps, and no
+logging driver (the engine keeps nothing of what the optimizer prints). The only host paths it sees are
+the artifact's staged submission at /submission, its installed bundled packages at /install, both
+read-only, and its per-launch folder (the start marker below, and the /etc/passwd and /etc/group that name
+its uid `sandbox`), read-only.
+
+Its own uid: the engine's cgroups give each container its memory, pids and cpu, but the kernel counts some
+limits per uid across containers (they share the host's user namespace): inotify instances, pipe pages,
+POSIX message queue bytes, RLIMIT_NPROC. Measured with every container as uid 10001: one holding the 128
+inotify instances of fs.inotify.max_user_instances left another's inotify_init1 failing (EMFILE). So each
+container, and each install, runs as a uid of its own from workers/sandbox/uids.py (released in cleanup),
+where the slot folder is usable; else as SANDBOX_UID (10001, the image's own user), with the cgroups still
+per container. Everything the sandbox reads is world-readable (the image's /opt/venv is, and the staged
+submission and the install folder are made so).
 
 The container is created through the SDK and started by the docker CLI (`docker start --attach
 --interactive`), which the harness runs as its child: the CLI's stdin/stdout/stderr are then the
@@ -59,7 +69,7 @@ from competition.spec import Limits
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
-from workers.sandbox import install
+from workers.sandbox import install, uids
 from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
 from workers.sandbox.install import Prepared, content_sha256  # noqa: F401 - part of this module's API
 
@@ -177,7 +187,17 @@ class DockerBackend:
         self.host_dir = os.path.dirname(str(entrypoint[-1]))
         venv = os.path.dirname(os.path.dirname(self.python))
         self.environment_site = f"{venv}/lib/python{IMAGE_PYTHON_VERSION}/site-packages"
+        self.per_sandbox_uids = uids.unusable_reason(switched_by_worker=False) is None
         self.prepared: dict[str, Prepared] = {}
+
+    def _slot(self) -> uids.Slot | None:
+        """A uid of the container's own, or None where every container runs as SANDBOX_UID."""
+        if not self.per_sandbox_uids:
+            return None
+        try:
+            return uids.acquire()
+        except uids.NoSlot as exc:
+            raise SandboxUnavailable(f"docker backend: no sandbox uid free: {exc}") from None
 
     # -- provenance -------------------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
@@ -198,8 +218,10 @@ class DockerBackend:
     def _install(self, staged: Path, target: Path, sha: str, limits: Limits) -> None:
         docker = _docker()
         script = install.install_script(staged, self.python)
+        slot = self._slot()
+        uid = slot.uid if slot is not None else SANDBOX_UID
         if os.geteuid() == 0:
-            os.chown(target, SANDBOX_UID, SANDBOX_UID)
+            os.chown(target, uid, uid)
             os.chmod(target, 0o700)
         else:
             os.chmod(target, 0o777)  # noqa: S103 - the container's uid must write here; sealed afterwards
@@ -212,7 +234,7 @@ class DockerBackend:
                 self.image.id,
                 entrypoint=["/bin/sh", "-c"],
                 command=[script],
-                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                user=f"{uid}:{uid}",
                 environment={
                     **STUDY_ENV,
                     "PYTHONPATH": install.install_pythonpath(IMAGE_PYTHON_VERSION, self.environment_site),
@@ -223,7 +245,7 @@ class DockerBackend:
                 tmpfs={
                     "/tmp": f"rw,nosuid,nodev,mode=1777,size={install.INSTALL_TMP_MB}m",
                     # The engine copies the image's /install (root's, 0755) over a mode option: an owner.
-                    INSTALL_MOUNT: f"rw,nosuid,nodev,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,"
+                    INSTALL_MOUNT: f"rw,nosuid,nodev,uid={uid},gid={uid},mode=0700,"
                     f"size={install.INSTALL_MAX_MB}m",
                 },
                 mem_limit=f"{charged}m",
@@ -266,6 +288,8 @@ class DockerBackend:
             if container is not None:
                 with contextlib.suppress(docker.errors.DockerException):
                     container.remove(force=True)
+            if slot is not None:
+                slot.release()
 
     # -- per study --------------------------------------------------------------------------------
     def launch(self, submission_dir: Path, limits: Limits, study: str | None = None) -> LaunchSpec:
@@ -281,6 +305,8 @@ class DockerBackend:
         if prepared.install is not None:
             volumes[str(prepared.install)] = {"bind": INSTALL_MOUNT, "mode": "ro"}
             site = INSTALL_SITE
+        slot = self._slot()
+        uid = slot.uid if slot is not None else SANDBOX_UID
         marker_dir = Path(tempfile.mkdtemp(prefix="docker-start-", dir=_scratch()))
         try:
             os.chmod(marker_dir, 0o755)
@@ -288,8 +314,14 @@ class DockerBackend:
             os.mkfifo(fifo, 0o622)
             os.chmod(fifo, 0o622)  # the sandbox's uid may write the marker, never read or drain it
             started_read = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            for name, text in _accounts(uid).items():
+                (marker_dir / name).write_text(text)
+                os.chmod(marker_dir / name, 0o644)
+                volumes[str(marker_dir / name)] = {"bind": f"/etc/{name}", "mode": "ro"}
         except BaseException:
             shutil.rmtree(marker_dir, ignore_errors=True)
+            if slot is not None:
+                slot.release()
             raise
         volumes[str(marker_dir)] = {"bind": STARTED_MOUNT, "mode": "ro"}
         file_size = limits.file_size_mb * 1024 * 1024
@@ -304,7 +336,7 @@ class DockerBackend:
                 name=f"bbo-sandbox-{uuid.uuid4().hex[:16]}",
                 hostname="sandbox",
                 stdin_open=True,
-                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                user=f"{uid}:{uid}",
                 environment=environment,
                 working_dir="/tmp",
                 network_mode="none",
@@ -324,6 +356,8 @@ class DockerBackend:
         except docker.errors.DockerException as exc:
             os.close(started_read)
             shutil.rmtree(marker_dir, ignore_errors=True)
+            if slot is not None:
+                slot.release()
             raise SandboxUnavailable(f"cannot create a sandbox container: {_first_line(exc)}") from None
 
         marker = {"fd": started_read, "seen": False}
@@ -347,6 +381,8 @@ class DockerBackend:
                     os.close(marker["fd"])
                 marker["fd"] = -1
             shutil.rmtree(marker_dir, ignore_errors=True)
+            if slot is not None:
+                slot.release()
 
         def exit_cause(returncode: int | None) -> str | None:
             # resource_limit: docker saw the OOM killer. infrastructure: the engine or the container went
@@ -380,6 +416,14 @@ class DockerBackend:
 
 
 # -- containers ------------------------------------------------------------------------------------
+
+
+def _accounts(uid: int) -> dict[str, str]:
+    """/etc/passwd and /etc/group of a study container: root, and `sandbox` with the container's uid."""
+    return {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{uid}:{uid}::/tmp:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nsandbox:x:{uid}:\n",
+    }
 
 
 def _scratch() -> Path:

@@ -5,7 +5,9 @@ uid), inotify instances and watches, pipe buffer pages, POSIX message queues. Wi
 every study of the machine, one team's fork bomb held the process budget of all the others (issue 14,
 finding 8: the next sandbox could not even exec its interpreter, and that team was charged). So the bwrap
 backend gives each sandbox (and each install) its own uid and gid, UID_BASE + slot, for as long as it
-lives.
+lives; so does the docker backend (measured with every container as uid 10001: one container holding the
+128 inotify instances of fs.inotify.max_user_instances left another container's inotify_init1 failing
+with EMFILE).
 
 A slot is held by an exclusive flock on <SLOT_DIR>/<uid>.lock, taken by the worker when it launches the
 sandbox and released by the sandbox's cleanup. The lock belongs to the worker's open file, so a worker
@@ -42,9 +44,10 @@ def slot_dir() -> Path:
     return Path(os.environ.get(SLOT_DIR_ENV) or DEFAULT_SLOT_DIR)
 
 
-def unusable_reason() -> str | None:
-    """Why per-sandbox uids cannot be given here, or None."""
-    if os.geteuid() != 0:
+def unusable_reason(switched_by_worker: bool = True) -> str | None:
+    """Why per-sandbox uids cannot be given here, or None. `switched_by_worker`: the worker itself
+    switches the sandbox to its uid (bwrap, which needs root for it); a container engine needs not."""
+    if switched_by_worker and os.geteuid() != 0:
         return "the worker is not root, so it cannot switch a sandbox to a uid of its own"
     folder = slot_dir()
     try:
