@@ -253,3 +253,36 @@ def test_docker_containers_do_not_share_per_uid_kernel_limits(small_spec, tmp_pa
         assert result.state == StudyState.COMPLETE and result.suggest_fallbacks == 0, lines[-10:]
     finally:
         hog.kill()
+
+
+@pytest.mark.skipif(uids.unusable_reason() is not None, reason=f"no uid slots here: {uids.unusable_reason()}")
+def test_a_dead_workers_uid_slots_are_free_again():
+    import fcntl
+    import signal
+    import sys
+
+    worker = "from workers.sandbox import uids; s = uids.acquire(); print(s.uid, flush=True); input()"
+    held = subprocess.Popen(
+        [sys.executable, "-c", worker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        uid = int(held.stdout.readline())
+        lock = uids.slot_dir() / f"{uid}.lock"
+        with open(lock, "a") as handle:
+            with pytest.raises(BlockingIOError):  # held by the live worker
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.send_signal(signal.SIGKILL)
+            held.wait(10)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # gone with it: free, no sweep needed
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        held.kill()
+        held.wait(10)
+    slots = [uids.acquire() for _ in range(8)]
+    assert len({slot.uid for slot in slots}) == 8 and all(uids.in_range(slot.uid) for slot in slots)
+    for slot in slots:
+        slot.release()
