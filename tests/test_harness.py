@@ -155,3 +155,17 @@ def test_a_call_after_the_sandbox_was_killed_from_outside_is_a_dead_optimizer(sm
     proc.kill()
     with pytest.raises(OptimizerDied):
         proc.call({"op": "suggest", "n": 1}, 5)
+
+
+@pytest.mark.usefixtures("state_dir", "unsafe_ok")
+def test_stderr_is_kept_up_to_the_specs_share_per_study_and_made_safe(small_spec):
+    """4 MiB of stderr with terminal escapes: the log keeps spec.logs.study_kb of it, escapes made
+    visible, and says how much was dropped."""
+    spec = dataclasses.replace(small_spec, logs=dataclasses.replace(small_spec.logs, study_kb=16))
+    result, lines = run("stderr_flood", spec)
+    assert result.state == StudyState.COMPLETE
+    kept = [line for line in lines if not line.startswith("[harness]")]
+    assert 15 * 1024 <= sum(len(line) + 1 for line in kept) <= (16 + 8) * 1024
+    assert not any("\x1b" in line or "\x07" in line for line in lines)
+    assert any("␛]0;owned" in line for line in kept)
+    assert any("optimizer stderr truncated" in line and "bytes dropped" in line for line in lines)
