@@ -49,6 +49,8 @@ def backend(request, state_dir):
 # -- a starter-kit zip with bundled wheels ------------------------------------------------------------
 
 OPTIMIZER = """\
+import os
+import subprocess
 import sys
 
 import bbo_tiny_dep
@@ -64,6 +66,9 @@ class Bundled(AbstractOptimizer):
         AbstractOptimizer.__init__(self, api_config)
         print(f"TINY {bbo_tiny_dep.VALUE} from {bbo_tiny_dep.__file__}", file=sys.stderr, flush=True)
         print(f"SHADOW {getattr(colorlog, 'BUNDLED', 'preinstalled')}", file=sys.stderr, flush=True)
+        path = {**os.environ, "PATH": "/install/bin:" + os.environ["PATH"]}
+        script = subprocess.run(["bbo-tiny"], capture_output=True, text=True, env=path)
+        print(f"SCRIPT {script.stdout.strip()} {script.stderr.strip()[-300:]}".strip(), file=sys.stderr)
 
     def suggest(self, n_suggestions=1):
         return bbo_tiny_dep.suggest(self.api_config, n_suggestions)
@@ -80,6 +85,10 @@ TINY = """\
 VALUE = 42
 
 
+def main():
+    print("tiny script", VALUE)
+
+
 def suggest(api_config, n):
     import bayesmark.random_search as rs
 
@@ -90,17 +99,17 @@ def suggest(api_config, n):
 @pytest.fixture(scope="module")
 def starter_kit(tmp_path_factory) -> Path:
     """The starter kit's layout, zipped and unpacked as a worker does: optimizer.py, two wheels (one new
-    package depending on numpy, which the image has; one a newer version of a preinstalled package) and
-    requirements.txt naming both."""
+    package depending on numpy, which the image has, with a console script; one a newer version of a
+    preinstalled package) and requirements.txt naming both."""
     from competition.spec import load
 
     rules = load("demo").submission
     folder = tmp_path_factory.mktemp("kit") / "kit"
     folder.mkdir()
     (folder / "optimizer.py").write_text(OPTIMIZER)
-    write_wheel(
-        folder, "bbo-tiny-dep", "0.1.0", {"bbo_tiny_dep/__init__.py": TINY}, requires=("numpy>=1.20",)
-    )
+    scripts = "[console_scripts]\nbbo-tiny = bbo_tiny_dep:main\n"
+    files = {"bbo_tiny_dep/__init__.py": TINY, "bbo_tiny_dep-0.1.0.dist-info/entry_points.txt": scripts}
+    write_wheel(folder, "bbo-tiny-dep", "0.1.0", files, requires=("numpy>=1.20",))
     write_wheel(folder, "colorlog", "99.0", {"colorlog/__init__.py": "BUNDLED = 'bundled 99.0'\n"})
     (folder / "requirements.txt").write_text("bbo-tiny-dep==0.1.0\ncolorlog==99.0\n")
     data = artifacts.pack(folder, rules)
@@ -151,6 +160,7 @@ def test_starter_kit_with_wheels_scores_the_same_on_both_backends(
         assert result.state == StudyState.COMPLETE and result.suggest_fallbacks == 0, lines[-10:]
         assert f"TINY 42 from {install.install_site('3.11')}/bbo_tiny_dep/__init__.py" in lines, lines[-10:]
         assert "SHADOW bundled 99.0" in lines  # the bundled version comes before the preinstalled one
+        assert "SCRIPT tiny script 42" in lines  # its console script runs with the sandbox's interpreter
         assert (result.losses, result.suggestions) == plain_losses[study]
     # Installed read-only for every sandbox: root's, nothing writable by others.
     for current, dirs, files in os.walk(prepared.install):

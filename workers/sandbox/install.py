@@ -211,6 +211,9 @@ def install_script(folder: Path, python: str) -> str:
     pip = [f"{PIP_ENV}/bin/python", "-m", "pip", "install", *pip_options()]
     for arguments, no_deps in install_steps(folder):
         steps.append(shlex.join([*pip, *(["--no-deps"] if no_deps else []), *arguments]))
+    # pip wrote the throw-away environment's interpreter into console scripts: the sandbox's instead.
+    shebang = shlex.quote(f"1s|^#!{PIP_ENV}/bin/python[0-9.]*$|#!{python}|")
+    steps.append(f"if [ -d {INSTALL_MOUNT}/bin ]; then sed -i {shebang} {INSTALL_MOUNT}/bin/*; fi")
     steps.append(f"cp -R {INSTALL_MOUNT}/. {INSTALL_OUT}/")
     return "\n".join(steps)
 
