@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from cli.output import emit_json, err, fail, plain, studies_progress
+from queue_schema.payloads import utc_iso
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout.")
 BACKENDS = ("auto", "docker", "bwrap", "process")
@@ -127,6 +128,11 @@ def rescore_command(
 
 
 def final_command(
+    action: str = typer.Argument(
+        None,
+        help="Omit to launch the final phase; `release` publishes the final leaderboard to teams "
+        "(until then they get 'final results pending').",
+    ),
     top: int = typer.Option(
         None, "--top", min=1, help="How many teams of the feedback leaderboard enter (default: all)."
     ),
@@ -141,13 +147,23 @@ def final_command(
     """Launch the final phase: each top team's chosen (else best) feedback submission, scored on the
     held-out problems; then (with --wait) the final leaderboard with 95% intervals and rank stability.
 
-    Running it again launches nothing twice. JSON: {"phase", "launches": [...], "rows": [...]}."""
-    from competition import final, service
+    Running it again launches nothing twice. JSON: {"phase", "launches": [...], "rows": [...]}.
+    `bbo admin final release` makes the final leaderboard public (JSON: {"phase", "released_at"})."""
+    from competition import final, release, service
     from competition.spec import load
 
+    if action not in (None, "release"):
+        fail(f"unknown action {action!r}: `bbo admin final` launches, `bbo admin final release` publishes")
     _check_backend(backend)
     with _store() as r:
         spec = load(_spec_name(spec_name))
+        if action == "release":
+            when = utc_iso(release.release(r, spec.name))
+            if as_json:
+                emit_json({"phase": "final", "competition": spec.name, "released_at": when})
+            else:
+                _say(f"the final leaderboard of {spec.name} is public since {when}")
+            return
         launches = final.run_final(r, spec, top=top, backend=backend)
         for launch in launches:
             if launch.error:

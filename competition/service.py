@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from competition import audit, lifecycle, quotas, teams
+from competition import audit, lifecycle, quotas, release, teams
 from competition.artifacts import InvalidSubmission
 from competition.quotas import QuotaExceeded
 from competition.scores import BaselineError
@@ -335,21 +335,28 @@ def scored_time(sub: Submission) -> float:
 def leaderboard_view(
     r: redis.Redis, spec: Spec, phase: str, *, organizer: bool = False, now: float | None = None
 ) -> dict[str, Any]:
-    """The leaderboard as teams get it: {"phase", "competition", "frozen", "frozen_at", "rows"}.
+    """The leaderboard as teams get it: {"phase", "competition", "frozen", "frozen_at", "rows"}, and for
+    the final phase `released` (and `pending`, a message, with no rows while it is not released).
 
     After the phase's freeze the public board keeps showing what was scored up to the freeze (final
     days of a competition without a live board to probe): `frozen` is true. Organizers keep seeing it
-    live (`frozen` false), and `frozen_at` tells them the public board froze."""
+    live (`frozen` false), and `frozen_at` tells them the public board froze. The final board reaches
+    teams only once released (competition/release.py); organizers always see it."""
     spec.phase(phase)
     freeze = frozen_at(spec, phase, now)
-    rows = leaderboard(r, phase, spec.name, scored_before=None if organizer else freeze)
-    return {
+    view: dict[str, Any] = {
         "phase": phase,
         "competition": spec.name,
         "frozen": freeze is not None and not organizer,
         "frozen_at": None if freeze is None else utc_iso(freeze),
-        "rows": rows,
     }
+    if phase == "final":
+        released = release.released_at(r, spec.name)
+        view["released"] = released is not None
+        view["released_at"] = None if released is None else utc_iso(released)
+        if released is None and not organizer:
+            return view | {"pending": release.PENDING_MESSAGE, "rows": []}
+    return view | {"rows": leaderboard(r, phase, spec.name, scored_before=None if organizer else freeze)}
 
 
 # -- rescore and the final phase's selection (competition/rescore.py, competition/final.py) --------

@@ -182,6 +182,11 @@ def final_entries(spec_name: str) -> str:
     return f"{PREFIX}:final:{spec_name}:entries"
 
 
+def final_released(spec_name: str) -> str:
+    """String: when the organizers released the final leaderboard to teams (unset: not yet)."""
+    return f"{PREFIX}:final:{spec_name}:released"
+
+
 def final_launches(spec_name: str) -> str:
     """Hash: "team:spec hash:artifact sha256" -> final-phase submission id, so a second run reuses it."""
     return f"{PREFIX}:final:{spec_name}:launches"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 from rq import Queue
@@ -15,7 +16,7 @@ from cli import admin, final_cmd
 from competition import artifacts, audit, final, quotas, scores, service, teams
 from competition.spec import Spec
 from competition.submit import create_submission
-from gateway.app import create_app
+from gateway.app import LEADERBOARD_CACHE_S, create_app
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission
@@ -117,7 +118,19 @@ def test_final_phase_from_selection_to_leaderboard(as_alpha, r, redis_server):
         assert [p["problem"] for p in report["problems"]] == ["DT-breast-acc"]  # held out, not feedback
         assert [s["study"] for s in report["problems"][0]["studies"]] == [0, 1, 2, 3]
 
+    # Scored, but not released: teams get "pending", organizers the live board.
+    pending = cli_json("leaderboard", "--phase", "final", "--json")
+    assert pending["rows"] == [] and pending["released"] is False and "pending" in pending["pending"]
+    assert "final results pending" in run("leaderboard", "--phase", "final").stderr
+    assert len(service.leaderboard_view(r, spec, "final", organizer=True)["rows"]) == 2
+    released = admin_cli("final", "release", "--spec", spec.name, "--json")
+    assert released.exit_code == 0, released.output
+    assert json.loads(released.stdout)["released_at"]
+    assert any(e.action == "final_release" for e in audit.read(r, target=spec.name))
+
+    time.sleep(LEADERBOARD_CACHE_S)  # the gateway's public board is cached this long
     board = cli_json("leaderboard", "--phase", "final", "--json")
+    assert board["released"] is True
     assert board["phase"] == "final" and [row["rank"] for row in board["rows"]] == [1, 2]
     for row in board["rows"]:
         sub = load_submission(r, row["submission"])

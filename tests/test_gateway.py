@@ -176,7 +176,9 @@ def test_the_quota_answers_429_with_retry_after_and_refunds_infrastructure_failu
     assert upload(client, tokens["alpha"], good_zip).status_code == 201
     assert_error(upload(client, tokens["alpha"], good_zip), 429)
     failed = client.get(f"/v1/submissions/{first['id']}", headers=auth(tokens["alpha"])).json()
-    assert failed["failure"] == {"cause": "infrastructure", "message": "worker lost"}
+    refunded = {"cause": "infrastructure", "message": "worker lost; not charged to your quota"}
+    assert failed["failure"] == refunded
+    assert failed["refund"] == "auto"
 
 
 def test_stop_of_a_queued_submission_cancels_its_jobs(env, good_zip, r):
