@@ -9,9 +9,11 @@ Time limits and a dying sandbox are signalled with BaseException subclasses, whi
 What the sandbox sends is the team's and is checked before bayesmark sees it: replies are typed by the
 protocol (a malformed, oversized or unsolicited one is a protocol violation), every suggested point is
 checked against the declared space and normalised (queue_schema/suggestions.py). Both failures are the
-team's optimizer_crashed. A failure of the harness itself (a bug of ours, which bayesmark's
-`except Exception` would otherwise take for the optimizer's suggest raising) is a HarnessFault, never
-charged to the team. Whatever the study loop prints on stdout (bayesmark's notes when the optimizer
+team's optimizer_crashed. Only failures positively ours leave as SandboxInfrastructureError (a lost
+sandbox; HarnessFault: a problem whose space cannot be checked, bayesmark refusing a point we checked);
+any other exception, which is not identified as ours, leaves as itself, never swallowed by bayesmark's
+`except Exception` (which would answer it with random suggestions), for the job to charge as the team's
+(workers/failures.py). Whatever the study loop prints on stdout (bayesmark's notes when the optimizer
 raises) goes to the organizer log, never to the process's stdout.
 """
 
@@ -87,16 +89,22 @@ def _protocol_violation(exc: ProtocolViolation) -> FatalOptimizerError:
     return FatalOptimizerError(FailureCause.OPTIMIZER_CRASHED, f"protocol violation {_team_text(str(exc))}")
 
 
+class _Unclassified(BaseException):  # noqa: N818 - carries an exception past bayesmark, not an error
+    def __init__(self, original: Exception) -> None:
+        self.original = original
+        super().__init__(repr(original))
+
+
 @contextlib.contextmanager
-def _ours(what: str) -> Iterator[None]:
-    """Inside a call bayesmark makes: our own failure must not pass for the optimizer's (bayesmark's
-    `except Exception` would answer it with random suggestions, charged to the team's study)."""
+def _not_swallowed(what: str) -> Iterator[None]:
+    """Inside a call bayesmark makes: a failure that is not the optimizer's own raising must not pass
+    for it (bayesmark's `except Exception` would answer it with random suggestions and go on)."""
     try:
         yield
     except OptimizerRaised:
         raise
     except Exception as exc:
-        raise HarnessFault(f"harness error during {what}: {type(exc).__name__}: {exc}") from exc
+        raise _Unclassified(exc) from exc
 
 
 def obfuscated_names(problem: str, api_config: dict[str, Any]) -> dict[str, str]:
@@ -157,7 +165,7 @@ class RemoteOptimizer:
     # Called by bayesmark's run_study, inside its `except Exception`: everything the team causes leaves
     # as a BaseException (fatal, cut off) or OptimizerRaised (its method raised); anything else is ours.
     def suggest(self, n_suggestions: int = 1) -> list[dict[str, Any]]:
-        with _ours("suggest"):
+        with _not_swallowed("suggest"):
             reply = self._call({"op": protocol.OP_SUGGEST, "n": n_suggestions})
             if reply.failure is not None:
                 self.suggest_fallbacks += 1
@@ -173,7 +181,7 @@ class RemoteOptimizer:
             return points
 
     def observe(self, X: list[dict[str, Any]], y: list[float]) -> None:
-        with _ours("observe"):
+        with _not_swallowed("observe"):
             if self.aliases is not None:
                 X = [{self.aliases[k]: v for k, v in point.items()} for point in X]
             reply = self._call({"op": protocol.OP_OBSERVE, "X": X, "y": [float(v) for v in y]})
@@ -320,13 +328,13 @@ def run_one_study(
 ) -> StudyResult:
     """Drive one study to its end (complete or cut off); raise FatalOptimizerError for the batch.
 
-    What the team causes leaves as FatalOptimizerError (or a cut-off study); a lost sandbox as
-    SandboxInfrastructureError; any other exception is the harness's own and leaves as HarnessFault (a
-    SandboxInfrastructureError too), so that nothing of ours is charged to the team."""
+    What the team causes leaves as FatalOptimizerError (or a cut-off study); what is positively ours as
+    SandboxInfrastructureError (HarnessFault among them); any other exception as itself, which the job
+    charges to the team (workers/failures.is_ours decides)."""
     try:
         return _run_one_study(proc, problem, study, spec, describe, log)
-    except Exception as exc:
-        raise HarnessFault(f"harness error in study {study}: {type(exc).__name__}: {exc}") from exc
+    except _Unclassified as carried:
+        raise carried.original from None
 
 
 def _run_one_study(
