@@ -28,6 +28,7 @@ from tests.sandbox_helpers import run_launched
 from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import bwrap, uids
+from workers.sandbox.base import CPU_SLACK_S
 
 _REASON = bwrap.unavailable_reason()
 if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
@@ -286,7 +287,7 @@ def test_rlimits_inside(probe_run, backend):
     assert inside["Max file size"] == [str(limits.file_size_mb * mb)] * 2
     assert inside["Max core file size"] == ["0", "0"]
     assert inside["Max open files"] == [str(bwrap.NOFILE)] * 2
-    cpu = 30 + 10 + bwrap.CPU_SLACK_S  # the probe's budget and call timeout, one cpu
+    cpu = 30 + 10 + CPU_SLACK_S  # the probe's budget and call timeout, one cpu
     assert inside["Max cpu time"] == [str(cpu), str(cpu + 5)]
     assert backend.per_sandbox_uids  # so RLIMIT_NPROC counts this sandbox's processes only
     assert inside["Max processes"] == [str(limits.pids)] * 2

@@ -128,12 +128,26 @@ class RemoteOptimizer:
         self.aliases = aliases
         self.real_names = {v: k for k, v in aliases.items()} if aliases else None
         self.time_used = 0.0
+        # CPU the sandbox burnt outside its calls (background threads or processes working while the
+        # objective runs, or while it waited pre-started): part of time_used, as the budget is the
+        # optimizer's time, not only the time it is asked for.
+        self.cpu_between_calls = 0.0
+        self._cpu_mark = proc.cpu_at_hello
         self.suggest_fallbacks = 0
         self.observe_errors = 0
         self.last_error = ""
 
+    def _charge_cpu_between_calls(self) -> None:
+        now = self.proc.cpu_seconds()
+        if now is not None and self._cpu_mark is not None and now > self._cpu_mark:
+            spent = now - self._cpu_mark
+            self.cpu_between_calls += spent
+            self.time_used += spent
+        self._cpu_mark = now
+
     def _call(self, message: dict[str, Any]) -> Any:
         op = message["op"]
+        self._charge_cpu_between_calls()
         timeout = min(self.call_timeout_s, self.budget_s - self.time_used)
         if timeout <= 0:
             raise StudyCutOff(f"time budget of {self.budget_s:.0f} s used up before {op}")
@@ -149,6 +163,7 @@ class RemoteOptimizer:
         except ProtocolViolation as exc:
             raise _protocol_violation(exc) from None
         self.time_used += reply.seconds
+        self._cpu_mark = self.proc.cpu_seconds()  # what it used during the call is in the wall time
         return reply
 
     def init(self, api_config: dict[str, Any], seed: int) -> None:
@@ -289,6 +304,11 @@ def _drive(
     try:
         hello = proc.wait_hello(spec.limits.call_timeout_s)
     except CallTimeout:
+        if proc.launch.started is not None and not proc.launch.started():
+            # Hung before anything of the submission loaded (no start marker): the sandbox's start-up.
+            raise SandboxInfrastructureError(
+                f"the sandbox did not start within {spec.limits.call_timeout_s:.0f} s"
+            ) from None
         raise FatalOptimizerError(
             FailureCause.TIME_LIMIT, f"optimizer.py did not load within {spec.limits.call_timeout_s:.0f} s"
         ) from None
@@ -310,7 +330,9 @@ def _drive(
             run_study(remote, objective, spec.rounds, spec.batch, n_obj=len(objective.objective_names))
     except StudyCutOff as cut:
         state, reason = StudyState.CUT_OFF, cut.reason
-        log(f"[harness] study {study} cut off: {cut.reason}")
+        between = remote.cpu_between_calls
+        told = f" ({between:.1f} s of it CPU used between calls)" if between >= 0.05 else ""
+        log(f"[harness] study {study} cut off: {cut.reason}{told}")
     except (AssertionError, ValueError) as exc:
         # run_study's own checks (batch size, "Optimizer suggestion is out of range"): every suggestion
         # was checked against the space before it got there, so one failing is ours, not the team's.
@@ -352,7 +374,8 @@ def _run_one_study(
         proc.close()
 
     rounds = objective.rounds()
-    eval_seconds = max(0.0, time.monotonic() - started - remote.time_used)
+    # The objective ran while the calls did not (CPU burnt between calls overlaps with it).
+    eval_seconds = max(0.0, time.monotonic() - started - (remote.time_used - remote.cpu_between_calls))
     return StudyResult(
         study=study,
         state=state,

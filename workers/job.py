@@ -144,7 +144,7 @@ class ProblemRun:
             def launch() -> OptimizerProcess:
                 # The sandbox dies with this horse, which dies with its worker (workers/heartbeat.py).
                 launched = dying_with_parent(backend.launch(submission_dir, spec.limits))
-                proc = OptimizerProcess(launched, log=self.log)
+                proc = OptimizerProcess(launched, log=self.log, stderr_cap_bytes=spec.logs.study_kb * 1024)
                 with self._lock:
                     self._procs.append(proc)
                 return proc.start()

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from queue_schema import protocol
 from queue_schema.suggestions import suggest_reply_cap
 from queue_schema.untrusted import safe_text
@@ -86,6 +88,10 @@ class LaunchSpec:
     # cgroup's OOM counter): "resource_limit" or None.
     exit_cause: Callable[[int | None], str | None] | None = None
     pass_fds: tuple[int, ...] = ()  # descriptors the child keeps (a backend's private start marker pipe)
+    # Whether the sandbox got as far as loading the submission (its start marker); None: cannot tell.
+    started: Callable[[], bool] | None = None
+    # CPU seconds the whole sandbox used so far (its cgroup's counter); None: the process tree's is used.
+    cpu_seconds: Callable[[], float | None] | None = None
 
 
 @dataclass
@@ -115,6 +121,10 @@ class OptimizerProcess:
         self._closing = False
         self._violation: str | None = None
         self._api_config: dict[str, Any] | None = None
+        # The sandbox's CPU counter when its hello arrived: what it burns from then on outside calls (a
+        # pre-started sandbox idling while the previous study runs included) counts against its budget.
+        self.cpu_at_hello: float | None = None
+        self._hello_arrived = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> OptimizerProcess:
@@ -179,6 +189,17 @@ class OptimizerProcess:
     @property
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the sandbox has used so far: the backend's counter (a container's cgroup), else the
+        sum over the process tree it started (None once it is gone)."""
+        if self.launch.cpu_seconds is not None:
+            with contextlib.suppress(Exception):
+                return self.launch.cpu_seconds()
+            return None
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return tree_cpu_seconds(self.proc.pid)
 
     @property
     def violation(self) -> str | None:
@@ -281,6 +302,8 @@ class OptimizerProcess:
                 if not chunk:
                     break
                 why = self._accept(pending, chunk)
+                if self._hello_arrived and self.cpu_at_hello is None:
+                    self.cpu_at_hello = self.cpu_seconds()
                 if why is not None:
                     self._record_violation(why)
                     pending.clear()
@@ -315,6 +338,7 @@ class OptimizerProcess:
                     return f"during {expected.op}: a reply of {end + 1} bytes (at most {expected.cap})"
                 self._line = bytes(pending[: end + 1])
                 del pending[: end + 1]
+                self._hello_arrived = self._hello_arrived or expected.op == protocol.OP_HELLO
                 self._expected = None  # exactly one line per call
                 self._cond.notify_all()
         return None
@@ -334,3 +358,19 @@ class OptimizerProcess:
                 self._log(safe_text(line.rstrip(b"\n")))
         except (OSError, ValueError):
             return
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` and every live process below it, each with the children it
+    reaped (a reaped process is counted by its parent's children times, a live one by its own)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Protocol
 
 from competition.spec import Limits
 from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
 from workers.optimizer_process import LaunchSpec
+
+# RLIMIT_CPU above the study's time: a backstop against CPU burnt outside calls where the harness cannot
+# read the sandbox's counter (the harness counts it against the budget where it can).
+CPU_SLACK_S = 10
+
+
+def cpu_backstop_s(limits: Limits) -> int:
+    """The soft RLIMIT_CPU of a study's processes: its cpus x (budget + one call) + slack."""
+    per_call = limits.suggest_budget_s + limits.call_timeout_s
+    return math.ceil(max(1.0, limits.cpus) * per_call) + CPU_SLACK_S
 
 
 class SandboxUnavailable(RuntimeError):

@@ -128,7 +128,7 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
+from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, cpu_backstop_s
 
 SANDBOX_UID = 65534  # only when sandboxes share a uid (no uid slots here: cgroups or the opt-in below)
 SANDBOX_GID = 65534
@@ -139,7 +139,6 @@ NOFILE = 1024
 NPROC_BACKSTOP = 4096  # cgroup mode with a shared uid: all its tasks on the machine; pids group per study
 STARTED_MARKER = b"bbo-sandbox-started\n"
 MEMORY_EXIT = protocol.EXIT_OUT_OF_MEMORY  # the host's exit code for a MemoryError
-CPU_SLACK_S = 10
 CGROUP_PREFIX = "bbo-bwrap-"
 # Only these; /usr and whatever of these exists (real directories, or the links of a merged /usr).
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -418,8 +417,12 @@ def _cgroup_v1_base(controller: str) -> Path | None:
     return None
 
 
+CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+OPTIONAL_CONTROLLERS = frozenset({"cpu", "cpuacct"})
+
+
 class _Cgroups:
-    """One study's memory, pids (and cpu) groups."""
+    """One study's memory, pids (and cpu, cpuacct) groups."""
 
     def __init__(self, dirs: dict[str, Path]) -> None:
         self.dirs = dirs
@@ -430,17 +433,21 @@ class _Cgroups:
         made: dict[str, Path] = {}
         group = cls(made)
         try:
-            for controller in ("memory", "pids", "cpu"):
+            for controller in CONTROLLERS:
+                optional = controller in OPTIONAL_CONTROLLERS  # a cpu quota and counter are welcome
                 base = _cgroup_v1_base(controller)
                 if base is None:
-                    if controller == "cpu":
-                        continue  # a cpu quota is welcome, not essential
+                    if optional:
+                        continue
                     raise SandboxUnavailable(f"no writable cgroup v1 {controller} controller")
                 path = base / name
+                if path in made.values():  # co-mounted controllers ("cpu,cpuacct") share a folder
+                    made[controller] = path
+                    continue
                 try:
                     path.mkdir()
                 except OSError as exc:
-                    if controller == "cpu":
+                    if optional:
                         continue
                     raise SandboxUnavailable(f"cannot create cgroup {path}: {exc}") from None
                 made[controller] = path
@@ -468,7 +475,12 @@ class _Cgroups:
             raise SandboxUnavailable(f"cannot set {knob} on {self.dirs[controller]}: {exc}") from None
 
     def procs_files(self) -> list[bytes]:
-        return [os.fsencode(path / "cgroup.procs") for path in self.dirs.values()]
+        return [os.fsencode(path / "cgroup.procs") for path in dict.fromkeys(self.dirs.values())]
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of everything in the group (cpuacct's counter), None without that controller."""
+        usage = self._read("cpuacct", "cpuacct.usage").strip()
+        return int(usage) / 1e9 if usage.isdigit() else None
 
     def _read(self, controller: str, knob: str) -> str:
         try:
@@ -528,7 +540,7 @@ class _Cgroups:
 def sweep_cgroups() -> int:
     """Remove study groups left by workers of this machine that died (their pid is in the name)."""
     removed = 0
-    for controller in ("memory", "pids", "cpu"):
+    for controller in CONTROLLERS:
         base = _cgroup_v1_base(controller)
         if base is None:
             continue
@@ -745,8 +757,7 @@ class BwrapBackend:
             gid=gid,
             command=[self.runtime.executable, "-s", "-P", "-c", code, target],
         )
-        per_call = limits.suggest_budget_s + limits.call_timeout_s
-        cpu = math.ceil(max(1.0, limits.cpus) * per_call) + CPU_SLACK_S
+        cpu = cpu_backstop_s(limits)
         preexec = _preexec(
             file_size=limits.file_size_mb * 1024 * 1024,
             cpu=cpu,
@@ -804,6 +815,9 @@ class BwrapBackend:
             preexec=preexec,
             exit_cause=exit_cause,
             pass_fds=(started_write,),
+            started=started,
+            # The group's counter; in rlimit mode the harness sums the sandbox's process tree instead.
+            cpu_seconds=group.cpu_seconds if group is not None and "cpuacct" in group.dirs else None,
         )
 
 

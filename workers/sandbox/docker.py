@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -70,7 +71,7 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable
+from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, cpu_backstop_s
 from workers.sandbox.install import Prepared, content_sha256  # noqa: F401 - part of this module's API
 
 SANDBOX_UID = 10001
@@ -348,7 +349,7 @@ class DockerBackend:
                 nano_cpus=int(limits.cpus * 1e9),
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                ulimits=_ulimits(file_size, NOFILE),
+                ulimits=_ulimits(file_size, NOFILE, cpu_s=cpu_backstop_s(limits)),
                 volumes=volumes,
                 labels=labels,
                 log_config=docker.types.LogConfig(type="none"),
@@ -402,6 +403,8 @@ class DockerBackend:
                 return FailureCause.INFRASTRUCTURE.value
             if state.get("OOMKilled"):
                 return FailureCause.RESOURCE_LIMIT.value
+            if returncode in (128 + signal.SIGXCPU, -signal.SIGXCPU):  # past the CPU backstop
+                return FailureCause.RESOURCE_LIMIT.value
             return None
 
         env = {name: os.environ[name] for name in _CLI_ENV if name in os.environ}
@@ -412,10 +415,38 @@ class DockerBackend:
             cleanup=cleanup,
             kill=kill,
             exit_cause=exit_cause,
+            started=started,
+            cpu_seconds=lambda: container_cpu_seconds(container.id),
         )
 
 
 # -- containers ------------------------------------------------------------------------------------
+
+# Where a container's CPU counter lives on this host, by cgroup version and driver (a remote engine: none).
+_CPU_COUNTERS = (
+    ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage", 1e-9),
+    ("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage", 1e-9),
+    ("/sys/fs/cgroup/cpuacct/system.slice/docker-{id}.scope/cpuacct.usage", 1e-9),
+    ("/sys/fs/cgroup/cpu,cpuacct/system.slice/docker-{id}.scope/cpuacct.usage", 1e-9),
+    ("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat", 1e-6),
+    ("/sys/fs/cgroup/docker/{id}/cpu.stat", 1e-6),
+)
+
+
+def container_cpu_seconds(container_id: str) -> float | None:
+    """CPU seconds every process of the container used so far, from its cgroup on this host; None when
+    the counter cannot be read here (the engine on another machine, an unknown layout)."""
+    for pattern, unit in _CPU_COUNTERS:
+        try:
+            text = Path(pattern.format(id=container_id)).read_text()
+        except OSError:
+            continue
+        if pattern.endswith("cpu.stat"):  # cgroup v2: "usage_usec N" among other lines
+            fields = dict(line.split(None, 1) for line in text.splitlines() if " " in line)
+            text = fields.get("usage_usec", "")
+        if text.strip().isdigit():
+            return int(text.strip()) * unit
+    return None
 
 
 def _accounts(uid: int) -> dict[str, str]:
@@ -433,13 +464,16 @@ def _scratch() -> Path:
     return path
 
 
-def _ulimits(file_size: int, nofile: int) -> list[Any]:
+def _ulimits(file_size: int, nofile: int, cpu_s: int | None = None) -> list[Any]:
     Ulimit = _docker().types.Ulimit  # noqa: N806
-    return [
+    limits = [
         Ulimit(name="nofile", soft=nofile, hard=nofile),
         Ulimit(name="fsize", soft=file_size, hard=file_size),
         Ulimit(name="core", soft=0, hard=0),
     ]
+    if cpu_s is not None:  # per process: SIGXCPU at the soft limit, SIGKILL 5 s of CPU later
+        limits.append(Ulimit(name="cpu", soft=cpu_s, hard=cpu_s + 5))
+    return limits
 
 
 def _worker_id() -> str:
