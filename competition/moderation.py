@@ -13,7 +13,7 @@ from competition import audit
 from queue_schema import keys
 from queue_schema.payloads import Submission
 from queue_schema.records import add_event, load_submission, load_submissions, update_record
-from queue_schema.states import RefundState
+from queue_schema.states import RefundState, SubmissionState
 
 MAX_REASON_CHARS = 500
 
@@ -72,12 +72,15 @@ def is_disqualified(r: redis.Redis, sid: str) -> bool:
 def decide_refund(
     r: redis.Redis, sid: str, grant: bool, *, reason: str = "", actor: str | None = None
 ) -> Submission:
-    """An organizer's ruling on a refund the service held (the team was past its automatic refunds of
-    the day): granted, the upload no longer counts against the team's quota; denied, it stays counted.
-    A ruling can be changed; an automatic refund is not the organizers' to take back."""
+    """An organizer's ruling on a refund: one the service held (the team was past its automatic refunds
+    of the day), or any failed upload the organizers find was not the team's fault after all (a failure
+    the service could not tell was ours is charged to the team). Granted, the upload no longer counts
+    against the team's quota; denied, it stays counted. A ruling can be changed; an automatic refund is
+    not the organizers' to take back."""
     before = _existing(r, sid)
-    if before.refund not in (RefundState.HELD, RefundState.GRANTED, RefundState.DENIED):
-        raise ModerationError(f"submission {sid} has no refund awaiting a decision")
+    failed_and_charged = before.state == SubmissionState.FAILED and before.charged and before.refund is None
+    if before.refund == RefundState.AUTO or not (failed_and_charged or before.refund is not None):
+        raise ModerationError(f"submission {sid} has no refund to decide (only a failed, charged upload)")
     decision = RefundState.GRANTED if grant else RefundState.DENIED
     update_record(r, sid, refund=decision, charged=not grant)
     r.srem(keys.refunds_held(), sid)

@@ -242,3 +242,19 @@ def test_only_failures_positively_ours_are_infrastructure():
     ]
     assert all(is_ours(exc) for exc in ours)
     assert not any(is_ours(exc) for exc in theirs)
+
+
+def test_organizers_can_refund_a_charged_failure_they_find_was_ours(r):
+    """A failure the service could not tell was ours is the team's: charged, and the organizers, who
+    read the traceback in the log, can still refund it; a scored upload has nothing to refund."""
+    spec = load("demo")
+    data = artifacts.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    crashed, scored = _submit(r, data), _submit(r, data)
+    lifecycle.fail(
+        r, crashed.id, 1, FailureCause.OPTIMIZER_CRASHED, "the optimizer's output could not be handled"
+    )
+    assert load_submission(r, crashed.id).charged
+    granted = moderation.decide_refund(r, crashed.id, True, reason="a harness bug", actor="ops")
+    assert (granted.refund, granted.charged) == (RefundState.GRANTED, False)
+    with pytest.raises(moderation.ModerationError, match="no refund to decide"):
+        moderation.decide_refund(r, scored.id, True)
