@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from competition import audit, service
+from competition.spec import LogSettings, Spec
 from queue_schema import keys
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
@@ -67,6 +68,7 @@ class SubmissionRow:
     failure_cause: str | None
     failure_message: str | None
     disqualified: bool
+    refund: str | None = None  # RefundState's value: "held" waits for an organizer (bbo admin refund)
 
     @classmethod
     def of(cls, sub: Submission) -> SubmissionRow:
@@ -90,6 +92,7 @@ class SubmissionRow:
             failure_cause=sub.failure.cause.value if sub.failure else None,
             failure_message=safe_text(sub.failure.message, multiline=True) if sub.failure else None,
             disqualified=sub.disqualified is not None,
+            refund=sub.refund.value if sub.refund else None,
         )
 
     @property
@@ -101,8 +104,8 @@ class SubmissionRow:
         return SubmissionState(self.state) in TERMINAL_STATES
 
     def matches(self, query: str) -> bool:
-        """The `/` filter: `team:NAME`, `state:STATE`, `cause:CAUSE` (prefixes), or plain text anywhere;
-        several words must all match."""
+        """The `/` filter: `team:NAME`, `state:STATE`, `cause:CAUSE`, `refund:held` (prefixes), or plain
+        text anywhere; several words must all match."""
         for word in query.lower().split():
             name, _, value = word.partition(":")
             if value and name == "team":
@@ -111,6 +114,8 @@ class SubmissionRow:
                 ok = self.state.startswith(value)
             elif value and name == "cause":
                 ok = (self.failure_cause or "").startswith(value)
+            elif value and name == "refund":
+                ok = (self.refund or "").startswith(value)
             else:
                 ok = any(word in text for text in (self.id, self.team.lower(), self.state, self.phase)) or (
                     word in (self.failure_cause or "")
@@ -271,6 +276,20 @@ class ConsoleData:
         if sub is None:
             return []
         return sorted(self.r.smembers(keys.submission_jobs(sid, sub.score_version)))
+
+    def log_notice(self, sid: str, job_id: str) -> str | None:
+        """Why a job shows no log, when its log is gone: expired after the spec's retention (logs.
+        retention_days after its last line), or never written; None when there is one."""
+        if self.r.exists(keys.job_log(job_id)):
+            return None
+        sub = load_submission(self.r, sid)
+        if sub is None or sub.state in ACTIVE_STATES:
+            return None  # not started yet: its lines will come
+        raw_spec = self.r.get(keys.spec(sub.spec_hash))
+        days = Spec.from_json(raw_spec).logs.retention_days if raw_spec else LogSettings().retention_days
+        if self.clock() - sub.updated_at >= days * 86_400 - 60:
+            return f"this job's log is gone: logs are kept {days:g} days after their last line"
+        return "this job wrote no log (it did not run: the submission ended before it started)"
 
     def log_lines(self, job_id: str, after: str = "-", count: int = 10_000) -> tuple[list[str], str]:
         """Lines of a job's log after stream id `after` ("-": from the start), and the last id read. The

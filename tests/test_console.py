@@ -19,7 +19,7 @@ from console.widgets.plot import BraillePlot
 from console.widgets.table import RowTable
 from queue_schema import keys
 from queue_schema.records import load_submission, transition
-from queue_schema.states import SubmissionState
+from queue_schema.states import FailureCause, SubmissionState
 from tests import console_helpers as fixed
 from tests.conftest import SUBMISSIONS
 
@@ -257,6 +257,43 @@ async def test_a_hostile_team_name_and_log_are_shown_as_text_never_parsed(r):
         await until(pilot, lambda: app.screen.sid == sub.id)
         await until(pilot, lambda: "evil" in str(app.screen.query_one("#detail-title").render()))
         assert app.is_running  # no action ran
+
+
+async def test_a_held_refund_and_an_expired_log_are_said_so(r):
+    """A refund past the team's daily cap waits for an organizer: the submissions view and the detail
+    say so (and `refund:held` filters for them); a job whose log expired after the spec's retention says
+    that its log is gone instead of showing an empty log."""
+    from competition import lifecycle
+
+    spec = fixed.demo_spec()
+    r.set(keys.spec(spec.hash), spec.to_json())
+    old = fixed.NOW - 30 * 86_400  # long past the 14 days of retention
+    subs = [fixed.record(r, f"s0000000ffffffff{i:02d}", "flaky", old + i, spec) for i in range(4)]
+    for sub in subs:
+        lifecycle.fail(r, sub.id, 1, FailureCause.INFRASTRUCTURE, "worker lost")
+    held = subs[-1]
+    r.hset(
+        keys.submission(held.id),
+        "record",
+        load_submission(r, held.id).model_copy(update={"updated_at": old}).to_json(),
+    )
+    r.sadd(keys.submission_jobs(held.id, 1), "job-expired-1")
+    app = ConsoleApp(r, refresh_s=0.2, clock=lambda: fixed.NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, app.ready.is_set)
+        causes = column(app, "#submissions-table", "cause")
+        assert sum(cause.startswith("refund held!") for cause in causes) == 1, causes
+        await pilot.press("slash")
+        await pilot.press(*"refund:held", "enter")
+        await until(pilot, lambda: len(column(app, "#submissions-table", "cause")) == 1)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.sid == held.id)
+        await until(pilot, lambda: "refund held" in str(app.screen.query_one("#detail-title").render()))
+        assert f"bbo admin refund {held.id}" in str(app.screen.query_one("#detail-title").render())
+        await pilot.press("3")
+        log = app.screen.query_one("#logs-log", Log)
+        await until(pilot, lambda: len(log_text(log)) == 1)
+        assert "log is gone: logs are kept 14 days" in log_text(log)[0]
 
 
 async def test_readonly_hides_and_disables_the_actions(r):

@@ -78,6 +78,12 @@ class DetailScreen(Screen):
         )
         if row.failure_cause:
             title.append(f"\n{row.failure_cause}: {row.failure_message}", style="red")
+        if row.refund == "held":
+            title.append(
+                f"\nrefund held: the team is past its automatic refunds today; rule with "
+                f"`bbo admin refund {row.id}` (or --deny)",
+                style="bold yellow",
+            )
         if found.get("error"):
             title.append(f"\n{safe_text(found['error'])}", style="yellow")
         self.query_one("#detail-title", Static).update(title)

@@ -100,6 +100,10 @@ class LogsScreen(Screen):
             while generation == self._generation:
                 lines, last = self.app.data.log_lines(job, after)
                 if not lines:
+                    if after == "-" and self.sid is not None:
+                        notice = self.app.data.log_notice(self.sid, job)
+                        if notice is not None:
+                            self.app.deliver(self._notice, generation, notice)
                     return
                 self.app.deliver(self._append, generation, after, lines, last)
                 after = last
@@ -117,6 +121,11 @@ class LogsScreen(Screen):
         if shown:
             self.query_one("#logs-log", Log).write_lines(shown)
         self._set_title()
+
+    def _notice(self, generation: int, notice: str) -> None:
+        if generation == self._generation and not self.lines:
+            self.query_one("#logs-log", Log).write_line(f"[console] {notice}")
+            self._set_title(f"{self.sid} / {self.job}: {notice}")
 
     def _set_title(self, text: str | None = None) -> None:
         if text is None:

@@ -37,7 +37,9 @@ def _cause(row: SubmissionRow) -> Text:
     if not row.failure_cause:
         return Text("")
     message = (row.failure_message or "").splitlines()[0] if row.failure_message else ""
-    return Text(f"{row.failure_cause}: {message}"[:CAUSE_WIDTH], style="red")
+    # A refund waiting for an organizer's ruling comes first: it is the one thing to act on.
+    held = "refund held! " if row.refund == "held" else ""
+    return Text(f"{held}{row.failure_cause}: {message}"[:CAUSE_WIDTH], style="red")
 
 
 class SubmissionsScreen(Screen):
