@@ -6,6 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = {
+    "abuse": "bench.abuse",
     "autoscaler": "bench.autoscaler",
     "chaos": "bench.chaos",
     "console": "bench.console",

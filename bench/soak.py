@@ -121,7 +121,7 @@ class Fleet:
         self.base = ""
         self.log = open(state / "processes.log", "ab")  # noqa: SIM115 - closed in stop()
 
-    def start(self, spec: Path, workers: int) -> Any:
+    def start(self, spec: Path, workers: int, backend: str = "process") -> Any:
         from rq import Worker
 
         from queue_schema.connection import connect, reset_clients, rq_connection
@@ -131,7 +131,7 @@ class Fleet:
         reset_clients()
         port = free_port()
         self.gateway = self._spawn(
-            ["serve", "--port", str(port), "--spec", str(spec), "--backend", "process"]
+            ["serve", "--port", str(port), "--spec", str(spec), "--backend", backend]
             + ["--log-level", "warning", "--workers", "1"]
         )
         self.base = f"http://127.0.0.1:{port}"
