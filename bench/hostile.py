@@ -67,6 +67,31 @@ def _source(body: str) -> str:
     return _HEADER + body + _FOOTER
 
 
+def raw_reply_optimizer(line: bytes, *, in_init: bool = False) -> str:
+    """An optimizer that writes `line` itself on the protocol channel, in its constructor (`in_init`) or
+    its first suggest, then sleeps so the host never sends a reply of its own."""
+    return _source(
+        f"""
+LINE = {line!r}
+
+
+class Optimizer(AbstractOptimizer):
+    def __init__(self, api_config, **kwargs):
+        AbstractOptimizer.__init__(self, api_config)
+        if {in_init!r}:
+            write_all(protocol_out(), LINE)
+            time.sleep(60)
+
+    def suggest(self, n_suggestions=1):
+        write_all(protocol_out(), LINE)
+        time.sleep(60)
+
+    def observe(self, X, y):
+        pass
+"""
+    )
+
+
 OPTIMIZERS: dict[str, str] = {
     # The reference: what a well-behaved submission costs the worker.
     "well_behaved": _source(
@@ -144,42 +169,12 @@ class Optimizer(AbstractOptimizer):
     ),
     # Finding 1: replies that crashed the decoder or the harness (RecursionError, ValueError,
     # AttributeError) and were refunded as infrastructure.
-    "nested_reply": _source(
-        """
-class Optimizer(AbstractOptimizer):
-    def suggest(self, n_suggestions=1):
-        write_all(protocol_out(), b'{"ok":true,"op":"suggest","X":' + b"[" * 100000 + b"]" * 100000 + b"}\\n")
-        time.sleep(60)
-
-    def observe(self, X, y):
-        pass
-"""
+    "nested_reply": raw_reply_optimizer(
+        b'{"ok":true,"op":"suggest","X":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
     ),
-    "long_number": _source(
-        """
-class Optimizer(AbstractOptimizer):
-    def suggest(self, n_suggestions=1):
-        write_all(protocol_out(), b'{"ok":true,"op":"suggest","X":[{"x":1' + b"1" * 5000 + b"}]}\\n")
-        time.sleep(60)
-
-    def observe(self, X, y):
-        pass
-"""
-    ),
-    "bad_error_shape": _source(
-        """
-class Optimizer(AbstractOptimizer):
-    def __init__(self, api_config, **kwargs):
-        AbstractOptimizer.__init__(self, api_config)
-        write_all(protocol_out(), b'{"ok":false,"op":"init","error":{"message":{"a":[1]}}}\\n')
-        time.sleep(60)
-
-    def suggest(self, n_suggestions=1):
-        return random_batch(self.api_config, n_suggestions)
-
-    def observe(self, X, y):
-        pass
-"""
+    "long_number": raw_reply_optimizer(b'{"ok":true,"op":"suggest","X":[{"x":1' + b"1" * 5000 + b"}]}\n"),
+    "bad_error_shape": raw_reply_optimizer(
+        b'{"ok":false,"op":"init","error":{"message":{"a":[1]}}}\n', in_init=True
     ),
     # Finding 5: terminal escapes and markup in stderr (the organizer log) while it scores normally.
     "terminal_chatter": _source(

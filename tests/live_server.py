@@ -1,15 +1,25 @@
-"""A real uvicorn server for the gateway, in a thread of the test process, on a free port."""
+"""A real uvicorn server for the gateway: in a thread of the test process, or as `bbo admin serve` serves it,
+in its own process; on a free port."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
+
+from tests.waiting import wait_for
 
 
 def free_port() -> int:
@@ -34,3 +44,59 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "competition" / "specs" / "demo.toml"
+ROOT = DEMO_SPEC.parent.parent.parent
+
+
+@dataclass
+class ServedGateway:
+    url: str
+    pid: int
+    log: Path
+
+
+@contextlib.contextmanager
+def served_gateway(redis_url: str, folder: Path, max_zip_mb: int) -> Iterator[ServedGateway]:
+    """`bbo admin serve` in its own process (uvicorn, httptools, uvloop, as deployed), on `redis_url`,
+    with the demo rules and a `max_zip_mb` upload cap; its log in `folder`. It must still be alive at
+    the end, and must not have logged a traceback."""
+    text = DEMO_SPEC.read_text()
+    assert "max_zip_mb = 20\n" in text, "demo.toml changed: update served_gateway's spec edit"
+    spec_path = folder / "demo.toml"
+    spec_path.write_text(text.replace("max_zip_mb = 20\n", f"max_zip_mb = {max_zip_mb}\n"))
+    port = free_port()
+    log = folder / "serve.log"
+    env = {**os.environ, "BBO_REDIS_URL": redis_url}
+    command = [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec_path)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--log-level", "warning"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: answers(url), 30, "the gateway to answer /health", log, alive=proc)
+        yield ServedGateway(url, proc.pid, log)
+        assert proc.poll() is None, f"the gateway died:\n{log.read_text()[-2000:]}"
+        assert b"Traceback" not in log.read_bytes(), log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

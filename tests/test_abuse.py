@@ -10,16 +10,12 @@ import io
 import json
 import os
 import select
-import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,11 +27,9 @@ from gateway.app import create_app
 from gateway.http_limits import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 from queue_schema import keys
 from tests.conftest import SUBMISSIONS
-from tests.live_server import free_port
+from tests.live_server import free_port, served_gateway
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "competition" / "specs" / "demo.toml"
 MAX_ZIP_MB = 2
 MIB = 1024 * 1024
 UNKNOWN_ID = "s00000000aaaaaaaaaa"
@@ -44,44 +38,8 @@ UNKNOWN_ID = "s00000000aaaaaaaaaa"
 @pytest.fixture(scope="module")
 def gateway(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`bbo admin serve` in its own process, on the tests' Redis, with the demo rules and a 2 MiB zip cap."""
-    folder = tmp_path_factory.mktemp("abuse")
-    text = DEMO.read_text()
-    assert "max_zip_mb = 20\n" in text, "demo.toml changed: update this test's spec edit"
-    spec_path = folder / "demo.toml"
-    spec_path.write_text(text.replace("max_zip_mb = 20\n", f"max_zip_mb = {MAX_ZIP_MB}\n"))
-    port = free_port()
-    log = folder / "serve.log"
-    env = {**os.environ, "BBO_REDIS_URL": redis_server}
-    command = [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec_path)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--log-level", "warning"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _answers(url), 30, "the gateway to answer /health", log, alive=proc)
-        yield url
-        assert proc.poll() is None, f"the gateway died:\n{log.read_text()[-2000:]}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with served_gateway(redis_server, tmp_path_factory.mktemp("abuse"), MAX_ZIP_MB) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")

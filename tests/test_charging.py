@@ -3,9 +3,9 @@ quota; only failures positively ours are `infrastructure`, refunded up to the sp
 past that held for an organizer's ruling.
 
 The hostile optimizers here write raw lines on the protocol channel themselves (the host's private
-duplicate of stdout, which the team's code can find among its file descriptors), as a team that reads
-`sandbox_image/host.py` would; each case is an input that escaped as an unclassified exception on the
-landed code and was refunded as `infrastructure`.
+duplicate of stdout, which the team's code can find among its file descriptors: bench/hostile.py), as a
+team that reads `sandbox_image/host.py` would; each case is an input that escaped as an unclassified
+exception on the landed code and was refunded as `infrastructure`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import hostile
 from competition import artifacts, lifecycle, moderation, quotas
 from competition.spec import load
 from competition.submit import create_submission, enqueue_jobs, phase_progress
@@ -30,47 +31,6 @@ from workers.failures import is_ours
 from workers.fair_worker import FairSimpleWorker
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")
-
-# Finds the protocol's write end among its descriptors (a pipe open for writing that is not fd 1 or 2),
-# writes one raw line on it, then sleeps so the host never sends its own reply.
-RAW_REPLY_OPTIMIZER = """
-import fcntl, os, time
-from bayesmark.abstract_optimizer import AbstractOptimizer
-from bayesmark.experiment import experiment_main
-
-LINE = {line!r}
-
-
-def _protocol_out():
-    for fd in range(3, 64):
-        try:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            target = os.readlink(f"/proc/self/fd/{{fd}}")
-        except OSError:
-            continue
-        if target.startswith("pipe:") and flags & os.O_ACCMODE == os.O_WRONLY:
-            return fd
-    raise RuntimeError("no protocol channel found")
-
-
-class Liar(AbstractOptimizer):
-    def __init__(self, api_config, **kwargs):
-        AbstractOptimizer.__init__(self, api_config)
-        if {in_init!r}:
-            os.write(_protocol_out(), LINE)
-            time.sleep(60)
-
-    def suggest(self, n_suggestions=1):
-        os.write(_protocol_out(), LINE)
-        time.sleep(60)
-
-    def observe(self, X, y):
-        pass
-
-
-if __name__ == "__main__":
-    experiment_main(Liar)
-"""
 
 HOSTILE_REPLIES = {
     # json.loads raised ValueError: "Exceeds the limit (4300 digits) for integer string conversion".
@@ -128,7 +88,7 @@ def _submit(r, data: bytes, team: str = "t"):
 @pytest.mark.parametrize("case", sorted(HOSTILE_REPLIES))
 def test_a_hostile_protocol_reply_is_the_teams_crash_and_is_charged(r, case):
     line, in_init = HOSTILE_REPLIES[case]
-    source = RAW_REPLY_OPTIMIZER.format(line=line, in_init=in_init)
+    source = hostile.raw_reply_optimizer(line, in_init=in_init)
     sub = _submit(r, _zip({"optimizer.py": source}))
     _work()
     failed = load_submission(r, sub.id)

@@ -16,7 +16,7 @@ from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select
 
-BURNER = '''
+BURNER = """
 import threading
 import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
@@ -43,7 +43,7 @@ class Optimizer(AbstractOptimizer):
 
 if __name__ == "__main__":
     experiment_main(Optimizer)
-'''
+"""
 IDLE_S = 3.0
 
 

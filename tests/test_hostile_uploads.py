@@ -11,17 +11,12 @@ import io
 import json
 import os
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import psutil
@@ -33,65 +28,20 @@ from competition.spec import load
 from gateway.app import create_app
 from gateway.http_limits import GuardedHttpToolsProtocol
 from queue_schema import keys
-from tests.live_server import free_port
+from tests.live_server import ServedGateway, free_port, served_gateway
 from tests.test_bundled_wheels import make_wheel
 from tests.waiting import wait_for
 from tests.zip_helpers import Raw, raw_zip
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "competition" / "specs" / "demo.toml"
 MAX_ZIP_MB = 24  # a 20 MiB upload is within the limit: only the quota can refuse it
 MIB = 1024 * 1024
 GOOD = b"import numpy as np\n\nclass Optimizer:\n    pass\n"
 
 
-@dataclass
-class Served:
-    url: str
-    pid: int
-
-
 @pytest.fixture(scope="module")
-def gateway(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("hostile-uploads")
-    text = DEMO.read_text()
-    assert "max_zip_mb = 20\n" in text, "demo.toml changed: update this test's spec edit"
-    spec_path = folder / "demo.toml"
-    spec_path.write_text(text.replace("max_zip_mb = 20\n", f"max_zip_mb = {MAX_ZIP_MB}\n"))
-    port = free_port()
-    log = folder / "serve.log"
-    env = {**os.environ, "BBO_REDIS_URL": redis_server}
-    command = [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec_path)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--log-level", "warning"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _answers(url), 30, "the gateway to answer /health", log, alive=proc)
-        yield Served(url, proc.pid)
-        assert proc.poll() is None, f"the gateway died:\n{log.read_text()[-2000:]}"
-        assert b"Traceback" not in log.read_bytes(), log.read_text()[-3000:]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+def gateway(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
+    with served_gateway(redis_server, tmp_path_factory.mktemp("hostile-uploads"), MAX_ZIP_MB) as served:
+        yield served
 
 
 def auth(token: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("unsafe_ok")
 DEMO = Path(__file__).resolve().parent.parent / "competition" / "specs" / "demo.toml"
 
 # Prints 300 KiB on stderr per suggest: past the study cap in one call.
-SHOUTER = '''
+SHOUTER = """
 import sys
 import bayesmark.random_search as rs
 from bayesmark.abstract_optimizer import AbstractOptimizer
@@ -42,7 +42,7 @@ class Shouter(AbstractOptimizer):
 
 if __name__ == "__main__":
     experiment_main(Shouter)
-'''
+"""
 
 
 def _spec(tmp_path: Path, submission_mb: int, retention_days: float):

@@ -9,6 +9,7 @@ from typing import Protocol
 from competition.spec import Limits
 from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
 from workers.optimizer_process import LaunchSpec
+from workers.sandbox import uids
 
 # RLIMIT_CPU above the study's time: a backstop against CPU burnt outside calls where the harness cannot
 # read the sandbox's counter (the harness counts it against the budget where it can).
@@ -27,6 +28,17 @@ class SandboxUnavailable(RuntimeError):
 
 class InstallFailed(RuntimeError):
     """The submission's bundled requirements did not install; the message is safe to show the team."""
+
+
+def sandbox_uid_slot(backend: str, per_sandbox_uids: bool) -> uids.Slot | None:
+    """A uid of the sandbox's own (held until released), or None where the backend's sandboxes share one
+    uid (cgroups keep them apart, or the operator opted in); no free uid is ours: SandboxUnavailable."""
+    if not per_sandbox_uids:
+        return None
+    try:
+        return uids.acquire()
+    except uids.NoSlot as exc:
+        raise SandboxUnavailable(f"{backend} backend: no sandbox uid free: {exc}") from None
 
 
 class SandboxRefused(RuntimeError):

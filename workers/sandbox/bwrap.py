@@ -128,7 +128,13 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, cpu_backstop_s
+from workers.sandbox.base import (
+    THREAD_ENV,
+    InstallFailed,
+    SandboxUnavailable,
+    cpu_backstop_s,
+    sandbox_uid_slot,
+)
 
 SANDBOX_UID = 65534  # only when sandboxes share a uid (no uid slots here: cgroups or the opt-in below)
 SANDBOX_GID = 65534
@@ -615,12 +621,7 @@ class BwrapBackend:
     # -- uids -------------------------------------------------------------------------------------
     def _slot(self) -> uids.Slot | None:
         """A uid of the sandbox's own, or None where sandboxes share SANDBOX_UID (cgroups, or opted in)."""
-        if not self.per_sandbox_uids:
-            return None
-        try:
-            return uids.acquire()
-        except uids.NoSlot as exc:
-            raise SandboxUnavailable(f"bwrap backend: no sandbox uid free: {exc}") from None
+        return sandbox_uid_slot(self.name, self.per_sandbox_uids)
 
     # -- per artifact -----------------------------------------------------------------------------
     def environment(self) -> str:

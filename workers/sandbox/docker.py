@@ -71,7 +71,13 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
-from workers.sandbox.base import THREAD_ENV, InstallFailed, SandboxUnavailable, cpu_backstop_s
+from workers.sandbox.base import (
+    THREAD_ENV,
+    InstallFailed,
+    SandboxUnavailable,
+    cpu_backstop_s,
+    sandbox_uid_slot,
+)
 from workers.sandbox.install import Prepared, content_sha256  # noqa: F401 - part of this module's API
 
 SANDBOX_UID = 10001
@@ -193,12 +199,7 @@ class DockerBackend:
 
     def _slot(self) -> uids.Slot | None:
         """A uid of the container's own, or None where every container runs as SANDBOX_UID."""
-        if not self.per_sandbox_uids:
-            return None
-        try:
-            return uids.acquire()
-        except uids.NoSlot as exc:
-            raise SandboxUnavailable(f"docker backend: no sandbox uid free: {exc}") from None
+        return sandbox_uid_slot(self.name, self.per_sandbox_uids)
 
     # -- provenance -------------------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
