@@ -51,8 +51,11 @@ def _spec(tmp_path: Path, submission_mb: int, retention_days: float):
         'problems = ["DT-iris-acc", "lasso-diabetes-mae", "SVM-wine-nll", "RF-iris-acc"]\nstudies = 2',
         'problems = ["DT-iris-acc", "lasso-diabetes-mae"]\nstudies = 3',
     )
-    assert "studies = 3" in text, "demo.toml changed: update this test's spec edit"
-    text += f"\n[logs]\nstudy_kb = 256\nsubmission_mb = {submission_mb}\nretention_days = {retention_days}\n"
+    logs = "[logs]\nstudy_kb = 256\nsubmission_mb = 16\nretention_days = 14\n"
+    assert "studies = 3" in text and logs in text, "demo.toml changed: update this test's spec edit"
+    text = text.replace(
+        logs, f"[logs]\nstudy_kb = 256\nsubmission_mb = {submission_mb}\nretention_days = {retention_days}\n"
+    )
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return load(path)

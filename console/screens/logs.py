@@ -125,7 +125,6 @@ class LogsScreen(Screen):
     def _notice(self, generation: int, notice: str) -> None:
         if generation == self._generation and not self.lines:
             self.query_one("#logs-log", Log).write_line(f"[console] {notice}")
-            self._set_title(f"{self.sid} / {self.job}: {notice}")
 
     def _set_title(self, text: str | None = None) -> None:
         if text is None:
