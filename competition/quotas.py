@@ -131,6 +131,16 @@ def remaining(r: redis.Redis, team: str, spec: Spec, now: float | None = None) -
     )
 
 
+def require_remaining(r: redis.Redis, team: str, spec: Spec, now: float | None = None) -> QuotaStatus:
+    """The team's quota today; QuotaExceeded when nothing is left (reads only: the upload's gate before
+    its body is read; `check_and_reserve` then takes one for good)."""
+    now = time.time() if now is None else now
+    left = remaining(r, team, spec, now)
+    if left.remaining <= 0:
+        raise _exceeded(left.limit, left.used, left.held, now)
+    return left
+
+
 def check_and_reserve(r: redis.Redis, team: str, spec: Spec, now: float | None = None) -> str:
     """Reserve one of today's submissions for `team`; returns a hold id to `release` once the submission
     exists or was refused. Raises QuotaExceeded when none is left."""

@@ -169,9 +169,7 @@ def admit_upload(
     registered = teams.get_team(r, team)  # organizer runs under unregistered names are not refused
     if registered is not None and registered.disabled:
         raise Forbidden(f"team {team} is disabled; ask the organizers")
-    left = quotas.remaining(r, team, spec, now)
-    if left.remaining <= 0:
-        raise quotas._exceeded(left.limit, left.used, left.held, now)
+    quotas.require_remaining(r, team, spec, now)
 
 
 def _phase_takes_uploads(spec: Spec, phase: str, now: float) -> None:
