@@ -85,7 +85,8 @@ def safe_text(
 
 
 # Rich's own rule (rich.markup.escape), without importing Rich into the contract layer: a backslash before
-# anything Rich would read as a tag, and a trailing backslash doubled so it cannot escape a closing tag.
+# anything Rich would read as a tag, and the trailing backslashes doubled so they cannot escape a closing
+# tag (see escape_markup).
 _MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
 
@@ -95,9 +96,11 @@ def escape_markup(text: str) -> str:
         return f"{backslashes}{backslashes}\\{tag}"
 
     escaped = _MARKUP_TAG.sub(escape_backslashes, text)
-    if escaped.endswith("\\") and not escaped.endswith("\\\\"):
-        escaped += "\\"
-    return escaped
+    # A closing tag the caller puts after the text must stay a tag: Rich halves a run of backslashes
+    # before a tag (an odd run escapes it), so the trailing run is doubled. Rich's own escape does this
+    # for one backslash only: two showed as one, three printed the caller's closing tag as text.
+    trailing = len(escaped) - len(escaped.rstrip("\\"))
+    return escaped + "\\" * trailing
 
 
 def escape_textual_markup(text: str) -> str:
