@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +101,42 @@ def answers(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def push_until_answered(
+    url: str, head: bytes, body: Iterable[bytes], timeout: float = 30
+) -> tuple[int, bytes]:
+    """Send `head`, then `body` as long as the server reads it; returns (body bytes sent, the answer).
+    The answer is read as soon as one arrives, so the count shows when the server gave up reading."""
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        sent = 0
+        for chunk in body:
+            view = memoryview(chunk)
+            while view:
+                assert time.monotonic() < deadline, f"no answer after {sent} body bytes"
+                readable, writable, _ = select.select([sock], [sock], [], 1)
+                if readable:
+                    sock.settimeout(10)
+                    return sent, read_all(sock)
+                if writable:
+                    try:
+                        written = sock.send(view)
+                    except (BrokenPipeError, ConnectionResetError):
+                        sock.settimeout(10)
+                        return sent, read_all(sock)
+                    sent += written
+                    view = view[written:]
+        sock.settimeout(timeout)
+        return sent, read_all(sock)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import os
-import select
 import socket
 import stat
 import threading
@@ -27,7 +26,7 @@ from gateway.app import create_app
 from gateway.http_limits import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 from queue_schema import keys
 from tests.conftest import SUBMISSIONS
-from tests.live_server import free_port, served_gateway
+from tests.live_server import free_port, push_until_answered, read_all, served_gateway
 from tests.waiting import wait_for
 
 MAX_ZIP_MB = 2
@@ -103,7 +102,7 @@ def _raw_request(url: str, head: bytes) -> bytes:
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
-        return _read_all(sock)
+        return read_all(sock)
 
 
 def _read_response(sock: socket.socket) -> bytes:
@@ -122,14 +121,6 @@ def _read_response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 def test_rotated_revoked_and_disabled_tokens_are_refused_and_replays_fail(gateway, tokens, r):
@@ -186,37 +177,6 @@ def _chunked(parts: Iterable[bytes]) -> Iterator[bytes]:
     yield b"0\r\n\r\n"
 
 
-def _push_until_answered(
-    url: str, head: bytes, body: Iterable[bytes], timeout: float = 30
-) -> tuple[int, bytes]:
-    """Send `head`, then `body` as long as the server reads it; returns (body bytes sent, the answer).
-    The answer is read as soon as one arrives, so the count shows when the server gave up reading."""
-    port = int(url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head)
-        sock.setblocking(False)
-        sent = 0
-        for chunk in body:
-            view = memoryview(chunk)
-            while view:
-                assert time.monotonic() < deadline, f"no answer after {sent} body bytes"
-                readable, writable, _ = select.select([sock], [sock], [], 1)
-                if readable:
-                    sock.settimeout(10)
-                    return sent, _read_all(sock)
-                if writable:
-                    try:
-                        written = sock.send(view)
-                    except (BrokenPipeError, ConnectionResetError):
-                        sock.settimeout(10)
-                        return sent, _read_all(sock)
-                    sent += written
-                    view = view[written:]
-        sock.settimeout(timeout)
-        return sent, _read_all(sock)
-
-
 def _multipart_head(boundary: str) -> bytes:
     return (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
@@ -245,7 +205,7 @@ def test_an_upload_over_the_limit_is_413_and_the_gateway_stops_reading(gateway, 
     # Without a length (chunked), the body is cut off while it streams in: 64 MiB offered.
     block = os.urandom(64 * 1024)
     body = _chunked([_multipart_head("abuse"), *(block for _ in range(1024))])
-    sent, answer = _push_until_answered(gateway, (head + "Transfer-Encoding: chunked\r\n\r\n").encode(), body)
+    sent, answer = push_until_answered(gateway, (head + "Transfer-Encoding: chunked\r\n\r\n").encode(), body)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert _json_of(answer)["error"]["code"] == "too_large"
     # What the kernel's socket buffers swallow comes on top of the limit; far below the 64 MiB offered.
@@ -264,7 +224,7 @@ def _head_answer(url: str, request: bytes) -> bytes:
         # Closed while we were still sending: the refusal may be lost with the reset.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(request)
-        return _read_all(sock)
+        return read_all(sock)
 
 
 def test_huge_heads_are_refused_with_431_or_a_closed_connection(gateway, tokens):
@@ -357,7 +317,7 @@ def test_an_idle_kept_alive_connection_is_closed_by_the_keep_alive_timeout(gatew
         first = _read_response(sock)
         assert first.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in first.lower()
         answered = time.monotonic()
-        rest = _read_all(sock)  # blocks until the server closes the idle connection
+        rest = read_all(sock)  # blocks until the server closes the idle connection
         idle = time.monotonic() - answered
     assert rest == b""
     assert 2.0 < idle < 20.0, f"closed after {idle:.1f} s idle (uvicorn's keep-alive timeout is 5 s)"
@@ -400,7 +360,7 @@ def test_a_head_not_complete_in_time_is_408_and_the_connection_closed(redis_serv
                     dribbling.sendall(bytes([byte]))
             for name, sock in (("silent", silent), ("dribbling", dribbling), ("kept alive", kept_alive)):
                 sock.settimeout(15)  # the deadline is 1 s: a timeout here is the failure
-                answer = _read_all(sock)
+                answer = read_all(sock)
                 assert answer.startswith(b"HTTP/1.1 408 "), (name, answer)
                 assert _json_of(answer)["error"]["code"] == "request_timeout", name
 
@@ -423,7 +383,7 @@ def test_an_upload_body_that_stalls_is_408_and_nothing_is_stored(redis_server, r
         sock.sendall(head + body)  # a start, then nothing more
         sock.settimeout(15)
         started = time.monotonic()
-        answer = _read_all(sock)
+        answer = read_all(sock)
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     error = _json_of(answer)["error"]
@@ -438,7 +398,7 @@ def test_the_served_gateway_closes_a_slow_loris_after_its_head_deadline(gateway)
     with sock:
         started = time.monotonic()
         sock.settimeout(60)
-        answer = _read_all(sock)
+        answer = read_all(sock)
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert 10 < waited < 40, waited

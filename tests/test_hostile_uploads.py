@@ -6,17 +6,14 @@ asked."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import select
-import socket
 import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import psutil
@@ -28,7 +25,7 @@ from competition.spec import load
 from gateway.app import create_app
 from gateway.http_limits import GuardedHttpToolsProtocol
 from queue_schema import keys
-from tests.live_server import ServedGateway, free_port, served_gateway
+from tests.live_server import ServedGateway, free_port, push_until_answered, served_gateway
 from tests.test_bundled_wheels import make_wheel
 from tests.waiting import wait_for
 from tests.zip_helpers import Raw, raw_zip
@@ -181,45 +178,6 @@ def test_hostile_sources_are_4xx_and_the_gateway_memory_stays_within_idle_plus_1
 # -- finding 11: quota, window, phase and team before the body -----------------------------------------
 
 
-def _push_until_answered(
-    url: str, head: bytes, body: Iterable[bytes], timeout: float = 30
-) -> tuple[int, bytes]:
-    """Send `head`, then `body` as long as the server reads it; returns (body bytes sent, the answer),
-    read as soon as one arrives (tests/test_abuse.py's method)."""
-    port = int(url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head)
-        sock.setblocking(False)
-        sent = 0
-        for chunk in body:
-            view = memoryview(chunk)
-            while view:
-                assert time.monotonic() < deadline, f"no answer after {sent} body bytes"
-                readable, writable, _ = select.select([sock], [sock], [], 1)
-                if readable:
-                    sock.settimeout(10)
-                    return sent, _read_all(sock)
-                if writable:
-                    try:
-                        written = sock.send(view)
-                    except (BrokenPipeError, ConnectionResetError):
-                        sock.settimeout(10)
-                        return sent, _read_all(sock)
-                    sent += written
-                    view = view[written:]
-        sock.settimeout(timeout)
-        return sent, _read_all(sock)
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 def _big_upload(
     token: str, size: int, *, chunked: bool = False, query: str = ""
 ) -> tuple[bytes, Iterator[bytes]]:
@@ -255,7 +213,7 @@ def test_with_the_quota_used_up_a_20_mib_upload_is_429_before_its_body_is_read(g
     for chunked in (False, True):
         head, body = _big_upload(token, 20 * MIB, chunked=chunked)
         started = time.monotonic()
-        sent, raw = _push_until_answered(gateway.url, head, body)
+        sent, raw = push_until_answered(gateway.url, head, body)
         took = time.monotonic() - started
         status, headers, answer = _answer(raw)
         framing = "chunked" if chunked else "Content-Length"
@@ -282,14 +240,14 @@ def test_a_phase_without_uploads_an_unknown_phase_and_a_disabled_team_are_answer
     before = r.dbsize()
     for query, (status, code) in cases.items():
         head, body = _big_upload(token, 20 * MIB, query=query)
-        sent, raw = _push_until_answered(gateway.url, head, body)
+        sent, raw = push_until_answered(gateway.url, head, body)
         got, headers, answer = _answer(raw)
         assert (got, answer["error"]["code"]) == (status, code), answer
         assert headers["connection"] == "close" and sent < 4 * MIB, (query, sent)
     teams.set_disabled(r, "delta", True)
     for token_sent in (token, "not-a-token"):
         head, body = _big_upload(token_sent, 20 * MIB)
-        sent, raw = _push_until_answered(gateway.url, head, body)
+        sent, raw = push_until_answered(gateway.url, head, body)
         status, headers, _ = _answer(raw)
         assert status == 401 and headers["connection"] == "close" and sent < 4 * MIB, sent
     assert r.dbsize() == before
@@ -330,7 +288,7 @@ def test_a_closed_window_is_answered_before_the_body(redis_server, r):
     with _Server(spec, redis_server) as url:
         for query in ("", "?phase=feedback"):  # the phase named, or not known before the form is read
             head, body = _big_upload(token, 20 * MIB, query=query)
-            sent, raw = _push_until_answered(url, head, body)
+            sent, raw = push_until_answered(url, head, body)
             status, headers, answer = _answer(raw)
             assert (status, answer["error"]["code"]) == (403, "window_closed"), answer
             assert "closed at 2001-01-01T00:00:00Z" in answer["error"]["message"]
