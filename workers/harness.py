@@ -337,6 +337,8 @@ def _drive(
         # run_study's own checks (batch size, "Optimizer suggestion is out of range"): every suggestion
         # was checked against the space before it got there, so one failing is ours, not the team's.
         raise HarnessFault(f"bayesmark refused a checked suggestion: {type(exc).__name__}: {exc}") from exc
+    except _Unclassified as carried:  # past bayesmark's except Exception: it leaves as itself
+        raise carried.original from None
     return objective, remote, state, reason
 
 
@@ -353,20 +355,6 @@ def run_one_study(
     What the team causes leaves as FatalOptimizerError (or a cut-off study); what is positively ours as
     SandboxInfrastructureError (HarnessFault among them); any other exception as itself, which the job
     charges to the team (workers/failures.is_ours decides)."""
-    try:
-        return _run_one_study(proc, problem, study, spec, describe, log)
-    except _Unclassified as carried:
-        raise carried.original from None
-
-
-def _run_one_study(
-    proc: OptimizerProcess,
-    problem: str,
-    study: int,
-    spec: Spec,
-    describe: dict[str, str],
-    log: Callable[[str], None],
-) -> StudyResult:
     started = time.monotonic()
     try:
         objective, remote, state, reason = _drive(proc, problem, study, spec, log)
