@@ -10,29 +10,22 @@ through:
   folder names the wheel's project and holds METADATA, WHEEL and RECORD; what the wheels unpack to counts
   with the archive's own files against `max_unpacked_mb`;
 - a source distribution or nested archive at the top level (where pip's `--find-links` looks) is refused;
-- each line of the top-level `requirements.txt` and `install_order.txt` is a PEP 508 requirement by name
-  (`name`, `name[extra]`, `name==1.0`, `name>=1,<2`) without URL or environment marker, or the file name of
-  a wheel bundled at the top level. Options (`-e`, `-r`, `--index-url`, `-f`, `--hash` ...), paths, URLs,
-  VCS references, `${VARIABLES}` and line continuations are refused with the line and the reason. A
-  `setup.py` project in the archive is inert: nothing may name it (a path is refused).
+- each line of the top-level `requirements.txt` and `install_order.txt` passes
+  `queue_schema.bundled_requirements.line_problem` (a requirement by name, or a bundled wheel's file name;
+  the worker's install applies the same rule), refused with the line and the reason. A `setup.py` project
+  in the archive is inert: nothing may name it (a path is refused).
 """
 
 from __future__ import annotations
 
-import re
-
 from packaging import tags
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from competition.spec import SubmissionRules
 from competition.zip_checks import MIB, Entry, InvalidSubmission, Listing, inspect, shown
+from queue_schema.bundled_requirements import INSTALL_FILES, SDIST_SUFFIXES, line_problem, without_comment
 from queue_schema.untrusted import safe_text
 
-INSTALL_FILES = ("requirements.txt", "install_order.txt")
-# What pip's --find-links reads as a source distribution (pip's own list of archive extensions).
-SDIST_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz", ".tar.lzma",
-                  ".tar", ".zip")  # fmt: skip
 MAX_INSTALL_FILE_BYTES = 64 * 1024
 MAX_INSTALL_LINES = 1000
 # The sandbox image: CPython 3.11 on Debian bookworm (python:3.11-slim, or debootstrap bookworm offline),
@@ -48,8 +41,6 @@ ACCEPTED_TAGS = frozenset(tags.cpython_tags(PYTHON, ["cp311", "abi3", "none"], P
     tags.compatible_tags(PYTHON, "cp311", PLATFORMS)
 )
 PLATFORM_TEXT = "CPython 3.11 on linux x86_64 (a manylinux or pure-Python wheel)"
-_COMMENT = re.compile(r"(^|\s+)#.*$")  # pip's own rule: '#' starts a comment at a line start or after space
-_VCS = ("git+", "hg+", "svn+", "bzr+")
 
 
 def check(listing: Listing, rules: SubmissionRules) -> int:
@@ -130,41 +121,6 @@ def check_install_file(name: str, data: bytes, wheels: set[str]) -> None:
     if len(lines) > MAX_INSTALL_LINES:
         raise InvalidSubmission(f"{name} has more than {MAX_INSTALL_LINES} lines")
     for number, line in enumerate(lines, start=1):
-        reason = line_problem(_COMMENT.sub("", line).strip(), wheels)
+        reason = line_problem(without_comment(line), wheels)
         if reason:
             raise InvalidSubmission(f"{name} line {number} ({shown(line.strip(), 80)}) {reason}")
-
-
-def line_problem(line: str, wheels: set[str]) -> str | None:
-    """Why one (comment-stripped) line is refused, or None when it is accepted."""
-    if not line:
-        return None
-    if line in wheels:
-        return None
-    if line.endswith("\\"):
-        return "continues on the next line; write one requirement per line"
-    if line.startswith("-"):
-        return "is an option; only package names (name==version) and bundled wheel file names are accepted"
-    if "$" in line:
-        return "uses an environment variable; write the requirement out"
-    lower = line.lower()
-    if "://" in line or lower.startswith(_VCS) or "@" in line:
-        return "is a URL or VCS reference; there is no network: bundle a wheel instead"
-    if "/" in line or "\\" in line or line.startswith((".", "~")):
-        return "is a path: projects and folders are not built (setup.py would run); bundle a wheel instead"
-    if lower.endswith(".whl"):
-        return "names a wheel that is not bundled at the top level of the archive"
-    if lower.endswith(SDIST_SUFFIXES):
-        return "names a source distribution: pip would run its setup.py; bundle a wheel instead"
-    try:
-        requirement = Requirement(line)
-    except InvalidRequirement:
-        return "is not a requirement: write a package name, optionally with a version (name==1.0)"
-    if requirement.url:
-        return "is a URL or VCS reference; there is no network: bundle a wheel instead"
-    if requirement.marker is not None:
-        return (
-            "has an environment marker; the sandbox is one platform ("
-            f"{PLATFORM_TEXT.split(' (')[0]}): list what it needs"
-        )
-    return None

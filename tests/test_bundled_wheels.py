@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 
 from competition import artifacts, bundled
 from competition.spec import SubmissionRules
+from queue_schema.bundled_requirements import without_comment
 
 RULES = SubmissionRules(max_zip_mb=2, max_unpacked_mb=8, max_files=40, max_source_kb=64)
 MIB = 1024 * 1024
@@ -284,7 +285,7 @@ def test_a_requirement_line_passes_only_as_a_name_with_versions_or_a_bundled_whe
         assert str(exc).isprintable()
         return
     for raw in data.decode("utf-8", errors="surrogatepass").splitlines():
-        kept = bundled._COMMENT.sub("", raw).strip()
+        kept = without_comment(raw)
         if not kept or kept == WHEEL_NAME:
             continue
         requirement = Requirement(kept)

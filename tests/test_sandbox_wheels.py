@@ -327,11 +327,11 @@ def test_the_watch_sees_a_setup_py_that_runs(tmp_path):
     ("line", "reason"),
     [
         ("evilpkg", "No matching distribution"),  # only the sdist is bundled: pip finds no wheel
-        ("evilpkg-1.0.tar.gz", "source archive"),
+        ("evilpkg-1.0.tar.gz", "source distribution"),
         ("./evilpkg", "path"),
         ("evilpkg/", "path"),
         ("-e ./evilpkg", "option"),
-        ("evilpkg @ file:///submission/evilpkg-1.0.tar.gz", "direct reference"),
+        ("evilpkg @ file:///submission/evilpkg-1.0.tar.gz", "URL or VCS reference"),
         ("--no-binary :all:", "option"),
     ],
 )

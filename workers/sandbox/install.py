@@ -5,12 +5,13 @@ platform, and checks each wheel like an archive; this is the second line, so tha
 past the intake still cannot build, fetch or fill anything:
 
 - Only wheels. Each entry of install_order.txt and each line of requirements.txt (the 2020 starter kit's
-  files) must be a plain requirement (`name[extras] specifier ; marker`) or the file name of a `.whl`
-  bundled at the top of the submission. Options (`-e`, `-r`, `--index-url`, `--no-binary`...), URLs,
-  paths, direct references (`name @ ...`) and archives that are not wheels are refused before pip runs,
-  with the line in the message (InstallFailed). The accepted lines reach pip as arguments, never as a file
-  pip would parse. Measured: pip's `--only-binary :all:` alone does not stop a path to an sdist or a folder
-  (`pip install --only-binary :all: ./pkg-1.0.tar.gz` runs its setup.py), hence the rule on lines.
+  files) must pass the intake's own rule (queue_schema/bundled_requirements.py): a plain requirement by
+  name or the file name of a `.whl` bundled at the top of the submission. Options (`-e`, `-r`,
+  `--index-url`, `--no-binary`...), URLs, paths, direct references (`name @ ...`), markers and archives
+  that are not wheels are refused before pip runs, with the line in the message (InstallFailed). The
+  accepted lines reach pip as arguments, never as a file pip would parse. Measured: pip's
+  `--only-binary :all:` alone does not stop a path to an sdist or a folder (`pip install --only-binary
+  :all: ./pkg-1.0.tar.gz` runs its setup.py), hence the rule on lines.
 - pip with `--only-binary :all: --no-index --no-cache-dir --no-build-isolation --isolated` (no config
   file, no PIP_* variable), `--find-links /submission` and `--prefix /install`: nothing is built, no
   setup.py runs, nothing is fetched, no cache is written. It runs from a throw-away virtual environment
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from queue_schema.bundled_requirements import INSTALL_FILES, line_problem, meaningful_lines
 from queue_schema.settings import state_dir
 from workers.sandbox.base import InstallFailed
 
@@ -64,15 +66,6 @@ CACHE_KEEP_DAYS = 7.0
 MAX_LINES = 200  # entries in install_order.txt and requirements.txt together
 
 # PEP 508 without URLs: a name, optional extras, optional version specifiers, an optional marker.
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_EXTRAS = rf"\[\s*(?:{_NAME}(?:\s*,\s*{_NAME})*)?\s*\]"
-_SPEC = r"(?:===|==|!=|~=|>=|<=|>|<)\s*[A-Za-z0-9.*+!_-]+"
-_SPECS = rf"{_SPEC}(?:\s*,\s*{_SPEC})*"
-_MARKER = r"""[A-Za-z0-9_.\s'"<>=!~()]*"""
-_REQUIREMENT = re.compile(rf"{_NAME}\s*(?:{_EXTRAS})?\s*(?:{_SPECS}|\(\s*{_SPECS}\s*\))?\s*(?:;{_MARKER})?")
-_WHEEL_FILE = re.compile(r"[A-Za-z0-9_.+!-]+\.whl")
-# What pip would take for an archive (a file to build) rather than a project name.
-_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tbz", ".txz", ".tlz", ".gz", ".bz2", ".xz", ".lz", ".lzma")
 
 
 @dataclass
@@ -134,42 +127,32 @@ def stage(source: Path, target: Path) -> None:
 # -- the rules -------------------------------------------------------------------------------------
 
 
-def _meaningful_lines(path: Path) -> list[str]:
+def _meaningful_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file() or path.is_symlink():
         return []
-    lines = path.read_text(errors="replace").splitlines()
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    return meaningful_lines(path.read_text(errors="replace"))
 
 
 def wants_install(folder: Path) -> bool:
     """Whether the submission bundles anything to install (an empty requirements.txt does not)."""
-    names = ("requirements.txt", "install_order.txt")
-    return any(_meaningful_lines(folder / name) for name in names)
+    return any(_meaningful_lines(folder / name) for name in INSTALL_FILES)
 
 
-def _argument(folder: Path, filename: str, number: int, entry: str) -> str:
-    """The pip argument for one line: a bundled wheel's path or a plain requirement; else InstallFailed."""
-    where = f"{filename} line {number}"
-    shown = entry[:80]
-    if entry.startswith("-"):
-        raise InstallFailed(f"{where} is an option ({shown!r}); list requirements or bundled wheel files")
-    if _WHEEL_FILE.fullmatch(entry):
-        bundled = folder / entry
-        if bundled.is_file() and not bundled.is_symlink():
-            return f"{SUBMISSION_MOUNT}/{entry}"
-        raise InstallFailed(f"{where} names the wheel {shown!r}, which is not in the submission")
-    lowered = entry.lower()
-    if "://" in entry or "@" in entry or "/" in entry or "\\" in entry or entry.startswith("."):
-        raise InstallFailed(
-            f"{where} is a URL, a path or a direct reference ({shown!r}); only bundled wheels install"
-        )
-    if lowered.endswith(_ARCHIVE_SUFFIXES):
-        raise InstallFailed(
-            f"{where} names a source archive ({shown!r}); only wheels (.whl) are installed, nothing is built"
-        )
-    if not _REQUIREMENT.fullmatch(entry):
-        raise InstallFailed(f"{where} is not a requirement pip would read as one ({shown!r})")
-    return entry
+def _bundled_wheels(folder: Path) -> set[str]:
+    return {
+        path.name
+        for path in folder.iterdir()
+        if path.name.endswith(".whl") and path.is_file() and not path.is_symlink()
+    }
+
+
+def _argument(wheels: set[str], filename: str, number: int, entry: str) -> str:
+    """The pip argument for one line: a bundled wheel's path or a plain requirement; else InstallFailed
+    (the intake's rule, queue_schema/bundled_requirements.py, applied again)."""
+    reason = line_problem(entry, wheels)
+    if reason is not None:
+        raise InstallFailed(f"{filename} line {number} ({entry[:80]!r}) {reason}")
+    return f"{SUBMISSION_MOUNT}/{entry}" if entry in wheels else entry
 
 
 def install_steps(folder: Path) -> list[tuple[list[str], bool]]:
@@ -180,13 +163,10 @@ def install_steps(folder: Path) -> list[tuple[list[str], bool]]:
     requirements = _meaningful_lines(folder / "requirements.txt")
     if len(order) + len(requirements) > MAX_LINES:
         raise InstallFailed(f"install_order.txt and requirements.txt list more than {MAX_LINES} entries")
-    steps = [
-        ([_argument(folder, "install_order.txt", n, entry)], True) for n, entry in enumerate(order, start=1)
-    ]
+    wheels = _bundled_wheels(folder)
+    steps = [([_argument(wheels, "install_order.txt", n, entry)], True) for n, entry in order]
     if requirements:
-        arguments = [
-            _argument(folder, "requirements.txt", n, entry) for n, entry in enumerate(requirements, start=1)
-        ]
+        arguments = [_argument(wheels, "requirements.txt", n, entry) for n, entry in requirements]
         steps.append((arguments, False))
     return steps
 
