@@ -14,7 +14,6 @@ an OSError of our own disk (no space, quota, I/O error, read-only, out of file h
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import zipfile
@@ -28,16 +27,12 @@ from competition.spec import SubmissionRules
 from competition.zip_checks import MAX_RATIO, Entry, InvalidSubmission, Listing, inspect, read_chunks, shown
 from queue_schema import keys
 from queue_schema.ids import artifact_digest
+from queue_schema.states import OUR_OS_ERRNOS
 
 __all__ = ["MAX_RATIO", "Artifact", "InvalidSubmission", "check", "extract", "fetch", "pack", "store"]
 
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints", ".venv", "venv"}
 MIB = 1024 * 1024
-# OSErrors of our own disk while extracting: never the archive's doing, so never the team's.
-OUR_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
-     errno.EACCES, errno.EPERM}
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,7 +125,7 @@ def fetch(r_raw: redis.Redis, sha256: str) -> bytes:
 def extract(data: bytes, dest: Path, rules: SubmissionRules) -> Path:
     """Unpack into `dest` after the structural checks of intake (not the source parse); nothing is
     written outside `dest`. InvalidSubmission for anything the archive's bytes cause; an OSError of
-    our own disk (OUR_ERRNOS) is raised as itself."""
+    our own disk (OUR_OS_ERRNOS) is raised as itself."""
     listing, _ = _structure(data, rules, verify=False)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
@@ -148,7 +143,7 @@ def extract(data: bytes, dest: Path, rules: SubmissionRules) -> Path:
                     out.write(chunk)
             os.chmod(target, 0o644)
         except OSError as exc:
-            if exc.errno in OUR_ERRNOS:
+            if exc.errno in OUR_OS_ERRNOS:
                 raise
             raise InvalidSubmission(
                 f"archive entry {shown(entry.name)} cannot be written: {os.strerror(exc.errno or 0)}"

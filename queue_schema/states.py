@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from enum import StrEnum
 
 
@@ -27,6 +28,15 @@ class FailureCause(StrEnum):
     TIME_LIMIT = "time_limit"
     RESOURCE_LIMIT = "resource_limit"
     INFRASTRUCTURE = "infrastructure"
+
+
+# OSErrors of a worker's own machine (a full, read-only or failing disk, no descriptors or memory left, a
+# permission of ours): never what a team's bytes decide, so `infrastructure` wherever they arise (the
+# archive cannot set modes or owners: EACCES and EPERM while unpacking are ours too).
+OUR_OS_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+     errno.EACCES, errno.EPERM}
+)  # fmt: skip
 
 
 class RefundState(StrEnum):

@@ -9,7 +9,6 @@ engine, a lost sandbox, the worker's own disk or memory, RQ's job timeout. Only 
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 import redis
@@ -18,12 +17,9 @@ from rq.timeouts import BaseTimeoutException
 from competition import lifecycle
 from queue_schema.connection import connect
 from queue_schema.payloads import ScoreJob
-from queue_schema.states import FailureCause
+from queue_schema.states import OUR_OS_ERRNOS, FailureCause
 from workers.harness import SandboxInfrastructureError
 from workers.sandbox.base import SandboxUnavailable
-
-# A worker's disk or descriptor table is full, or its file system failed: nothing a team's bytes decide.
-OUR_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE})
 
 
 def is_ours(exc: BaseException) -> bool:
@@ -32,7 +28,7 @@ def is_ours(exc: BaseException) -> bool:
         return True
     if isinstance(exc, BaseTimeoutException):  # RQ's job timeout: generous, sized from our cost table
         return True
-    return isinstance(exc, OSError) and exc.errno in OUR_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in OUR_OS_ERRNOS
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseException, tb: Any) -> None:
