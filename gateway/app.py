@@ -270,17 +270,11 @@ def _uploading_team(request: Request) -> str:
         raise ApiError(exc.status, exc.code, exc.message, headers) from None
 
 
-def _refused_before_body(exc: Exception) -> ApiError:
-    """An upload refused before its body was read: the answer closes the connection (kept alive, the
-    server would go on reading the body it no longer wants)."""
-    close = {"Connection": "close"}
-    if isinstance(exc, QuotaExceeded):
-        return ApiError(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after), **close})
-    if isinstance(exc, SpecError):
-        return ApiError(422, "invalid_phase", str(exc), close)
-    if isinstance(exc, service.Forbidden):
-        return ApiError(403, exc.code, str(exc), close)
-    return ApiError(400, getattr(exc, "code", "bad_request"), str(exc), close)
+def _refused_before_body(exc: QuotaExceeded | service.ServiceError | SpecError) -> ApiError:
+    """An upload refused before its body was read: the usual answer, closing the connection (kept alive,
+    the server would go on reading the body it no longer wants)."""
+    error = errors.api_error(exc)
+    return ApiError(error.status, error.code, error.message, {**(error.headers or {}), "Connection": "close"})
 
 
 def _safe_filename(name: str | None) -> str:

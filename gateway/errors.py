@@ -65,6 +65,19 @@ _SERVICE_STATUS: dict[type[service.ServiceError], int] = {
     service.ServiceUnavailable: 503,
 }
 
+
+def api_error(exc: service.ServiceError | InvalidSubmission | SpecError | QuotaExceeded) -> ApiError:
+    """The one mapping of a refusal of the competition's rules to its status, code and headers."""
+    if isinstance(exc, QuotaExceeded):
+        return ApiError(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, InvalidSubmission):
+        return ApiError(422, "invalid_submission", str(exc))
+    if isinstance(exc, SpecError):  # a phase the competition does not have; the message lists them
+        return ApiError(422, "invalid_phase", str(exc))
+    status = next((s for cls, s in _SERVICE_STATUS.items() if isinstance(exc, cls)), 400)
+    return ApiError(status, exc.code, str(exc))
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -110,23 +123,12 @@ def install(app: FastAPI) -> None:
     async def _api(_: Request, exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
-    @app.exception_handler(service.ServiceError)
-    async def _service(_: Request, exc: service.ServiceError):
-        status = next((s for cls, s in _SERVICE_STATUS.items() if isinstance(exc, cls)), 400)
-        return error_response(status, exc.code, str(exc))
+    async def _refusal(_: Request, exc: Exception):
+        error = api_error(exc)  # type: ignore[arg-type]
+        return error_response(error.status, error.code, error.message, error.headers)
 
-    @app.exception_handler(InvalidSubmission)
-    async def _invalid(_: Request, exc: InvalidSubmission):
-        return error_response(422, "invalid_submission", str(exc))
-
-    @app.exception_handler(SpecError)
-    async def _spec(_: Request, exc: SpecError):
-        # Raised for a phase the competition does not have; the message lists the phases.
-        return error_response(422, "invalid_phase", str(exc))
-
-    @app.exception_handler(QuotaExceeded)
-    async def _quota(_: Request, exc: QuotaExceeded):
-        return error_response(429, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
+    for refusal in (service.ServiceError, InvalidSubmission, SpecError, QuotaExceeded):
+        app.add_exception_handler(refusal, _refusal)
 
     async def _unavailable(request: Request, exc: Exception):
         folder = _full_store_folder(request.app.state.redis)
