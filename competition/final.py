@@ -29,7 +29,7 @@ import redis
 from baselines import ranking
 from competition import audit, scores, service, teams
 from competition.service import Conflict, NotFound
-from competition.spec import Spec
+from competition.spec import Spec, stored_spec
 from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.ids import new_submission_id
@@ -361,10 +361,9 @@ def study_scores(r: redis.Redis, sub: Submission) -> dict[str, list[float]]:
     cached = r.get(key)
     if cached is not None:
         return json.loads(cached)["problems"]
-    raw_spec = r.get(keys.spec(sub.spec_hash))
-    if raw_spec is None:
+    spec = stored_spec(r, sub.spec_hash)
+    if spec is None:
         raise scores.ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
-    spec = Spec.from_json(raw_spec)
     baselines = scores.baselines_for(spec)
     out: dict[str, list[float]] = {}
     for problem in spec.phase(sub.phase).problems:

@@ -8,7 +8,7 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from competition.spec import Spec, SubmissionRules
+from competition.spec import SubmissionRules, stored_spec
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
@@ -44,10 +44,8 @@ def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: s
 def _refunds_per_day(r: redis.Redis, sid: str) -> int:
     """The spec's automatic refunds per team and day, from the spec the submission was made under."""
     sub = load_submission(r, sid)
-    raw = r.get(keys.spec(sub.spec_hash)) if sub is not None else None
-    if raw is None:
-        return SubmissionRules().refunds_per_day
-    return Spec.from_json(raw).submission.refunds_per_day
+    spec = stored_spec(r, sub.spec_hash) if sub is not None else None
+    return (spec.submission if spec is not None else SubmissionRules()).refunds_per_day
 
 
 def cancel_queued_jobs(r: redis.Redis, sid: str, version: int) -> int:

@@ -327,7 +327,7 @@ def _enqueue_missing_jobs(r: redis.Redis, now: float) -> list[str]:
     process that accepted or rescored them died before enqueueing them all. Enqueue the missing ones.
 
     ENQUEUE_GRACE_S leaves a live process time to finish enqueueing (milliseconds in practice)."""
-    from competition.spec import Spec
+    from competition.spec import stored_spec
     from competition.submit import enqueue_jobs, expected_jobs
 
     ids = r.zrangebyscore(keys.submissions_index(), now - ORPHAN_WINDOW_S, now - ENQUEUE_GRACE_S)
@@ -343,10 +343,9 @@ def _enqueue_missing_jobs(r: redis.Redis, now: float) -> list[str]:
     for sid, version in active:
         enqueued = r.smembers(keys.submission_jobs(sid, version))
         sub = load_submission(r, sid)
-        raw_spec = r.get(keys.spec(sub.spec_hash)) if sub else None
-        if sub is None or raw_spec is None or sub.score_version != version:
+        spec = stored_spec(r, sub.spec_hash) if sub else None
+        if sub is None or spec is None or sub.score_version != version:
             continue
-        spec = Spec.from_json(raw_spec)
         missing = set(expected_jobs(sub, spec)) - enqueued
         if not missing:
             continue

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from competition import artifacts, audit
-from competition.spec import Spec
+from competition.spec import Spec, stored_spec
 from queue_schema import keys
 from queue_schema.payloads import StudyResult
 from queue_schema.records import load_submission, read_studies
@@ -162,10 +162,10 @@ def first_mismatch(
 def _stored_spec(r: redis.Redis, sid: str, version: int, fallback_hash: str) -> Spec:
     # A rescore may run under a newer spec: the version's own record says which.
     spec_hash = r.hget(keys.score_version(sid, version), "spec_hash") or fallback_hash
-    raw = r.get(keys.spec(spec_hash))
-    if raw is None:
+    spec = stored_spec(r, spec_hash)
+    if spec is None:
         raise ReproduceError(f"spec {spec_hash} of submission {sid} is not in the store")
-    return Spec.from_json(raw)
+    return spec
 
 
 def _fetch_artifact(r: redis.Redis, sha256: str) -> bytes:

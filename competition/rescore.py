@@ -19,7 +19,7 @@ import redis
 
 from competition import audit, scores
 from competition.service import Conflict, NotFound
-from competition.spec import Spec, SpecError, load
+from competition.spec import Spec, SpecError, load, stored_spec
 from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.payloads import ScoredVersion, Submission
@@ -35,10 +35,10 @@ def current_spec(r: redis.Redis, sub: Submission) -> Spec:
     try:
         return load(sub.spec_name)
     except SpecError:
-        raw = r.get(keys.spec(sub.spec_hash))
-        if raw is None:
+        spec = stored_spec(r, sub.spec_hash)
+        if spec is None:
             raise
-        return Spec.from_json(raw)
+        return spec
 
 
 def rescore(

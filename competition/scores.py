@@ -18,7 +18,7 @@ import redis
 from baselines import scoring
 from baselines.store import BaselineError, MissingBaseline, load_baselines
 from competition.provenance import score_provenance
-from competition.spec import Spec
+from competition.spec import Spec, stored_spec
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission, read_studies, transition
@@ -72,10 +72,10 @@ def _load_spec(r: redis.Redis, sub: Submission, version: int | None = None) -> S
     spec_hash = sub.spec_hash
     if version is not None and version != sub.score_version:
         spec_hash = r.hget(keys.score_version(sub.id, version), "spec_hash") or spec_hash
-    raw = r.get(keys.spec(spec_hash))
-    if raw is None:
+    spec = stored_spec(r, spec_hash)
+    if spec is None:
         raise ScoreError(f"spec {spec_hash} of submission {sub.id} is not in the store")
-    return Spec.from_json(raw)
+    return spec
 
 
 def _studies_by_problem(

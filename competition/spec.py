@@ -16,7 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from baselines.catalogue import UnknownProblem, all_problems, parse
+from queue_schema import keys
 
 SPECS_DIR = Path(__file__).parent / "specs"
 PHASES = ("feedback", "final")
@@ -175,6 +178,12 @@ def _phase_dict(phase: Phase) -> dict[str, Any]:
     else:
         del data["studies_per_job_by_problem"]
     return data
+
+
+def stored_spec(r: redis.Redis, spec_hash: str) -> Spec | None:
+    """The spec a submission or job was made under, as intake stored it by its hash; None if absent."""
+    raw = r.get(keys.spec(spec_hash))
+    return None if raw is None else Spec.from_json(raw)
 
 
 def available() -> list[str]:

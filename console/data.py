@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from competition import audit, service
-from competition.spec import LogSettings, Spec
+from competition.spec import LogSettings, stored_spec
 from queue_schema import keys
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
@@ -237,12 +237,10 @@ class ConsoleData:
     def _convergence(self, sub: Submission, problems: list[dict[str, Any]]) -> tuple[list, list]:
         from baselines import scoring
         from competition import scores
-        from competition.spec import Spec
 
-        raw_spec = self.r.get(keys.spec(sub.spec_hash))
-        if raw_spec is None:
+        spec = stored_spec(self.r, sub.spec_hash)
+        if spec is None:
             return [], []
-        spec = Spec.from_json(raw_spec)
         baselines = scores.baselines_or_none(spec)
         if baselines is None:
             return [], []
@@ -285,8 +283,8 @@ class ConsoleData:
         sub = load_submission(self.r, sid)
         if sub is None or sub.state in ACTIVE_STATES:
             return None  # not started yet: its lines will come
-        raw_spec = self.r.get(keys.spec(sub.spec_hash))
-        days = Spec.from_json(raw_spec).logs.retention_days if raw_spec else LogSettings().retention_days
+        spec = stored_spec(self.r, sub.spec_hash)
+        days = (spec.logs if spec is not None else LogSettings()).retention_days
         if self.clock() - sub.updated_at >= days * 86_400 - 60:
             return f"this job's log is gone: logs are kept {days:g} days after their last line"
         return "this job wrote no log (it did not run: the submission ended before it started)"

@@ -21,7 +21,7 @@ from typing import Any
 from rq import get_current_job
 
 from competition import artifacts, lifecycle, scores
-from competition.spec import Spec
+from competition.spec import Spec, stored_spec
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from queue_schema.payloads import ScoreJob
@@ -77,10 +77,9 @@ class ProblemRun:
             )
         ):
             return {"status": "skipped"}
-        raw_spec = self.r.get(keys.spec(job.spec_hash))
-        if raw_spec is None:
+        spec = stored_spec(self.r, job.spec_hash)
+        if spec is None:
             raise RuntimeError(f"spec {job.spec_hash} is not in the store")
-        spec = Spec.from_json(raw_spec)
         self.log.limit(
             keys.log_budget(job.submission_id, job.score_version),
             spec.logs.submission_mb * 1024 * 1024,
