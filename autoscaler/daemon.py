@@ -32,9 +32,9 @@ from autoscaler import policy
 from autoscaler.daemon_lock import DaemonLock
 from autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, WorkerView
 from autoscaler.providers.base import Machine, Provider, ProviderError, QuotaExceeded
-from competition import dispatch, recovery
 from queue_schema import keys
 from queue_schema.records import add_event
+from runtime import dispatch, recovery
 
 log = logging.getLogger("bbo.autoscaler")
 

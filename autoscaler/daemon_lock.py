@@ -15,7 +15,7 @@ import socket
 
 import redis
 
-from competition.recovery import process_alive
+from runtime.recovery import process_alive
 
 log = logging.getLogger("bbo.autoscaler")
 

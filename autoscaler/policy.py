@@ -35,7 +35,7 @@ class WorkerView:
 @dataclass(frozen=True)
 class Observation:
     now: float
-    queued: int  # jobs waiting (all bbo queues: competition.dispatch.queue_depths)
+    queued: int  # jobs waiting (all bbo queues: runtime.dispatch.queue_depths)
     running: int  # jobs started, not finished
     workers: tuple[WorkerView, ...] = field(default_factory=tuple)
     machine_hours_used: float = 0.0  # spent so far in this run (for the budget)

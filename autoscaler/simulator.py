@@ -1,7 +1,7 @@
 """Replay a competition trace through the autoscaling policy in simulated time.
 
 Event-driven: submissions arrive (each enqueues its jobs on its team's queue), workers boot for
-`boot_s`, run one job at a time taken round-robin over the team queues (as competition.dispatch's fair
+`boot_s`, run one job at a time taken round-robin over the team queues (as runtime.dispatch's fair
 pop does), and `policy.decide` is called every `step_s` simulated seconds with an Observation built
 from the simulated fleet. A machine costs from its creation to its deletion; a drained worker is idle
 by construction (the policy drains only idle ones), so it is deleted at once.

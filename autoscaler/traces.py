@@ -3,7 +3,7 @@
 The default `seed` trace is the NeurIPS 2020 challenge as its post describes it: 70 teams, 3,608
 feedback submissions over about four months, arrivals rising toward the deadline with a daily cycle,
 30 problems per submission (10 studies each), enqueued as the service enqueues them: in the jobs the
-spec's plan makes (`competition.spec.Phase.jobs`, a few studies each, heavy problems in smaller jobs),
+spec's plan makes (`runtime.spec.Phase.jobs`, a few studies each, heavy problems in smaller jobs),
 longest problems first.
 
 A study's duration is its objective (the shipped per-problem cost table: seconds per evaluation x rounds
@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from competition import dispatch, spec
+from runtime import dispatch, spec
 
 SECONDS_PER_YEAR = 365.25 * 86400
 COMPETITION_2020 = {"submissions": 3608, "compute_years": 10.36}

@@ -66,7 +66,7 @@ from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
 
 if TYPE_CHECKING:
-    from competition.spec import Spec
+    from runtime.spec import Spec
 
 OPTIMIZERS_DIR = Path(__file__).parent / "optimizers"
 RANDOM_SEARCH_FILE = OPTIMIZERS_DIR / "random_search" / "optimizer.py"

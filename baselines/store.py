@@ -20,7 +20,7 @@ from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED,
 from baselines.catalogue import parse
 
 if TYPE_CHECKING:
-    from competition.spec import Spec
+    from runtime.spec import Spec
 
 DATA_DIR = Path(__file__).parent / "data"
 FORMAT = 1

@@ -88,7 +88,7 @@ class Watcher:
 
     def poll(self) -> int:
         """Record what changed; return the machines alive now."""
-        from competition import recovery
+        from runtime import recovery
 
         now = time.time()
         for name, raw in self.r.hgetall(self.key).items():
@@ -116,12 +116,12 @@ class Watcher:
 
 def _demo_burst(r: Any, count: int, teams: int) -> list[Any]:
     """`count` demo submissions from `teams` teams (in turn), enqueued back to back."""
-    from competition import artifacts
-    from competition.spec import load
+    from artifacts import archive
     from competition.submit import create_submission
+    from runtime.spec import load
 
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     return [
         create_submission(
             r,
@@ -148,10 +148,10 @@ def _jobs(r: Any, subs: list[Any]) -> dict[str, Any]:
     """The burst's jobs from RQ: how many, how they ended, and their run times."""
     from rq.job import Job, JobStatus
 
-    from competition.spec import load
     from competition.submit import expected_jobs
     from queue_schema.connection import rq_connection
     from queue_schema.records import read_events
+    from runtime.spec import load
 
     spec = load("demo")
     ids = [jid for sub in subs for jid in expected_jobs(sub, spec)]
@@ -190,9 +190,9 @@ def run(r: Any, args: argparse.Namespace) -> dict[str, Any]:
     from autoscaler.daemon import Daemon, read_status
     from autoscaler.policy import PolicyConfig
     from autoscaler.providers.local import LocalProvider
-    from competition import dispatch
     from queue_schema.records import load_submission
     from queue_schema.states import TERMINAL_STATES
+    from runtime import dispatch
 
     env = {**os.environ, "BBO_ALLOW_UNSAFE_SANDBOX": "1"}
     provider = LocalProvider(r, fleet=FLEET, cap=args.cap, env=env)

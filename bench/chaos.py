@@ -91,7 +91,7 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: flo
 
 def _small_spec(work: Path, *, problems: list[str], studies: int, studies_per_job: int, quota: int) -> Any:
     """The demo spec (same rounds, batch and baseline settings, so its baselines apply) cut down."""
-    from competition.spec import SPECS_DIR, load
+    from runtime.spec import SPECS_DIR, load
 
     text = (SPECS_DIR / "demo.toml").read_text()
     text = text.replace(
@@ -101,7 +101,7 @@ def _small_spec(work: Path, *, problems: list[str], studies: int, studies_per_jo
         f"studies_per_job = {studies_per_job}\n",
     ).replace("daily_quota = 20", f"daily_quota = {quota}")
     if f"studies_per_job = {studies_per_job}\n" not in text:
-        raise SystemExit("bench chaos: competition/specs/demo.toml changed shape; update _small_spec")
+        raise SystemExit("bench chaos: runtime/specs/demo.toml changed shape; update _small_spec")
     path = work / "chaos-spec.toml"
     path.write_text(text)
     return load(path)
@@ -111,7 +111,7 @@ class Stack:
     """An embedded Redis in a state folder, and the `bbo` processes of one scenario using it."""
 
     def __init__(self, state: Path, redis_dir: Path | None = None) -> None:
-        from competition.redis_server import EmbeddedRedis
+        from runtime.redis_server import EmbeddedRedis
 
         self.state = state
         directory = redis_dir or state / "redis"
@@ -211,7 +211,8 @@ def _ponderer_stream(state: Path) -> tuple[Stack, Any, Any, bytes]:
     """A scenario's stack with its store started (and the store's client), and the spec and zip of a
     stream of slow submissions: the ponderer thinks each round, so a study lasts seconds and can be hit in
     the middle; PONDERER_STUDIES studies of two fast problems, one job each; the team `chaos` sends them."""
-    from competition import artifacts, teams
+    from artifacts import archive
+    from competition import teams
 
     stack = Stack(state)
     r = stack.start_store()
@@ -223,7 +224,7 @@ def _ponderer_stream(state: Path) -> tuple[Stack, Any, Any, bytes]:
         quota=999,
     )
     teams.add_team(r, "chaos")
-    return stack, r, spec, artifacts.pack(SUBMISSIONS / "ponderer", spec.submission)
+    return stack, r, spec, archive.pack(SUBMISSIONS / "ponderer", spec.submission)
 
 
 def _wait_finished(r: Any, sids: list[str], timeout: float) -> None:
@@ -455,7 +456,8 @@ def _upload(client: httpx.Client, token: str, data: bytes) -> tuple[str, str]:
 
 
 def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts, teams
+    from artifacts import archive
+    from competition import teams
     from queue_schema.connection import connect, reset_clients
     from queue_schema.records import load_submission
 
@@ -463,7 +465,7 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     r = stack.start_store()
     clients, per_team = 4, 10
     spec = _small_spec(state, problems=["DT-iris-acc"], studies=1, studies_per_job=1, quota=per_team)
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     tokens = [teams.add_team(r, f"team-{i:02d}") for i in range(-(-args.uploads // per_team))]
     outcomes: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -561,7 +563,8 @@ def _fill(folder: Path) -> int:
 
 
 def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts, teams
+    from artifacts import archive
+    from competition import teams
     from queue_schema.connection import connect, reset_clients, rq_connection
     from queue_schema.records import load_submission
 
@@ -637,7 +640,7 @@ def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     intact = (
                         sub is not None
-                        and hashlib.sha256(artifacts.fetch(raw, sub.artifact_sha256)).hexdigest() == sha
+                        and hashlib.sha256(archive.fetch(raw, sub.artifact_sha256)).hexdigest() == sha
                     )
                 except Exception as exc:  # a missing or unreadable artifact is what this counts
                     _log(f"disk_full: {sid}: artifact unreadable: {exc}")
@@ -881,7 +884,7 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _heartbeats(r: Any, fleet: str) -> list[Any]:
-    from competition import recovery
+    from runtime import recovery
 
     return [hb for hb in recovery.workers(r) if hb.worker.startswith(f"{fleet}-")]
 

@@ -82,8 +82,8 @@ def print_figures(figures: dict[str, Any], as_json: bool, width: int = 32) -> No
 def embedded_store() -> Iterator[Any]:
     """An embedded Redis in the current state folder, started and made BBO_REDIS_URL for this process and
     the ones it starts; stopped at the end. Yields the EmbeddedRedis."""
-    from competition.redis_server import EmbeddedRedis
     from queue_schema.connection import reset_clients
+    from runtime.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis()
     server.start()

@@ -39,15 +39,17 @@ from typing import Any
 import psutil
 import redis
 
+from artifacts import archive
 from bench import seed_data
 from bench.common import embedded_store, print_figures, scratch_state
 from bench.seed_data import FAILURE_MESSAGES, beat_worker, study_result
-from competition import artifacts, lifecycle, scores, service
+from competition import scores, service
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients
 from queue_schema.records import transition, write_study
 from queue_schema.states import SubmissionState
+from runtime import lifecycle
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"start_s": 2.0, "tick_p95_ms": 50.0, "memory_mb": 300.0}
@@ -99,7 +101,7 @@ class Traffic:
                 self.running.append(sid)
         self.team_names = sorted(set(self.teams.values()))
         self.workers = self.r.zrange(keys.heartbeats_index(), 0, -1)
-        self.upload = artifacts.pack(seed_data.OPTIMIZER.parent, self.spec.submission)
+        self.upload = archive.pack(seed_data.OPTIMIZER.parent, self.spec.submission)
         # Mostly studies finishing (what a busy fleet writes most); uploads are the rarest and dearest.
         self.actions = [
             (self.study, 88),

@@ -59,12 +59,12 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
 def platform_side(
     work: Path, problems: list[str], studies: int, rounds: int, batch: int
 ) -> tuple[float, dict]:
-    from competition import artifacts
-    from competition.redis_server import ensure_redis
-    from competition.spec import load
+    from artifacts import archive
     from competition.submit import create_submission
     from queue_schema.connection import connect, rq_connection
     from queue_schema.records import load_submission, read_studies
+    from runtime.redis_server import ensure_redis
+    from runtime.spec import load
 
     spec_text = f"""
 name = "bench-overhead"
@@ -96,7 +96,7 @@ call_timeout_s = 300.0
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise SystemExit("bench: the worker did not start")
             time.sleep(0.1)
-        data = artifacts.pack(OPTIMIZER, spec.submission)
+        data = archive.pack(OPTIMIZER, spec.submission)
         started = time.perf_counter()
         sub = create_submission(
             r, team="bench", data=data, spec=spec, phase="feedback", backend="process", check_baselines=False

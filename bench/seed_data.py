@@ -4,7 +4,7 @@ By default 3,608 submissions of 70 teams (the NeurIPS 2020 challenge's numbers),
 most scored, some failed (every failure cause), a few stopped, and a tail running (part-way, RQ jobs
 started by live-looking workers) and queued (real RQ jobs waiting in the team queues). Records are written
 by the project's own writers (`records.save_new_submission`, `records.write_study`, `records.append_job_log`,
-the event writer, `artifacts.store`, `teams.add_team`) so they have exactly the real shapes, with the times
+the event writer, `archive.store`, `teams.add_team`) so they have exactly the real shapes, with the times
 they would have happened at. Those writers are handed a stand-in client that queues their commands into
 one pipeline (`Deferred`), so the whole history goes in a few hundred round trips. The RQ jobs are made as
 submit.enqueue_jobs makes them (same call, payload and options; tests/test_seed_data.py compares), in
@@ -53,13 +53,12 @@ from rq.registry import FinishedJobRegistry
 from rq.results import Result
 from rq.utils import utcformat
 
+from artifacts import archive
 from autoscaler.policy import Decision
 from baselines import scoring
 from bench.common import print_figures
-from competition import artifacts, audit, dispatch, recovery, scores, submit
+from competition import audit, scores, submit
 from competition import teams as team_records
-from competition.provenance import score_provenance, scoring_packages, study_seeds
-from competition.spec import Spec, load
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.ids import artifact_digest, job_id, new_submission_id
@@ -73,6 +72,9 @@ from queue_schema.payloads import (
 )
 from queue_schema.records import _event_into, append_job_log, save_new_submission, write_study
 from queue_schema.states import FailureCause, StudyState, SubmissionState
+from runtime import dispatch, recovery
+from runtime.provenance import score_provenance, scoring_packages, study_seeds
+from runtime.spec import Spec, load
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZER = ROOT / "tests" / "submissions" / "random_search" / "optimizer.py"
@@ -262,7 +264,7 @@ def plan(
 class Deferred:
     """Stands in for a client so that the project's writers queue their commands into one pipeline, sent
     every BATCH commands. Every command answers 1 at once: the writers handed this only look at a reply
-    to learn whether their write was the first (write_study, artifacts.store), which in an empty store it
+    to learn whether their write was the first (write_study, archive.store), which in an empty store it
     is. `pipeline()` is itself and `execute()` does nothing, so writers that batch on their own batch here."""
 
     def __init__(self, r: redis.Redis) -> None:
@@ -326,7 +328,7 @@ class Seeder:
     provenance: str = ""  # JSON of a scored version's provenance, artifact TEMPLATE_SHA256
     events: list[Event] = field(default_factory=list)
     figures: dict[str, int] = field(default_factory=dict)
-    checked: artifacts.Artifact | None = None  # the first upload, through intake's checks
+    checked: archive.Artifact | None = None  # the first upload, through intake's checks
 
     def count(self, name: str, n: int = 1) -> None:
         self.figures[name] = self.figures.get(name, 0) + n
@@ -350,11 +352,11 @@ class Seeder:
             archive.writestr(zipfile.ZipInfo("VERSION", stamp), f"{p.team} {p.sid}\n")
         data = buffer.getvalue()
         if self.checked is None:
-            self.checked = artifacts.check(data, self.spec.submission)
+            self.checked = archive.check(data, self.spec.submission)
         files, unpacked = self.checked.files, self.checked.unpacked_bytes
-        artifact = artifacts.Artifact(artifact_digest(data), data, files, unpacked)
+        artifact = archive.Artifact(artifact_digest(data), data, files, unpacked)
         p.sha256 = artifact.sha256
-        artifacts.store(self.out, artifact)
+        archive.store(self.out, artifact)
 
     def record(
         self, p: Plan, state: SubmissionState, studies_done: int = 0, norm_sum: float = 0.0
@@ -809,8 +811,8 @@ def main(argv: list[str]) -> None:
     if args.submissions < 1 or args.teams < 1:
         parser.error("--submissions and --teams must be positive")
 
-    from competition.redis_server import EmbeddedRedis
     from queue_schema.connection import connect, reset_clients
+    from runtime.redis_server import EmbeddedRedis
 
     url = args.redis_url or os.environ.get("BBO_REDIS_URL")
     server = None

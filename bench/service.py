@@ -60,7 +60,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _bench_spec(work: Path, name: str, problem: str, studies: int, rounds: int, batch: int) -> Any:
-    from competition.spec import load
+    from runtime.spec import load
 
     (work / f"{name}.toml").write_text(
         f"""
@@ -213,11 +213,11 @@ class Fleet:
 def populate(r: Any, teams_count: int, submissions: int) -> list[tuple[str, str]]:
     """Teams and a store of submissions shaped as the real ones (mostly scored); (token, id) pairs."""
     from competition import teams
-    from competition.spec import load
     from queue_schema.ids import new_submission_id
     from queue_schema.payloads import Failure, Progress, Submission
     from queue_schema.records import save_new_submission
     from queue_schema.states import FailureCause, SubmissionState
+    from runtime.spec import load
 
     spec = load("demo")
     tokens = [teams.add_team(r, f"team-{i:02d}") for i in range(teams_count)]
@@ -385,12 +385,13 @@ def status_phase(fleet: Fleet, r: Any, args: argparse.Namespace) -> dict[str, An
 
 
 def stop_phase(fleet: Fleet, r: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts, teams
+    from artifacts import archive
+    from competition import teams
     from competition.submit import create_submission
     from queue_schema.records import load_submission
 
     spec = _bench_spec(work, "bench-stop", "DT-iris-acc", studies=2, rounds=120, batch=2)
-    data = artifacts.pack(SUBMISSIONS / "sleepy", spec.submission)  # one second of thought per round
+    data = archive.pack(SUBMISSIONS / "sleepy", spec.submission)  # one second of thought per round
     token = teams.add_team(r, "stopper")
     fleet.start_workers(1)
     latencies, api_s = [], []
@@ -495,12 +496,12 @@ def _score_with(
 
 
 def scaling_phase(fleet: Fleet, r: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from competition import artifacts
+    from artifacts import archive
 
     spec = _bench_spec(
         work, "bench-scaling", args.scaling_problem, args.scaling_studies, args.scaling_rounds, 4
     )
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     _log(
         f"scaling: {args.scaling_studies} studies of {args.scaling_problem}, "
         f"{args.scaling_rounds} rounds x 4, one study per job"

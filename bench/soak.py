@@ -82,7 +82,7 @@ def _slope_per_min(points: list[tuple[float, float]]) -> float:
 
 def soak_spec(work: Path, problems: list[str], studies: int, quota: int) -> Path:
     """The demo spec with its feedback phase cut down and a quota no soak reaches; its path."""
-    from competition.spec import SPECS_DIR, load
+    from runtime.spec import SPECS_DIR, load
 
     text = (SPECS_DIR / "demo.toml").read_text()
     text, cut = re.subn(
@@ -92,7 +92,7 @@ def soak_spec(work: Path, problems: list[str], studies: int, quota: int) -> Path
     )
     text, raised = re.subn(r"(?m)^daily_quota = \d+", f"daily_quota = {quota}", text)
     if cut != 1 or raised != 1:
-        raise SystemExit("bench soak: competition/specs/demo.toml changed shape; update soak_spec")
+        raise SystemExit("bench soak: runtime/specs/demo.toml changed shape; update soak_spec")
     path = work / "soak-spec.toml"
     path.write_text(text)
     load(path)  # a bad --problems fails here, with the spec's own message
@@ -106,7 +106,7 @@ class Fleet:
     """The embedded Redis, the gateway and the workers of one soak, in a state folder of their own."""
 
     def __init__(self, state: Path) -> None:
-        from competition.redis_server import EmbeddedRedis
+        from runtime.redis_server import EmbeddedRedis
 
         self.state = state
         self.store = EmbeddedRedis(state / "redis", state / "redis" / "redis.sock")

@@ -76,25 +76,26 @@ def score(
     timeout: float = typer.Option(0, "--timeout", help="Give up after this many seconds (0: no limit)."),
 ) -> None:
     """Score one submission end to end: enqueue its jobs on the real queue, run workers, wait, report."""
-    from competition import artifacts, scores
-    from competition.redis_server import ensure_redis
-    from competition.spec import SpecError, load
+    from artifacts import archive
+    from competition import scores
     from competition.submit import create_submission
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime.redis_server import ensure_redis
+    from runtime.spec import SpecError, load
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
 
     try:
         spec = load(spec_name)
         spec.phase(phase)
         select(backend)  # refuse an unusable or unsafe backend before anything is stored
-        data = artifacts.pack(path, spec.submission)
-        artifacts.check(data, spec.submission)
+        data = archive.pack(path, spec.submission)
+        archive.check(data, spec.submission)
         scores.baselines_for(spec, required=spec.phase(phase).problems)
     except (
         SpecError,
         SandboxRefused,
         SandboxUnavailable,
-        artifacts.InvalidSubmission,
+        archive.InvalidSubmission,
         scores.BaselineError,
     ) as exc:
         fail(str(exc))
@@ -208,8 +209,8 @@ def worker(
 @app.command()
 def redis() -> None:
     """Run the embedded Redis in the foreground (the Procfile's store when BBO_REDIS_URL is unset)."""
-    from competition.redis_server import EmbeddedRedis
     from queue_schema.connection import RedisUnavailable, ping
+    from runtime.redis_server import EmbeddedRedis
 
     try:
         ping()
@@ -236,8 +237,8 @@ def export(
 ) -> None:
     """Write a submission's study data in bayesmark's own format, for its own analysis tools."""
     from competition import scores
-    from competition.redis_server import ensure_redis
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime.redis_server import ensure_redis
 
     if fmt != "bayesmark":
         fail(f"unknown format {fmt!r}; the only format is bayesmark")

@@ -194,10 +194,10 @@ def serve_command(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     import uvicorn
 
-    from competition.redis_server import ensure_redis
-    from competition.spec import SpecError
     from queue_schema.connection import RedisUnavailable
     from queue_schema.untrusted import redact_url
+    from runtime.redis_server import ensure_redis
+    from runtime.spec import SpecError
 
     try:
         with ensure_redis() as url:

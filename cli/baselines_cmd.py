@@ -25,7 +25,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _load_spec(name: str):
-    from competition.spec import SpecError, load
+    from runtime.spec import SpecError, load
 
     try:
         return load(name)

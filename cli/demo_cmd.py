@@ -73,7 +73,7 @@ def demo_command(
 ) -> None:
     """Start everything in a throw-away state folder, register demo teams, submit example optimizers
     through the gateway (one fails on purpose), then open the organizer console; quitting stops it all."""
-    from competition.spec import SpecError, load
+    from runtime.spec import SpecError, load
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
 
     if as_json and not headless:
@@ -133,8 +133,8 @@ def _run(
 ) -> tuple[dict[str, Any], list[str]] | None:
     from cli.up import StoreWatch, stop_children, supervise, system_children
     from competition import teams
-    from competition.redis_server import ensure_redis
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime.redis_server import ensure_redis
 
     store: list[StoreWatch] = []
     try:

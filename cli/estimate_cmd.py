@@ -24,7 +24,7 @@ def estimate(
         10, "--finalists", min=1, help="Submissions scored in the final phase, for its total."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Also write the table here (e.g. competition/costs/SPEC.json to ship it)."
+        None, "--out", help="Also write the table here (e.g. runtime/costs/SPEC.json to ship it)."
     ),
     max_job_minutes: float | None = typer.Option(
         None,
@@ -41,9 +41,9 @@ def estimate(
     """Time a short grid of evaluations of every problem of SPEC, write the cost table that orders jobs
     (to $BBO_STATE_DIR/estimates/SPEC.json), and print CPU-hours per submission and phase."""
     from baselines.build import rich_progress
-    from competition import dispatch
     from competition.estimate import measure, workload
-    from competition.spec import SpecError, load
+    from runtime import dispatch
+    from runtime.spec import SpecError, load
 
     try:
         spec = load(spec_name)

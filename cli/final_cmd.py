@@ -48,10 +48,10 @@ def _check_backend(backend: str | None) -> None:
 def _store():
     """A Redis client, with every refusal of the competition layer turned into a one-line error."""
     from competition import service
-    from competition.redis_server import ensure_redis
     from competition.scores import BaselineError
-    from competition.spec import SpecError
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime.redis_server import ensure_redis
+    from runtime.spec import SpecError
 
     try:
         with ensure_redis() as url:
@@ -92,7 +92,7 @@ def rescore_command(
     The submission must be scored, stopped or failed (stop a running one first). The leaderboard keeps
     showing its last scored version until the new one is scored. Never charged to the team's quota."""
     from competition import rescore
-    from competition.spec import load
+    from runtime.spec import load
 
     if (submission is None) == (not all_scored):
         fail("give one submission ID, or --all-scored")
@@ -150,7 +150,7 @@ def final_command(
     Running it again launches nothing twice. JSON: {"phase", "launches": [...], "rows": [...]}.
     `bbo admin final release` makes the final leaderboard public (JSON: {"phase", "released_at"})."""
     from competition import final, release, service
-    from competition.spec import load
+    from runtime.spec import load
 
     if action not in (None, "release"):
         fail(f"unknown action {action!r}: `bbo admin final` launches, `bbo admin final release` publishes")

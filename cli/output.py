@@ -44,8 +44,8 @@ def with_redis(function: Any, *args: Any, errors: tuple[type[Exception], ...] = 
     failure."""
     import redis
 
-    from competition.redis_server import ensure_redis
     from queue_schema.connection import RedisUnavailable, connect, store_refusal
+    from runtime.redis_server import ensure_redis
 
     try:
         with ensure_redis() as url:

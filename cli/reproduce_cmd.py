@@ -26,9 +26,9 @@ def reproduce_command(
     from queue_schema.settings import pin_threads
 
     pin_threads()  # as a worker does, before the objective's numerical libraries load
-    from competition.redis_server import ensure_redis
     from competition.reproduce import ReproduceError, reproduce
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime.redis_server import ensure_redis
     from workers.sandbox import SandboxRefused, SandboxUnavailable
 
     def progress(line: str) -> None:  # the rerun's log: the optimizer's stderr among it

@@ -28,9 +28,9 @@ from typing import IO
 import typer
 
 from cli.output import err, fail, plain
-from competition.redis_server import EmbeddedRedis
 from queue_schema.connection import RedisUnavailable
 from queue_schema.untrusted import redact_url, safe_line
+from runtime.redis_server import EmbeddedRedis
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 RELAY_LINE_BYTES = 16384  # a longer line is relayed in pieces
@@ -160,8 +160,8 @@ def up_command(
     ),
 ) -> None:
     """Run the embedded Redis, the gateway and the workers in the foreground; Ctrl-C stops all of it."""
-    from competition.redis_server import ensure_redis
-    from competition.spec import SpecError, load
+    from runtime.redis_server import ensure_redis
+    from runtime.spec import SpecError, load
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
 
     if autoscale not in ("none", "local"):

@@ -95,13 +95,13 @@ def _reporting_process_class() -> type:
 def _pack(path: Path, rules: Any) -> bytes:
     """The bytes `bbo submit` would upload; a folder without optimizer.py is zipped anyway so that the
     intake check names the problem (and a nested optimizer.py) exactly as the gateway would."""
+    from artifacts import archive
     from cli.team import pack
-    from competition import artifacts
 
     if path.is_dir() and not (path / "optimizer.py").is_file():
-        return artifacts.pack(path, rules)
+        return archive.pack(path, rules)
     if path.is_file() and not zipfile.is_zipfile(path):
-        raise artifacts.InvalidSubmission(f"{path.name} is neither a folder nor a zip archive")
+        raise archive.InvalidSubmission(f"{path.name} is neither a folder nor a zip archive")
     data, _ = pack(path)
     return data
 
@@ -153,7 +153,7 @@ def run_validation(
     say: Callable[[str], None],
 ) -> Verdict:
     """Intake checks, then `studies` studies of `problem` under `spec` (already cut to size)."""
-    from competition import artifacts
+    from artifacts import archive
     from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
     from workers.sandbox.base import InstallFailed
 
@@ -178,16 +178,16 @@ def run_validation(
 
     try:
         data = _pack(path, spec.submission)
-        artifact = artifacts.check(data, spec.submission)
-    except artifacts.InvalidSubmission as exc:
+        artifact = archive.check(data, spec.submission)
+    except archive.InvalidSubmission as exc:
         return finish().failed("invalid_submission", str(exc))
     say(f"intake: ok ({len(data) / 1024:.1f} KiB zip, {artifact.files} entries)")
 
     work = Path(tempfile.mkdtemp(prefix="bbo-validate-"))
     try:
         try:
-            folder = artifacts.extract(data, work / "submission", spec.submission)
-        except artifacts.InvalidSubmission as exc:
+            folder = archive.extract(data, work / "submission", spec.submission)
+        except archive.InvalidSubmission as exc:
             return finish().failed("invalid_submission", str(exc))
         if backend.name == "process" and _bundles_requirements(folder):
             verdict.warnings.append(
@@ -395,7 +395,7 @@ def validate(
     pin_threads()  # before numpy loads: the objective runs on one thread, as on a worker
 
     from baselines.catalogue import UnknownProblem, parse
-    from competition.spec import SpecError, load
+    from runtime.spec import SpecError, load
     from workers.sandbox import SandboxRefused, SandboxUnavailable
 
     if not path.exists():

@@ -5,7 +5,7 @@ For each problem of a spec (every phase), a short grid of random points is evalu
 the workers use (`baselines.objective.SeededProblem`: bayesmark's SklearnModel, seeded evaluations), one
 problem per process, one thread per process, as workers run jobs. The figure kept is the mean CPU time
 per evaluation (process time, so that other load on the machine does not inflate it); wall time is
-recorded beside it. The table orders jobs (competition/dispatch.py) and sizes the fleet.
+recorded beside it. The table orders jobs (runtime/dispatch.py) and sizes the fleet.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from competition import chunking, dispatch
-from competition.spec import Spec
 from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
+from runtime import chunking, dispatch
+from runtime.spec import Spec
 
 # progress(done, total, what just finished)
 Progress = Callable[[int, int, str], None]

@@ -29,7 +29,6 @@ import redis
 from baselines import ranking
 from competition import audit, scores, service, teams
 from competition.service import Conflict, NotFound
-from competition.spec import Spec, stored_spec
 from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.ids import new_submission_id
@@ -42,6 +41,7 @@ from queue_schema.records import (
     save_new_submission,
 )
 from queue_schema.states import ACTIVE_STATES
+from runtime.spec import Spec, stored_spec
 
 log = logging.getLogger("bbo.final")
 

@@ -21,11 +21,11 @@ from typing import Any
 import redis
 
 from competition import audit, teams
-from competition.spec import Spec
 from queue_schema import keys
 from queue_schema.payloads import utc_day as day_bounds
 from queue_schema.payloads import utc_iso
 from queue_schema.records import add_event, load_submission, update_record
+from runtime.spec import Spec
 
 # A hold spans only the checks and the store of an upload already read (seconds). A hold whose release
 # failed (a gateway crash, or the store down at that moment) blocks an upload slot until it expires, so

@@ -19,12 +19,13 @@ from typing import Any
 
 import redis
 
-from competition import artifacts, audit
-from competition.spec import Spec, stored_spec
+from artifacts import archive
+from competition import audit
 from queue_schema import keys
 from queue_schema.payloads import StudyResult
 from queue_schema.records import load_submission, read_studies
 from queue_schema.settings import state_dir
+from runtime.spec import Spec, stored_spec
 
 Log = Callable[[str], None]
 
@@ -82,7 +83,7 @@ def reproduce(
     error: str | None = None
     rerun: StudyResult | None = None
     with tempfile.TemporaryDirectory(prefix="reproduce-", dir=work_root) as work:
-        submission_dir = artifacts.extract(data, Path(work) / "submission", spec.submission)
+        submission_dir = archive.extract(data, Path(work) / "submission", spec.submission)
         sandbox.prepare(submission_dir, spec.limits)
         describe = sandbox.describe()
         log(f"rerunning {sid} v{version} {problem} study {study} on {describe.get('backend')}")
@@ -173,7 +174,7 @@ def _fetch_artifact(r: redis.Redis, sha256: str) -> bytes:
     kwargs = {**r.connection_pool.connection_kwargs, "decode_responses": False}
     pool = redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs)
     try:
-        return artifacts.fetch(redis.Redis(connection_pool=pool), sha256)
+        return archive.fetch(redis.Redis(connection_pool=pool), sha256)
     except (FileNotFoundError, OSError) as exc:
         raise ReproduceError(str(exc)) from None
     finally:

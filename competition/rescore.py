@@ -19,12 +19,12 @@ import redis
 
 from competition import audit, scores
 from competition.service import Conflict, NotFound
-from competition.spec import Spec, SpecError, load, stored_spec
 from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.payloads import ScoredVersion, Submission
 from queue_schema.records import load_submission, load_submissions, start_score_version
 from queue_schema.states import ACTIVE_STATES, SubmissionState
+from runtime.spec import Spec, SpecError, load, stored_spec
 
 __all__ = ["current_spec", "rescore", "rescore_all", "versions"]
 

@@ -17,12 +17,12 @@ import redis
 
 from baselines import scoring
 from baselines.store import BaselineError, MissingBaseline, load_baselines
-from competition.provenance import score_provenance
-from competition.spec import Spec, stored_spec
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission, read_studies, transition
 from queue_schema.states import FailureCause, SubmissionState
+from runtime.provenance import score_provenance
+from runtime.spec import Spec, stored_spec
 
 __all__ = ["BaselineError", "MissingBaseline", "ScoreError"]
 
@@ -107,7 +107,7 @@ def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
     try:
         baselines = baselines_for(spec, required=studies)
     except BaselineError as exc:
-        from competition import lifecycle
+        from runtime import lifecycle
 
         lifecycle.fail(r, sid, version, FailureCause.INFRASTRUCTURE, str(exc))
         return False

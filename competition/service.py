@@ -15,16 +15,17 @@ from typing import Any
 
 import redis
 
-from competition import audit, lifecycle, quotas, release, teams
-from competition.artifacts import InvalidSubmission
+from artifacts.archive import InvalidSubmission
+from competition import audit, quotas, release, teams
 from competition.quotas import QuotaExceeded
 from competition.scores import BaselineError
-from competition.spec import Spec, SpecError
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.payloads import Submission, utc_iso
 from queue_schema.records import add_event, load_submission, load_submissions, transition
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, FailureCause, SubmissionState
+from runtime import lifecycle
+from runtime.spec import Spec, SpecError
 
 __all__ = [
     "BaselineError",
@@ -440,7 +441,7 @@ def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     workers, teams, studies done, each autoscaler fleet's last step. One pipelined pass over the
     submission hashes (no job scans)."""
     from autoscaler.daemon import read_status
-    from competition import dispatch, recovery
+    from runtime import dispatch, recovery
 
     depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
     ids = r.zrange(keys.submissions_index(), 0, -1)

@@ -7,13 +7,15 @@ from typing import Any
 import redis
 from rq import Callback, Queue, Retry
 
-from competition import artifacts, dispatch, scores
-from competition.spec import Spec
+from artifacts import archive
+from competition import scores
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.ids import job_id, new_submission_id
 from queue_schema.payloads import Progress, ScoreJob, Submission
 from queue_schema.records import add_event, save_new_submission
+from runtime import dispatch
+from runtime.spec import Spec
 
 JOB_FUNCTION = "workers.job.score_problem"
 RESULT_TTL_S = 7 * 24 * 3600  # a finished job's RQ record (its result) is kept a week
@@ -36,7 +38,7 @@ def create_submission(
     `check_baselines=False` is for timing runs on problems without baselines: the studies run, and the
     score version then fails as `infrastructure` with the missing baseline named.
     """
-    artifact = artifacts.check(data, spec.submission)
+    artifact = archive.check(data, spec.submission)
     phase_spec = spec.phase(phase)
     baseline_version = ""
     if check_baselines:
@@ -54,7 +56,7 @@ def create_submission(
         progress=phase_progress(spec, phase),
     )
     r.set(keys.spec(spec.hash), spec.to_json())
-    artifacts.store(r, artifact)
+    archive.store(r, artifact)
     save_new_submission(r, sub)
     add_event(r, "submitted", sub.id, team=team, phase=phase, spec=spec.name, sha256=artifact.sha256)
     enqueue_jobs(r, sub, spec, backend=backend, priority=priority)
@@ -88,7 +90,7 @@ def enqueue_jobs(
     A job joins the submission's job set only once it is in its queue, so after a crash mid-way the set
     says exactly which jobs are missing (the reaper enqueues those)."""
     phase = spec.phase(sub.phase)
-    # Organizer work jumps every team; a team's jobs wait only behind its own (competition/dispatch.py).
+    # Organizer work jumps every team; a team's jobs wait only behind its own (runtime/dispatch.py).
     name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
     queue = Queue(name, connection=rq_connection())
     ids = []

@@ -17,12 +17,12 @@ from typing import Any
 import redis
 
 from competition import audit, service
-from competition.spec import LogSettings, stored_spec
 from queue_schema import keys
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, SubmissionState
 from queue_schema.untrusted import safe_text
+from runtime.spec import LogSettings, stored_spec
 
 LOAD_BATCH = 500  # submissions per round trip
 # HGETALL of many submissions in one call, each hash sent back as one JSON string: the client then parses
@@ -310,7 +310,7 @@ class ConsoleData:
     def fleet(self) -> dict[str, Any]:
         """Workers (last heartbeats, current job), queue depths, and each autoscaler fleet's status."""
         from autoscaler.daemon import read_status
-        from competition import dispatch, recovery
+        from runtime import dispatch, recovery
 
         workers: list[Heartbeat] = recovery.workers(self.r)
         depths = dispatch.queue_depths(self.r)

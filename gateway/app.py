@@ -25,12 +25,12 @@ from starlette.requests import ClientDisconnect
 
 from competition import service
 from competition.quotas import QuotaExceeded
-from competition.spec import Spec, SpecError, load
 from gateway import errors, metrics
 from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed
+from runtime.spec import Spec, SpecError, load
 
 log = logging.getLogger("bbo.gateway")
 

@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from artifacts.archive import InvalidSubmission
 from competition import service
-from competition.artifacts import InvalidSubmission
 from competition.quotas import QuotaExceeded
-from competition.spec import SpecError
 from queue_schema.connection import RedisUnavailable, store_refusal
+from runtime.spec import SpecError
 
 log = logging.getLogger("bbo.gateway")
 

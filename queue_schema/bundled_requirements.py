@@ -1,5 +1,5 @@
 """The lines of a submission's `requirements.txt` and `install_order.txt` (the 2020 starter kit's bundled
-packages): which are accepted, one rule for the gateway's intake (competition/bundled.py) and the worker's
+packages): which are accepted, one rule for the gateway's intake (artifacts/bundled.py) and the worker's
 install (workers/sandbox/install.py), so an artifact accepted under an older intake is held to it again.
 
 A line is accepted when it is, after pip's comment rule, empty, the file name of a wheel bundled at the

@@ -8,7 +8,7 @@ from __future__ import annotations
 PREFIX = "bbo"
 
 # Queues (RQ queue names, not raw keys): organizer work has its own queue so that it runs first; each
-# team has its own, served round-robin (competition/dispatch.py). SCORE_QUEUE is the shared queue of
+# team has its own, served round-robin (runtime/dispatch.py). SCORE_QUEUE is the shared queue of
 # older releases, still listened to so that jobs enqueued before an upgrade run.
 SCORE_QUEUE = "bbo-score"
 PRIORITY_QUEUE = "bbo-priority"
@@ -118,7 +118,7 @@ def heartbeats_index() -> str:
 
 def job_heartbeat(job_id: str) -> str:
     """String with a TTL: a running job's own heartbeat (JobHeartbeat JSON), refreshed by its work horse;
-    its absence is how the reaper (competition/recovery.py) tells a job nobody runs any more."""
+    its absence is how the reaper (runtime/recovery.py) tells a job nobody runs any more."""
     return f"{PREFIX}:jobhb:{job_id}"
 
 
@@ -145,7 +145,7 @@ def quota_holds(team: str) -> str:
 
 def team_refunds(team: str) -> str:
     """Sorted set: the team's submissions refunded automatically (id -> the upload's time), so the refunds
-    of one UTC day are counted exactly (competition/lifecycle.py: at most `submission.refunds_per_day`)."""
+    of one UTC day are counted exactly (runtime/lifecycle.py: at most `submission.refunds_per_day`)."""
     return f"{PREFIX}:team:{team}:refunds"
 
 

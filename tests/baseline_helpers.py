@@ -11,8 +11,8 @@ from bayesmark.experiment import run_study
 
 from baselines.build import RANDOM_SEARCH_FILE, OwnRandomStreams, load_optimizer_class
 from baselines.objective import SeededProblem
-from competition.spec import Spec, _build
 from queue_schema.payloads import StudyResult
+from runtime.spec import Spec, _build
 
 FAST = ("DT-iris-acc", "lasso-diabetes-mae")
 

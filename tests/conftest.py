@@ -51,8 +51,8 @@ def state_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def redis_server(state_dir: Path) -> Iterator[str]:
-    from competition.redis_server import EmbeddedRedis
     from queue_schema.connection import reset_clients
+    from runtime.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis()
     server.start()
@@ -81,7 +81,7 @@ def unsafe_ok(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def small_spec():
     """The demo spec cut down to a few quick rounds, for harness tests."""
-    from competition.spec import load
+    from runtime.spec import load
 
     spec = load("demo")
     limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)

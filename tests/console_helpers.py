@@ -4,11 +4,11 @@ with fixed ids and times so the screens (and their snapshots) come out the same 
 from __future__ import annotations
 
 from competition import teams
-from competition.spec import Spec, load
 from queue_schema import keys
 from queue_schema.payloads import Heartbeat, StudyResult, Submission
 from queue_schema.records import add_event, append_job_log, save_new_submission, transition, write_study
 from queue_schema.states import FailureCause, StudyState, SubmissionState
+from runtime.spec import Spec, load
 
 NOW = 1_790_000_000.0  # the injected clock of every fixed screen
 

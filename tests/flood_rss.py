@@ -20,7 +20,7 @@ from queue_schema.settings import pin_threads
 
 pin_threads()
 
-from competition.spec import load  # noqa: E402
+from runtime.spec import load  # noqa: E402
 from tests.conftest import SUBMISSIONS  # noqa: E402
 from workers.harness import FatalOptimizerError, run_one_study  # noqa: E402
 from workers.optimizer_process import OptimizerProcess, ProtocolViolation  # noqa: E402

@@ -6,12 +6,13 @@ import dataclasses
 
 from rq import Queue, SimpleWorker
 
-from competition import artifacts, dispatch
-from competition.spec import Spec, load
+from artifacts import archive
 from competition.submit import create_submission
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
 from queue_schema.records import load_submission
+from runtime import dispatch
+from runtime.spec import Spec, load
 from tests.conftest import SUBMISSIONS
 
 PROBLEM = "DT-iris-acc"  # the fastest problem the demo baselines cover
@@ -29,7 +30,7 @@ def tiny_spec(**feedback_changes) -> Spec:
 def score_tiny(r, team: str, spec: Spec | None = None, folder: str = "random_search") -> Submission:
     """Create a submission and run the queue until it is done; needs BBO_ALLOW_UNSAFE_SANDBOX=1."""
     spec = spec or tiny_spec()
-    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    data = archive.pack(SUBMISSIONS / folder, spec.submission)
     sub = create_submission(r, team=team, data=data, spec=spec, phase="feedback", backend="process")
     conn = rq_connection()
     queues = [Queue(name, connection=conn) for name in dispatch.queue_names(r)]

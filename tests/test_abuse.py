@@ -20,11 +20,12 @@ import httpx
 import pytest
 import uvicorn
 
-from competition import artifacts, teams
-from competition.spec import load
+from artifacts import archive
+from competition import teams
 from gateway.app import create_app
 from gateway.http_limits import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 from queue_schema import keys
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port, push_until_answered, read_all, served_gateway
 from tests.waiting import wait_for
@@ -43,7 +44,7 @@ def gateway(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def good_zip() -> bytes:
-    return artifacts.pack(SUBMISSIONS / "random_search", load("demo").submission)
+    return archive.pack(SUBMISSIONS / "random_search", load("demo").submission)
 
 
 @pytest.fixture()
@@ -447,9 +448,9 @@ def _hostile_archives(good: bytes) -> dict[str, tuple[bytes, str]]:
 def test_hostile_archives_are_refused_with_their_reason_and_nothing_is_stored(gateway, tokens, good_zip, r):
     quota_before = httpx.get(f"{gateway}/v1/info", headers=auth(tokens["alpha"])).json()["quota"]
     before = r.dbsize()
-    for name, (archive, reason) in _hostile_archives(good_zip).items():
-        assert len(archive) < MAX_ZIP_MB * MIB, name
-        message = assert_error(upload(gateway, tokens["alpha"], archive), 422, "invalid_submission")
+    for name, (hostile, reason) in _hostile_archives(good_zip).items():
+        assert len(hostile) < MAX_ZIP_MB * MIB, name
+        message = assert_error(upload(gateway, tokens["alpha"], hostile), 422, "invalid_submission")
         assert reason in message, (name, message)
         assert "\n" not in message, name
     assert r.dbsize() == before
@@ -460,9 +461,9 @@ def test_hostile_archives_are_refused_with_their_reason_and_nothing_is_stored(ga
 
 
 def test_an_archive_whose_optimizer_is_a_folder_is_refused(gateway, tokens, r):
-    archive = _zip({"optimizer.py/": b"", "optimizer.py/main.py": b"x = 1\n"})
+    hostile = _zip({"optimizer.py/": b"", "optimizer.py/main.py": b"x = 1\n"})
     before = r.dbsize()
-    message = assert_error(upload(gateway, tokens["alpha"], archive), 422, "invalid_submission")
+    message = assert_error(upload(gateway, tokens["alpha"], hostile), 422, "invalid_submission")
     assert "optimizer.py" in message
     assert r.dbsize() == before
 

@@ -12,10 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from artifacts import archive
 from cli.main import app
-from competition import artifacts, audit, moderation, quotas, service, teams
-from competition.spec import Spec, SpecError, load
+from competition import audit, moderation, quotas, service, teams
 from gateway.app import create_app
+from runtime.spec import Spec, SpecError, load
 from tests.conftest import SUBMISSIONS
 from tests.scoring_helpers import score_tiny, tiny_spec
 
@@ -131,7 +132,7 @@ def test_a_disqualified_submission_leaves_the_board_and_its_team_sees_why(r, mon
 def test_a_quota_override_allows_and_refuses_uploads_and_clears_back_to_the_spec(r):
     spec = load("demo")
     spec = dataclasses.replace(spec, submission=dataclasses.replace(spec.submission, daily_quota=1))
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     teams.add_team(r, "alpha")
 
     def upload():
@@ -164,7 +165,7 @@ def test_a_quota_override_allows_and_refuses_uploads_and_clears_back_to_the_spec
 def test_every_organizer_command_lands_in_the_audit_log_with_actor_and_details(r, monkeypatch):
     monkeypatch.setenv("BBO_ACTOR", "ops-anna")
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
 
     added = _admin("team", "add", "alpha", "--json")
     assert added.exit_code == 0, added.output
@@ -222,7 +223,7 @@ def test_every_organizer_command_lands_in_the_audit_log_with_actor_and_details(r
 
 def test_team_list_shows_quota_overrides_and_submission_counts(r):
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     teams.add_team(r, "alpha")
     teams.add_team(r, "beta")
     quotas.set_override(r, "beta", 9)
@@ -253,7 +254,7 @@ def test_admin_commands_refuse_bad_input_with_one_line(r):
 def test_organizers_list_every_teams_submissions_and_stop_any_of_them(r, monkeypatch):
     monkeypatch.setenv("BBO_ACTOR", "referee")
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     teams.add_team(r, "ada")
     teams.add_team(r, "bob")
     first = service.submit(r, "ada", data, "a.zip", spec, backend="process")
@@ -285,7 +286,7 @@ def test_a_team_cannot_stop_its_final_phase_run_but_organizers_can(r):
 
     spec = load("demo")
     teams.add_team(r, "ada")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     sub = service.submit(r, "ada", data, "a.zip", spec, backend="process")
     update_record(r, sub.id, source="s-feedback-pick")  # as the final phase launches it
     with pytest.raises(service.Forbidden, match="final-phase"):
@@ -296,7 +297,7 @@ def test_a_team_cannot_stop_its_final_phase_run_but_organizers_can(r):
 def test_teams_cannot_upload_into_the_final_phase_unless_the_spec_allows_it(r):
     spec = load("demo")
     teams.add_team(r, "ada")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     with pytest.raises(service.Forbidden, match="takes no uploads"):
         service.submit(r, "ada", data, "a.zip", spec, phase="final", backend="process")
     assert r.zcard("bbo:subs") == 0  # nothing stored, nothing charged

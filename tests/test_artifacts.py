@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from competition import artifacts
-from competition.spec import SubmissionRules
+from artifacts import archive
+from runtime.spec import SubmissionRules
 from tests.conftest import SUBMISSIONS
 
 RULES = SubmissionRules(max_zip_mb=1, max_unpacked_mb=5, max_files=20)
@@ -29,12 +29,12 @@ OK = {"optimizer.py": b"x = 1\n"}
 
 
 def test_folder_is_packed_with_optimizer_at_the_top(tmp_path):
-    data = artifacts.pack(SUBMISSIONS / "bundled_module", RULES)
+    data = archive.pack(SUBMISSIONS / "bundled_module", RULES)
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert sorted(names) == ["helpers.py", "optimizer.py"]
-    art = artifacts.check(data, RULES)
+    art = archive.check(data, RULES)
     assert len(art.sha256) == 64 and art.files == 2
-    root = artifacts.extract(data, tmp_path / "x", RULES)
+    root = archive.extract(data, tmp_path / "x", RULES)
     assert (root / "helpers.py").read_bytes() == (SUBMISSIONS / "bundled_module" / "helpers.py").read_bytes()
 
 
@@ -51,8 +51,8 @@ def test_folder_is_packed_with_optimizer_at_the_top(tmp_path):
     ],
 )
 def test_bad_archives_are_rejected_with_a_clear_message(entries, message):
-    with pytest.raises(artifacts.InvalidSubmission, match=message.replace("(", r"\(")):
-        artifacts.check(make_zip(entries), RULES)
+    with pytest.raises(archive.InvalidSubmission, match=message.replace("(", r"\(")):
+        archive.check(make_zip(entries), RULES)
 
 
 def test_total_unpacked_size_is_capped():
@@ -60,23 +60,23 @@ def test_total_unpacked_size_is_capped():
 
     roomy = SubmissionRules(max_zip_mb=20, max_unpacked_mb=5, max_files=20)
     data = make_zip(OK | {f"w{i}.bin": os.urandom(1024 * 1024) for i in range(6)})
-    with pytest.raises(artifacts.InvalidSubmission, match="unpacks to more than 5 MiB"):
-        artifacts.check(data, roomy)
+    with pytest.raises(archive.InvalidSubmission, match="unpacks to more than 5 MiB"):
+        archive.check(data, roomy)
 
 
 def test_symlinks_and_garbage_are_rejected():
-    with pytest.raises(artifacts.InvalidSubmission, match="link or device"):
-        artifacts.check(make_zip(OK, symlink="link.py"), RULES)
-    with pytest.raises(artifacts.InvalidSubmission, match="not a readable zip"):
-        artifacts.check(b"PK\x03\x04 this is not really a zip", RULES)
-    with pytest.raises(artifacts.InvalidSubmission, match="limit is 1 MiB"):
-        artifacts.check(b"\0" * (2 * 1024 * 1024), RULES)
+    with pytest.raises(archive.InvalidSubmission, match="link or device"):
+        archive.check(make_zip(OK, symlink="link.py"), RULES)
+    with pytest.raises(archive.InvalidSubmission, match="not a readable zip"):
+        archive.check(b"PK\x03\x04 this is not really a zip", RULES)
+    with pytest.raises(archive.InvalidSubmission, match="limit is 1 MiB"):
+        archive.check(b"\0" * (2 * 1024 * 1024), RULES)
 
 
 def test_store_is_content_addressed(r):
     from queue_schema.connection import rq_connection
 
-    art = artifacts.check(make_zip(OK), RULES)
-    artifacts.store(r, art)
-    artifacts.store(r, art)
-    assert artifacts.fetch(rq_connection(), art.sha256) == art.data
+    art = archive.check(make_zip(OK), RULES)
+    archive.store(r, art)
+    archive.store(r, art)
+    assert archive.fetch(rq_connection(), art.sha256) == art.data

@@ -25,16 +25,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+from artifacts import archive
 from autoscaler.daemon import EVENT_KIND, Daemon, read_status
 from autoscaler.policy import PolicyConfig
 from autoscaler.providers import QuotaExceeded
 from autoscaler.providers.local import LocalProvider, machines_key
-from competition import artifacts, dispatch, recovery
-from competition.spec import load
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import SubmissionState
+from runtime import dispatch, recovery
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.waiting import wait_for
@@ -84,7 +85,7 @@ def make_provider(r, redis_server, state_dir, tmp_path):
 
 def submit(r, folder: str = "random_search"):
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    data = archive.pack(SUBMISSIONS / folder, spec.submission)
     return create_submission(r, team="auto", data=data, spec=spec, phase="feedback", backend="process")
 
 

@@ -13,15 +13,16 @@ import warnings
 import pytest
 from typer.testing import CliRunner
 
+from artifacts import archive
 from autoscaler.daemon import Daemon, read_status
 from autoscaler.policy import PolicyConfig
 from autoscaler.providers.local import LocalProvider
 from cli.main import app as bbo
-from competition import artifacts, dispatch, recovery
-from competition.spec import load
 from competition.submit import create_submission
 from gateway.app import create_app
 from queue_schema import keys
+from runtime import dispatch, recovery
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 
 with warnings.catch_warnings():
@@ -93,7 +94,7 @@ def assert_gauges_match(samples: dict[str, float], fleet: str, status: dict) -> 
 
 def submit(r) -> None:
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     create_submission(r, team="gauges", data=data, spec=spec, phase="feedback", backend="process")
 
 

@@ -21,7 +21,7 @@ from baselines.build import (
 )
 from baselines.store import BaselineError, MissingBaseline, default_path, load_baselines
 from cli.baselines_cmd import app
-from competition.spec import load
+from runtime.spec import load
 from tests.baseline_helpers import FAST, tiny_spec, write_spec_toml
 
 

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
-from competition import artifacts, bundled
-from competition.spec import SubmissionRules
+from artifacts import archive, bundled
 from queue_schema.bundled_requirements import without_comment
+from runtime.spec import SubmissionRules
 
 RULES = SubmissionRules(max_zip_mb=2, max_unpacked_mb=8, max_files=40, max_source_kb=64)
 MIB = 1024 * 1024
@@ -65,14 +65,14 @@ def submission(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATE
 
 
 def refused(data: bytes, reason: str, tmp_path=None) -> str:
-    with pytest.raises(artifacts.InvalidSubmission) as caught:
-        artifacts.check(data, RULES)
+    with pytest.raises(archive.InvalidSubmission) as caught:
+        archive.check(data, RULES)
     message = str(caught.value)
     assert reason in message, message
     assert message.isprintable()
     if tmp_path is not None:  # the worker's extraction refuses it too (structural checks), writing nothing
-        with pytest.raises(artifacts.InvalidSubmission):
-            artifacts.extract(data, tmp_path / "submission", RULES)
+        with pytest.raises(archive.InvalidSubmission):
+            archive.extract(data, tmp_path / "submission", RULES)
         assert not (tmp_path / "submission").exists()
     return message
 
@@ -92,9 +92,9 @@ def test_a_starter_kit_submission_with_a_wheel_and_its_requirement_files_is_acce
             "install_order.txt": f"{wheel_name}\n{linux_name}\nabi_dep[extra]==1.0\n".encode(),
         }
     )
-    artifact = artifacts.check(data, RULES)
+    artifact = archive.check(data, RULES)
     assert artifact.files == 6
-    root = artifacts.extract(data, tmp_path / "submission", RULES)
+    root = archive.extract(data, tmp_path / "submission", RULES)
     assert (root / wheel_name).read_bytes() == wheel
 
 
@@ -175,7 +175,7 @@ def test_what_wheels_unpack_to_counts_against_the_archives_limit():
     assert len(data) < RULES.max_zip_mb * MIB
     refused(data, "unpacks to more than 8 MiB with its bundled wheels' contents")
     two = dict(list(wheels.items())[:2])
-    assert artifacts.check(submission(two, zipfile.ZIP_STORED), RULES).files == 3
+    assert archive.check(submission(two, zipfile.ZIP_STORED), RULES).files == 3
 
 
 def test_a_wheel_larger_than_an_upload_may_be_is_refused_before_it_is_read(tmp_path):
@@ -195,7 +195,7 @@ def test_a_source_distribution_at_the_top_level_is_refused(name, tmp_path):
     )
     assert "setup.py" in message and "wheel" in message
     # Data archives deeper in the tree are just files (pip's --find-links reads only the top level).
-    assert artifacts.check(submission({f"data/{name}": b"bytes"}), RULES).files == 2
+    assert archive.check(submission({f"data/{name}": b"bytes"}), RULES).files == 2
 
 
 REFUSED_LINES = {
@@ -253,7 +253,7 @@ def test_requirement_files_are_utf8_and_bounded():
     refused(submission({"requirements.txt": b"numpy\n" * 20_000}), "larger than 64 KiB")
     refused(submission({"install_order.txt": b"a\n" * 1500}), "more than 1000 lines")
     ok = submission({"requirements.txt": "\ufeffnumpy==1.23.5\r\n  # only comments\r\n\r\n".encode()})
-    assert artifacts.check(ok, RULES).files == 2
+    assert archive.check(ok, RULES).files == 2
 
 
 def test_the_accepted_tags_are_those_of_the_sandbox_image():
@@ -281,7 +281,7 @@ def test_a_requirement_line_passes_only_as_a_name_with_versions_or_a_bundled_whe
     data = f"{line}\n".encode("utf-8", errors="surrogatepass")
     try:
         bundled.check_install_file("requirements.txt", data, {WHEEL_NAME})
-    except artifacts.InvalidSubmission as exc:
+    except archive.InvalidSubmission as exc:
         assert str(exc).isprintable()
         return
     for raw in data.decode("utf-8", errors="surrogatepass").splitlines():
@@ -306,6 +306,6 @@ def test_random_wheel_names_and_bytes_raise_only_invalid_submission(name, payloa
     except (ValueError, UnicodeEncodeError):  # names zipfile itself cannot write
         return
     try:
-        artifacts.check(data, RULES)
-    except artifacts.InvalidSubmission as exc:
+        archive.check(data, RULES)
+    except archive.InvalidSubmission as exc:
         assert str(exc).isprintable()

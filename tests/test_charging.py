@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from artifacts import archive
 from bench import hostile
-from competition import artifacts, lifecycle, moderation, quotas
-from competition.spec import load
+from competition import moderation, quotas
 from competition.submit import create_submission, enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.connection import rq_connection
@@ -27,6 +27,8 @@ from queue_schema.ids import artifact_digest, new_submission_id
 from queue_schema.payloads import MAX_FAILURE_MESSAGE, Submission
 from queue_schema.records import load_submission, read_events, save_new_submission
 from queue_schema.states import FailureCause, RefundState
+from runtime import lifecycle
+from runtime.spec import load
 from workers.failures import is_ours
 from workers.fair_worker import FairSimpleWorker
 
@@ -62,8 +64,8 @@ def _work() -> None:
 def _lay_down(r, data: bytes):
     """A submission whose artifact skipped today's intake, with its jobs queued as intake queues them."""
     spec = load("demo")
-    artifact = artifacts.Artifact(artifact_digest(data), data, 0, 0)
-    artifacts.store(r, artifact)
+    artifact = archive.Artifact(artifact_digest(data), data, 0, 0)
+    archive.store(r, artifact)
     sub = Submission(
         id=new_submission_id(),
         team="t",
@@ -118,7 +120,7 @@ def test_an_archive_the_worker_cannot_unpack_is_the_teams_and_charged(r):
 def test_infrastructure_failures_are_refunded_up_to_the_daily_cap_then_held(r):
     spec = load("demo")
     per_day = spec.submission.refunds_per_day
-    data = artifacts.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
     subs = [_submit(r, data) for _ in range(per_day + 2)]
     for sub in subs:
         lifecycle.fail(r, sub.id, 1, FailureCause.INFRASTRUCTURE, "worker lost")
@@ -145,7 +147,7 @@ def test_infrastructure_failures_are_refunded_up_to_the_daily_cap_then_held(r):
 def test_racing_infrastructure_failures_never_refund_past_the_cap(r):
     spec = load("demo")
     per_day = spec.submission.refunds_per_day
-    data = artifacts.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
     subs = [_submit(r, data) for _ in range(12)]
     barrier = threading.Barrier(len(subs))
 
@@ -166,7 +168,7 @@ def test_racing_infrastructure_failures_never_refund_past_the_cap(r):
 
 def test_a_rescore_failing_as_infrastructure_neither_refunds_nor_holds(r):
     spec = load("demo")
-    data = artifacts.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
     sub = _submit(r, data)
     r.hset(keys.submission(sub.id), "score_version", "2")
     lifecycle.fail(r, sub.id, 2, FailureCause.INFRASTRUCTURE, "worker lost")
@@ -208,7 +210,7 @@ def test_organizers_can_refund_a_charged_failure_they_find_was_ours(r):
     """A failure the service could not tell was ours is the team's: charged, and the organizers, who
     read the traceback in the log, can still refund it; a scored upload has nothing to refund."""
     spec = load("demo")
-    data = artifacts.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
     crashed, scored = _submit(r, data), _submit(r, data)
     lifecycle.fail(
         r, crashed.id, 1, FailureCause.OPTIMIZER_CRASHED, "the optimizer's output could not be handled"

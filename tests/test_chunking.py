@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from competition import chunking, spec
-from competition.spec import SpecError
 from queue_schema.states import SubmissionState
+from runtime import chunking, spec
+from runtime.spec import SpecError
 from tests.scoring_helpers import score_tiny, tiny_spec
 
 

@@ -169,9 +169,9 @@ def test_validate_json_is_one_object_and_its_stderr_tail_is_safe(tmp_path):
 
 
 def test_admin_tables_and_messages_show_a_hostile_team_and_reason_as_text(r):
-    from competition.spec import load
     from queue_schema.records import transition
     from queue_schema.states import FailureCause, SubmissionState
+    from runtime.spec import load
     from tests.console_helpers import record
 
     # A team name as no organizer would type it (records take what they are given), a failure message

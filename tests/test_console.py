@@ -9,7 +9,8 @@ import time
 import pytest
 from textual.widgets import DataTable, Log
 
-from competition import artifacts, audit, service
+from artifacts import archive
+from competition import audit, service
 from competition.submit import create_submission
 from console.app import ConsoleApp
 from console.data import ConsoleData
@@ -60,7 +61,7 @@ def log_text(log: Log) -> list[str]:
 
 def real_submission(r, team: str, spec=None):
     spec = spec or fixed.demo_spec()
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     return create_submission(r, team=team, data=data, spec=spec, phase="feedback", backend="process")
 
 
@@ -263,7 +264,7 @@ async def test_a_held_refund_and_an_expired_log_are_said_so(r):
     """A refund past the team's daily cap waits for an organizer: the submissions view and the detail
     say so (and `refund:held` filters for them); a job whose log expired after the spec's retention says
     that its log is gone instead of showing an empty log."""
-    from competition import lifecycle
+    from runtime import lifecycle
 
     spec = fixed.demo_spec()
     r.set(keys.spec(spec.hash), spec.to_json())

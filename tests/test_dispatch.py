@@ -14,13 +14,15 @@ from pathlib import Path
 
 from rq import Queue, Worker
 
+from artifacts import archive
 from baselines.catalogue import all_problems
-from competition import artifacts, dispatch, service
-from competition.spec import load
+from competition import service
 from competition.submit import create_submission
 from gateway import metrics
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
+from runtime import dispatch
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.dispatch_helpers import RAN
 from tests.waiting import wait_for
@@ -119,7 +121,7 @@ def test_a_submission_is_enqueued_longest_problem_first_by_the_cost_table(r, mon
     # This machine's table says: alphabetical order is cheapest first.
     costs = {p: float(i + 1) for i, p in enumerate(sorted(problems))}
     dispatch.save_table({"spec": "demo", "seconds_per_eval": costs}, dispatch.measured_path("demo"))
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     create_submission(r, team="gamma", data=data, spec=spec, phase="feedback", backend="process")
     queue = Queue(keys.team_queue("gamma"), connection=rq_connection())
     order = [queue.fetch_job(j).args[0]["problem"] for j in queue.job_ids]

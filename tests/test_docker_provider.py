@@ -23,6 +23,7 @@ import uuid
 import docker
 import pytest
 
+from artifacts import archive
 from autoscaler.daemon import Daemon
 from autoscaler.policy import PolicyConfig
 from autoscaler.providers import ProviderError, QuotaExceeded, make
@@ -34,11 +35,11 @@ from autoscaler.providers.docker import (
     machines_key,
     store_id,
 )
-from competition import artifacts, recovery
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import SubmissionState
+from runtime import recovery
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.scoring_helpers import PROBLEM, tiny_spec
@@ -122,7 +123,7 @@ def test_workers_join_score_in_a_sibling_sandbox_drain_warmly_and_outlive_the_pr
 
     # A real job: one study of a slow-thinking optimizer, its sandbox a sibling container on this engine.
     spec = tiny_spec()
-    data = artifacts.pack(SUBMISSIONS / "sleepy", spec.submission)
+    data = archive.pack(SUBMISSIONS / "sleepy", spec.submission)
     sub = create_submission(r, team="dock", data=data, spec=spec, phase="feedback", backend="docker")
 
     def busy_worker():
@@ -199,7 +200,7 @@ def test_the_daemon_grows_a_container_fleet_for_a_job_and_drains_it_back_to_zero
     )
     daemon = Daemon(r, provider, config, fleet=provider.fleet)
     spec = tiny_spec()
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     sub = create_submission(r, team="dock", data=data, spec=spec, phase="feedback", backend="docker")
 
     report = daemon.step()
@@ -229,7 +230,7 @@ def test_deleting_a_busy_worker_removes_it_and_its_sandboxes_at_once(r, make_pro
     provider = make_provider(cap=1)
     (name,) = provider.create(1)
     spec = tiny_spec()
-    data = artifacts.pack(SUBMISSIONS / "sleepy", spec.submission)
+    data = archive.pack(SUBMISSIONS / "sleepy", spec.submission)
     create_submission(r, team="dock", data=data, spec=spec, phase="feedback", backend="docker")
     engine = docker.from_env()
 
@@ -243,8 +244,8 @@ def test_deleting_a_busy_worker_removes_it_and_its_sandboxes_at_once(r, make_pro
 
 
 def test_a_tcp_redis_on_loopback_is_reached_over_host_networking(worker_image, state_dir, tmp_path):
-    from competition.redis_server import redis_server_binary
     from queue_schema.connection import connect
+    from runtime.redis_server import redis_server_binary
 
     port = free_port()
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]

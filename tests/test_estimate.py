@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import admin
-from competition import dispatch
+from runtime import dispatch
 
 TINY = """
 name = "tiny"

@@ -11,15 +11,16 @@ import pytest
 from rq import Queue
 from typer.testing import CliRunner
 
+from artifacts import archive
 from baselines import ranking
 from cli import admin, final_cmd
-from competition import artifacts, audit, final, quotas, scores, service, teams
-from competition.spec import Spec
+from competition import audit, final, quotas, scores, service, teams
 from competition.submit import create_submission
 from gateway.app import LEADERBOARD_CACHE_S, create_app
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission
+from runtime.spec import Spec
 from tests.conftest import SUBMISSIONS
 from tests.live_server import serving
 from tests.test_rescore import ROOT, burst_worker, quick_spec
@@ -54,7 +55,7 @@ def as_alpha(server, r, tmp_path, monkeypatch):
 
 def submit(r, team: str, folder) -> str:
     spec = final_spec()
-    data = artifacts.pack(folder, spec.submission)
+    data = archive.pack(folder, spec.submission)
     return create_submission(r, team=team, data=data, spec=spec, phase="feedback", backend="process").id
 
 

@@ -14,13 +14,15 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from competition import artifacts, lifecycle, teams
-from competition.spec import load
+from artifacts import archive
+from competition import teams
 from gateway.app import create_app
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import transition
 from queue_schema.states import FailureCause, SubmissionState
+from runtime import lifecycle
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 
 with warnings.catch_warnings():
@@ -38,7 +40,7 @@ def _spec(quota: int = 2, max_zip_mb: int = 1):
 
 @pytest.fixture(scope="module")
 def good_zip() -> bytes:
-    return artifacts.pack(SUBMISSIONS / "random_search", load("demo").submission)
+    return archive.pack(SUBMISSIONS / "random_search", load("demo").submission)
 
 
 @pytest.fixture()

@@ -27,9 +27,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from competition import artifacts, service, teams
-from competition.spec import load
+from artifacts import archive
+from competition import service, teams
 from gateway.app import create_app
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 
 with warnings.catch_warnings():
@@ -70,7 +71,7 @@ def api(redis_server: str) -> Iterator[Api]:
     spec = dataclasses.replace(spec, submission=rules)
     token = teams.add_team(r, "fuzzers")
     teams.add_team(r, "others")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     # Real submissions, so that fuzzed ids sometimes hit existing records (ours and another team's).
     ids = [service.submit(r, "fuzzers", data, "a.zip", spec).id for _ in range(2)]
     ids.append(service.submit(r, "others", data, "b.zip", spec).id)

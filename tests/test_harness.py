@@ -128,14 +128,14 @@ def test_process_backend_refused_without_opt_in(monkeypatch):
 
 @pytest.mark.usefixtures("state_dir", "unsafe_ok")
 def test_host_loads_a_starter_kit_zip_directly(small_spec, tmp_path):
-    from competition import artifacts
+    from artifacts import archive
     from workers.optimizer_process import LaunchSpec
 
-    archive = tmp_path / "upload.zip"
-    archive.write_bytes(artifacts.pack(SUBMISSIONS / "bundled_module", small_spec.submission))
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(archive.pack(SUBMISSIONS / "bundled_module", small_spec.submission))
     launch = select("process").launch(SUBMISSIONS / "random_search", small_spec.limits)
     zipped = LaunchSpec(
-        argv=[*launch.argv[:-1], str(archive)], env=launch.env, cwd=launch.cwd, cleanup=launch.cleanup
+        argv=[*launch.argv[:-1], str(upload)], env=launch.env, cwd=launch.cwd, cleanup=launch.cleanup
     )
     proc = OptimizerProcess(zipped).start()
     result = run_one_study(proc, "DT-iris-acc", 0, small_spec, {"backend": "process"}, lambda line: None)

@@ -20,15 +20,16 @@ import uuid
 import pytest
 import yaml
 
+from artifacts import archive
 from autoscaler.daemon import DRAIN_EXIT_GRACE_S, Daemon
 from autoscaler.policy import PolicyConfig
 from autoscaler.providers import ProviderError, QuotaExceeded, make
 from autoscaler.providers.cloud_init import ENV_FILE, user_data
 from autoscaler.providers.hcloud import HcloudProvider, store_hash
-from competition import artifacts, recovery
-from competition.spec import load
 from competition.submit import create_submission
 from queue_schema import keys
+from runtime import recovery
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.fake_hcloud import FakeHcloud, make_app
 from tests.live_server import serving
@@ -385,7 +386,7 @@ def daemon_config(**changes) -> PolicyConfig:
 def test_the_daemon_creates_servers_for_queued_jobs(make_provider, fake, fleet, r):
     r.delete(keys.lock(recovery.REAPER_LOCK))
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     create_submission(r, team="hc", data=data, spec=spec, phase="feedback", backend="process")
     provider = make_provider(cap=2)
     daemon = Daemon(r, provider, daemon_config(), fleet=fleet)

@@ -1,5 +1,5 @@
-"""Hostile archives through the real intake (`artifacts.check`) and the worker's extraction
-(`artifacts.extract`, called as workers/job.py calls it): every failure the archive's bytes cause is the
+"""Hostile archives through the real intake (`archive.check`) and the worker's extraction
+(`archive.extract`, called as workers/job.py calls it): every failure the archive's bytes cause is the
 team's `InvalidSubmission` with a safe message, refused before a byte is written; only our own disk's
 failures escape as OSError. Then property-based tests of the checker over random names, sizes, layouts,
 truncations and End Of Central Directory fields."""
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from competition import artifacts, zip_checks
-from competition.spec import SubmissionRules
+from artifacts import archive, zip_checks
+from runtime.spec import SubmissionRules
 from tests.conftest import SUBMISSIONS
 from tests.zip_helpers import Raw, raw_zip
 
@@ -34,16 +34,16 @@ OPT = Raw("optimizer.py", b"x = 1\n")
 
 
 def extract_as_the_worker(data: bytes, work: Path, rules: SubmissionRules = RULES) -> Path:
-    return artifacts.extract(data, work / "submission", rules)
+    return archive.extract(data, work / "submission", rules)
 
 
 def refused(data: bytes, tmp_path: Path, reason: str) -> str:
     """Refused at intake and by the worker's extraction with `reason`, and nothing was written."""
-    with pytest.raises(artifacts.InvalidSubmission) as intake:
-        artifacts.check(data, RULES)
+    with pytest.raises(archive.InvalidSubmission) as intake:
+        archive.check(data, RULES)
     assert reason in str(intake.value), str(intake.value)
     work = tmp_path / "work"
-    with pytest.raises(artifacts.InvalidSubmission) as worker:
+    with pytest.raises(archive.InvalidSubmission) as worker:
         extract_as_the_worker(data, work)
     assert str(worker.value) == str(intake.value)
     assert not work.exists()  # refused before anything was written
@@ -131,11 +131,11 @@ def test_what_extraction_raised_on_the_landed_code_is_now_refused_before_writing
     }
     for name, entries in cases.items():
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
             for entry, data in entries:
-                archive.writestr(entry, data)
+                out.writestr(entry, data)
         work = tmp_path / f"case{len(name)}"
-        with pytest.raises(artifacts.InvalidSubmission):
+        with pytest.raises(archive.InvalidSubmission):
             extract_as_the_worker(buffer.getvalue(), work)
         assert not work.exists()
 
@@ -149,16 +149,16 @@ def test_an_archive_that_crashed_extraction_fails_its_submission_as_invalid_and_
     from rq import Queue
 
     from competition import quotas
-    from competition.spec import load
     from competition.submit import create_submission
     from queue_schema import keys
     from queue_schema.connection import rq_connection
     from queue_schema.ids import artifact_digest
     from queue_schema.records import load_submission
+    from runtime.spec import load
     from workers.job import score_problem
 
     spec = load("demo")
-    good = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    good = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     source = (SUBMISSIONS / "random_search" / "optimizer.py").read_bytes()
     cases = {
         "a 300-character name": ([("a" * 300, b"x")], "the limit is 255"),
@@ -168,12 +168,12 @@ def test_an_archive_that_crashed_extraction_fails_its_submission_as_invalid_and_
     }
     for name, (entries, reason) in cases.items():
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("optimizer.py", source)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+            out.writestr("optimizer.py", source)
             for entry, data in entries:
-                archive.writestr(entry, data)
+                out.writestr(entry, data)
         hostile = buffer.getvalue()
-        artifacts.store(r, artifacts.Artifact(artifact_digest(hostile), hostile, 1 + len(entries), 0))
+        archive.store(r, archive.Artifact(artifact_digest(hostile), hostile, 1 + len(entries), 0))
         sub = create_submission(r, team="t", data=good, spec=spec, phase="feedback", backend="process")
         first = sorted(r.smembers(keys.submission_jobs(sub.id, 1)))[0]
         payload = Queue(keys.team_queue("t"), connection=rq_connection()).fetch_job(first).args[0]
@@ -204,8 +204,8 @@ def test_corrupt_and_lying_data_is_refused_at_intake_and_never_inflated_past_its
     payload = big.compress(b"x = 1\n") + b"".join(big.compress(block) for _ in range(256)) + big.flush()
     lying = raw_zip([Raw("optimizer.py", b"x = 1\n", payload=payload, file_size=6)])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(artifacts.InvalidSubmission, match="'optimizer.py' is larger than it claims"):
-        artifacts.check(lying, RULES)
+    with pytest.raises(archive.InvalidSubmission, match="'optimizer.py' is larger than it claims"):
+        archive.check(lying, RULES)
     # The worker never gets it; were it stored before this check existed, it writes the declared bytes.
     root = extract_as_the_worker(lying, tmp_path)
     assert (root / "optimizer.py").read_bytes() == b"x = 1\n"
@@ -225,15 +225,15 @@ def test_corrupt_and_lying_data_is_refused_at_intake_and_never_inflated_past_its
     }
     for name, (entry, reason) in cases.items():
         data = raw_zip([OPT, entry])
-        with pytest.raises(artifacts.InvalidSubmission) as intake:
-            artifacts.check(data, RULES)
+        with pytest.raises(archive.InvalidSubmission) as intake:
+            archive.check(data, RULES)
         assert reason in str(intake.value), (name, str(intake.value))
         # The worker's extraction (no separate verification pass) refuses what it cannot read, or writes
         # exactly the declared bytes; never another exception.
         work = tmp_path / name.replace(" ", "_")
         try:
             root = extract_as_the_worker(data, work)
-        except artifacts.InvalidSubmission:
+        except archive.InvalidSubmission:
             continue
         assert (root / "d.bin").stat().st_size == entry.file_size or entry.file_size is None, name
 
@@ -264,7 +264,7 @@ def _eocd(data: bytes) -> int:
 
 def test_the_end_record_is_checked_before_the_central_directory_is_parsed(tmp_path):
     good = raw_zip([OPT, Raw("a.py", b"a = 1\n")])
-    assert artifacts.check(good, RULES).files == 2
+    assert archive.check(good, RULES).files == 2
 
     def patched(field_format: str, offset: int, value: int) -> bytes:
         data = bytearray(good)
@@ -297,8 +297,8 @@ def test_the_end_record_is_checked_before_the_central_directory_is_parsed(tmp_pa
 
 def test_the_zip64_end_record_is_read_and_checked_too(tmp_path):
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("optimizer.py", b"x = 1\n")
+    with zipfile.ZipFile(buffer, "w") as out:
+        out.writestr("optimizer.py", b"x = 1\n")
     classic = buffer.getvalue()
     position = _eocd(classic)
     _, _, _, here, total, cd_size, cd_offset, _ = struct.unpack_from("<4s4H2LH", classic, position)
@@ -309,7 +309,7 @@ def test_the_zip64_end_record_is_read_and_checked_too(tmp_path):
         end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
         return classic[:position] + record + locator + end
 
-    assert artifacts.check(zip64(total, cd_size, cd_offset), RULES).files == 1  # a true zip64 record
+    assert archive.check(zip64(total, cd_size, cd_offset), RULES).files == 1  # a true zip64 record
     refused(zip64(10**9, cd_size, cd_offset), tmp_path / "a", "1000000000 entries; the limit is 20")
     refused(zip64(total, 2**40, cd_offset), tmp_path / "b", "central directory of")
     refused(zip64(total, cd_size, 2**40), tmp_path / "c", "not where its end record says")
@@ -318,24 +318,24 @@ def test_the_zip64_end_record_is_read_and_checked_too(tmp_path):
 def test_archives_written_by_common_tools_are_accepted_and_extracted(tmp_path):
     folder = SUBMISSIONS / "bundled_module"
     made = {
-        "zipfile deflated": artifacts.pack(folder, RULES),
+        "zipfile deflated": archive.pack(folder, RULES),
         "zip -r": _zip_cli(folder, tmp_path / "cli.zip"),
         "make_archive": Path(shutil.make_archive(str(tmp_path / "ma"), "zip", folder)).read_bytes(),
     }
     streamed = io.BytesIO()
-    with zipfile.ZipFile(_Unseekable(streamed), "w", zipfile.ZIP_DEFLATED) as archive:  # data descriptors
+    with zipfile.ZipFile(_Unseekable(streamed), "w", zipfile.ZIP_DEFLATED) as out:  # data descriptors
         for path in sorted(folder.iterdir()):
-            archive.write(path, path.name)
+            out.write(path, path.name)
     made["streamed, with data descriptors"] = streamed.getvalue()
     stored = io.BytesIO()
-    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as out:
         for path in sorted(folder.iterdir()):
-            archive.write(path, f"caf\u00e9/{path.name}" if path.name != "optimizer.py" else path.name)
+            out.write(path, f"caf\u00e9/{path.name}" if path.name != "optimizer.py" else path.name)
     made["stored, non-ASCII folder"] = stored.getvalue()
     for name, data in made.items():
         if data is None:
             continue
-        artifact = artifacts.check(data, RULES)
+        artifact = archive.check(data, RULES)
         assert artifact.files >= 2, name
         root = extract_as_the_worker(data, tmp_path / name.replace(" ", "_"))
         assert (root / "optimizer.py").read_bytes() == (folder / "optimizer.py").read_bytes(), name
@@ -371,23 +371,23 @@ def test_a_full_disk_while_extracting_is_ours_not_the_teams(tmp_path):
     try:
         rules = SubmissionRules(max_zip_mb=4, max_unpacked_mb=8, max_files=20)
         data = raw_zip([OPT, Raw("weights.bin", os.urandom(3 * MIB), method=0)])
-        artifacts.check(data, rules)  # a good archive
+        archive.check(data, rules)  # a good archive
         with pytest.raises(OSError) as info:
-            artifacts.extract(data, small / "submission", rules)
-        assert not isinstance(info.value, artifacts.InvalidSubmission)
+            archive.extract(data, small / "submission", rules)
+        assert not isinstance(info.value, archive.InvalidSubmission)
         assert info.value.errno == errno.ENOSPC
         subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
         with pytest.raises(OSError) as info:
-            artifacts.extract(raw_zip([OPT]), small / "other", rules)
-        assert info.value.errno == errno.EROFS and not isinstance(info.value, artifacts.InvalidSubmission)
+            archive.extract(raw_zip([OPT]), small / "other", rules)
+        assert info.value.errno == errno.EROFS and not isinstance(info.value, archive.InvalidSubmission)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 def test_extraction_does_not_parse_the_source_and_intake_does(tmp_path):
     data = raw_zip([Raw("optimizer.py", b"def f(:\n")])
-    with pytest.raises(artifacts.InvalidSubmission, match="syntax error in optimizer.py line 1"):
-        artifacts.check(data, RULES)
+    with pytest.raises(archive.InvalidSubmission, match="syntax error in optimizer.py line 1"):
+        archive.check(data, RULES)
     # The worker leaves the syntax to the sandbox host, which reports it with the team's line number.
     root = extract_as_the_worker(data, tmp_path)
     assert (root / "optimizer.py").read_bytes() == b"def f(:\n"
@@ -463,14 +463,14 @@ def test_the_checker_raises_only_invalid_submission_and_what_it_accepts_extracts
         outer = Path(scratch)
         accepted = None
         try:
-            accepted = artifacts.check(data, RULES)
-        except artifacts.InvalidSubmission as exc:
+            accepted = archive.check(data, RULES)
+        except archive.InvalidSubmission as exc:
             assert str(exc).isprintable()
         event("accepted" if accepted is not None else "refused")
         root = outer / "work" / "submission"
         try:
-            artifacts.extract(data, root, RULES)
-        except artifacts.InvalidSubmission:
+            archive.extract(data, root, RULES)
+        except archive.InvalidSubmission:
             assert accepted is None, "intake accepted what the worker's extraction refuses"
         written = _everything_under(outer)
         # Nothing outside the destination, no link, within the limits (also after a refusal half-way).
@@ -505,5 +505,5 @@ def test_random_end_record_fields_are_refused_or_consistent(fields, comment):
         return
     assert end.cd_offset + end.cd_size == position  # accepted: the directory is exactly where it is
     assert end.entries <= RULES.max_files and end.cd_size <= end.entries * zip_checks.MAX_CD_RECORD
-    with contextlib.suppress(artifacts.InvalidSubmission):
-        artifacts.check(data, RULES)
+    with contextlib.suppress(archive.InvalidSubmission):
+        archive.check(data, RULES)

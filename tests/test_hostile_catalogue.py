@@ -10,13 +10,13 @@ import dataclasses
 
 import pytest
 
+from artifacts import archive
 from bench import hostile
-from competition import artifacts
-from competition.spec import load
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission
+from runtime.spec import load
 from workers.fair_worker import FairSimpleWorker
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")
@@ -32,7 +32,7 @@ def _spec():
 @pytest.mark.parametrize("upload", hostile.UPLOADS, ids=lambda upload: upload.name)
 def test_every_hostile_upload_is_refused_at_intake_and_stores_nothing(r, upload):
     spec = _spec()
-    with pytest.raises(artifacts.InvalidSubmission):
+    with pytest.raises(archive.InvalidSubmission):
         create_submission(r, team="t", data=upload.build(), spec=spec, phase="feedback", backend="process")
     assert r.dbsize() == 0
 

@@ -21,10 +21,10 @@ import pytest
 import uvicorn
 
 from competition import quotas, teams
-from competition.spec import load
 from gateway.app import create_app
 from gateway.http_limits import GuardedHttpToolsProtocol
 from queue_schema import keys
+from runtime.spec import load
 from tests.live_server import ServedGateway, free_port, push_until_answered, served_gateway
 from tests.test_bundled_wheels import make_wheel
 from tests.waiting import wait_for

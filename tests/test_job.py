@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from competition import artifacts
-from competition.spec import load
+from artifacts import archive
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import ScoreJob
 from queue_schema.records import load_submission, read_events, read_job_log
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from workers.fair_worker import FairSimpleWorker
 from workers.job import score_problem
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("unsafe_ok")
 
 def submit(r, folder: str):
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    data = archive.pack(SUBMISSIONS / folder, spec.submission)
     return create_submission(r, team="t", data=data, spec=spec, phase="feedback", backend="process"), spec
 
 
@@ -87,7 +87,7 @@ def test_a_stale_job_of_an_old_score_version_does_nothing(r):
 
 def test_final_phase_runs_in_chunks_and_scores_once(r):
     spec = load("demo")
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     sub = create_submission(r, team="t", data=data, spec=spec, phase="final", backend="process")
     assert len(r.smembers(keys.submission_jobs(sub.id, 1))) == 4 * 2  # 4 problems x 2 chunks of 2 studies
     work()
@@ -104,7 +104,7 @@ def test_missing_baseline_is_a_clear_error_before_anything_is_stored(r, tmp_path
     custom = tmp_path / "mine.toml"
     custom.write_text(text.replace('name = "demo"', 'name = "mine"'))
     spec = load(custom)
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     with pytest.raises(BaselineError, match="bbo admin baselines build --spec mine"):
         create_submission(r, team="t", data=data, spec=spec, phase="feedback", backend="process")
     assert r.dbsize() == 0

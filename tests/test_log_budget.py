@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from competition.spec import load
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission, read_job_log
+from runtime.spec import load
 from workers.fair_worker import FairSimpleWorker
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")

@@ -263,7 +263,7 @@ def test_flood_leaves_the_worker_memory_bounded(state_dir):
 
 STUDY_IN_A_PROCESS = """
 import sys
-from competition.spec import load
+from runtime.spec import load
 from workers.harness import run_one_study
 from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import select

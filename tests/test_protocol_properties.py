@@ -329,10 +329,10 @@ def test_a_maximal_study_is_stored_within_the_bound(spec_name):
     import random
 
     from baselines.objective import SeededProblem
-    from competition.provenance import scoring_packages, study_seeds
-    from competition.spec import load
     from queue_schema.payloads import StudyResult
     from queue_schema.states import StudyState
+    from runtime.provenance import scoring_packages, study_seeds
+    from runtime.spec import load
 
     spec = load(spec_name)
     problems = sorted({p for phase in spec.phases.values() for p in phase.problems})

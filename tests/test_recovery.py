@@ -28,16 +28,18 @@ from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from competition import artifacts, recovery, scores, service
-from competition.recovery import reap
-from competition.redis_server import EmbeddedRedis
-from competition.spec import load
+from artifacts import archive
+from competition import scores, service
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients, rq_connection
 from queue_schema.payloads import JobHeartbeat, ScoreJob
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import FailureCause, SubmissionState
+from runtime import recovery
+from runtime.recovery import reap
+from runtime.redis_server import EmbeddedRedis
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.waiting import wait_for
 from workers.heartbeat import JobBeat, WorkerHeartbeat
@@ -53,7 +55,7 @@ def _no_leftover_reaper_lock(r):
 
 def submit(r, folder: str = "random_search", spec=None, team: str = "t"):
     spec = spec or load("demo")
-    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    data = archive.pack(SUBMISSIONS / folder, spec.submission)
     return create_submission(r, team=team, data=data, spec=spec, phase="feedback", backend="process")
 
 
@@ -106,7 +108,7 @@ def test_a_started_job_nobody_runs_is_requeued_at_the_front_once(r):
 
 
 def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_requeued(r):
-    from competition import dispatch
+    from runtime import dispatch
 
     conn = rq_connection()
     sub = submit(r)
@@ -434,7 +436,7 @@ def test_an_accepted_submission_survives_a_crash_of_the_store(redis_server):
         r = connect(store.url)
         assert r.config_get("appendfsync") == {"appendfsync": "always"}
         spec = load("demo")
-        data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+        data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
         accepted = service.submit(r, "durable", data, "rs.zip", spec, backend="process")
         store.process.send_signal(signal.SIGKILL)  # no shutdown, no final flush
         store.process.wait(10)
@@ -444,7 +446,7 @@ def test_an_accepted_submission_survives_a_crash_of_the_store(redis_server):
         again = load_submission(r, accepted.id)
         assert again is not None and again.state == SubmissionState.QUEUED
         assert again.model_dump(exclude={"updated_at"}) == accepted.model_dump(exclude={"updated_at"})
-        assert artifacts.fetch(rq_connection(store.url), accepted.artifact_sha256) == data
+        assert archive.fetch(rq_connection(store.url), accepted.artifact_sha256) == data
         jobs = r.smembers(keys.submission_jobs(accepted.id, 1))
         assert len(jobs) == len(spec.phases["feedback"].problems)
         conn = rq_connection(store.url)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from competition.redis_server import EmbeddedRedis, ensure_redis
 from queue_schema.connection import connect, reset_clients
+from runtime.redis_server import EmbeddedRedis, ensure_redis
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def test_configuration_and_persistence_across_owners(private_state):
 def test_second_process_connects_to_the_running_server(private_state):
     with EmbeddedRedis() as server:
         code = (
-            "from competition.redis_server import ensure_redis\n"
+            "from runtime.redis_server import ensure_redis\n"
             "from queue_schema.connection import connect\n"
             "with ensure_redis() as url: connect(url).set('from_child', '1'); print(url)\n"
         )

@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from competition import audit, provenance, scores
+from competition import audit, scores
 from competition.reproduce import ReproduceError, first_mismatch, reproduce
 from queue_schema import keys
 from queue_schema.records import read_studies
+from runtime import provenance
 from tests.scoring_helpers import PROBLEM, score_tiny, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")

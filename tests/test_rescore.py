@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from competition import artifacts, audit, quotas, rescore, scores, service, teams
-from competition.spec import Spec, load
+from artifacts import archive
+from competition import audit, quotas, rescore, scores, service, teams
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import StudyResult
 from queue_schema.records import load_submission, start_score_version, write_study
 from queue_schema.states import StudyState, SubmissionState
+from runtime.spec import Spec, load
 from tests.conftest import SUBMISSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def burst_worker(redis_url: str, timeout: float = 600) -> None:
 
 
 def submit(r, spec: Spec, team: str, folder: str = "random_search"):
-    data = artifacts.pack(SUBMISSIONS / folder, spec.submission)
+    data = archive.pack(SUBMISSIONS / folder, spec.submission)
     return create_submission(r, team=team, data=data, spec=spec, phase="feedback", backend="process")
 
 

@@ -120,11 +120,11 @@ def test_random_search_same_losses_as_process_backend(backend, small_spec, state
 
 
 def test_starter_kit_zip_given_directly(backend, small_spec, tmp_path):
-    from competition import artifacts
+    from artifacts import archive
 
-    archive = tmp_path / "upload.zip"
-    archive.write_bytes(artifacts.pack(SUBMISSIONS / "bundled_module", small_spec.submission))
-    result, lines = run(backend, archive, small_spec)
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(archive.pack(SUBMISSIONS / "bundled_module", small_spec.submission))
+    result, lines = run(backend, upload, small_spec)
     assert not isinstance(result, BaseException), (result, lines[-10:])
     assert result.state == StudyState.COMPLETE
 
@@ -136,7 +136,7 @@ def test_starter_kit_zip_given_directly(backend, small_spec, tmp_path):
 def probe_run(backend, state_dir, tmp_path_factory):
     """The probe optimizer once, with a TCP service on the host's loopback, a unix socket in the state
     folder (where the embedded Redis puts its socket), an abstract unix socket, and host files to find."""
-    from competition.spec import load
+    from runtime.spec import load
 
     spec = load("demo")
     limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)
@@ -279,7 +279,7 @@ def test_seccomp_refuses_namespaces_and_keyrings_but_not_threads_or_processes(pr
 
 
 def test_rlimits_inside(probe_run, backend):
-    from competition.spec import load
+    from runtime.spec import load
 
     limits = load("demo").limits
     inside = probe_run[1]["limits"]

@@ -128,7 +128,7 @@ def probe_run(backend, tmp_path_factory):
 
 
 def _probe(backend, tmp_path: Path):
-    from competition.spec import load
+    from runtime.spec import load
 
     spec = load("demo")
     limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)

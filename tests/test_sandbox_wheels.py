@@ -2,7 +2,7 @@
 finding 7: pip unpacked a wheel that is a zip bomb without a limit, and ran the setup.py of an sdist or a
 folder named in requirements.txt). Real bubblewrap and docker, wheels and sdists written by the tests.
 
-The intake refuses most of this already (competition/bundled.py); these go straight to the backends'
+The intake refuses most of this already (artifacts/bundled.py); these go straight to the backends'
 `prepare`, as a submission that got past the intake would.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from competition import artifacts
+from artifacts import archive
 from queue_schema.states import StudyState
 from tests.conftest import SUBMISSIONS
 from tests.sandbox_helpers import run_launched, write_sdist, write_wheel
@@ -101,7 +101,7 @@ def starter_kit(tmp_path_factory) -> Path:
     """The starter kit's layout, zipped and unpacked as a worker does: optimizer.py, two wheels (one new
     package depending on numpy, which the image has, with a console script; one a newer version of a
     preinstalled package) and requirements.txt naming both."""
-    from competition.spec import load
+    from runtime.spec import load
 
     rules = load("demo").submission
     folder = tmp_path_factory.mktemp("kit") / "kit"
@@ -112,8 +112,8 @@ def starter_kit(tmp_path_factory) -> Path:
     write_wheel(folder, "bbo-tiny-dep", "0.1.0", files, requires=("numpy>=1.20",))
     write_wheel(folder, "colorlog", "99.0", {"colorlog/__init__.py": "BUNDLED = 'bundled 99.0'\n"})
     (folder / "requirements.txt").write_text("bbo-tiny-dep==0.1.0\ncolorlog==99.0\n")
-    data = artifacts.pack(folder, rules)
-    return artifacts.extract(data, tmp_path_factory.mktemp("unpacked") / "submission", rules)
+    data = archive.pack(folder, rules)
+    return archive.extract(data, tmp_path_factory.mktemp("unpacked") / "submission", rules)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def plain_losses(state_dir, small_spec_module):
 def small_spec_module():
     import dataclasses
 
-    from competition.spec import load
+    from runtime.spec import load
 
     spec = load("demo")
     limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from competition.redis_server import redis_server_binary
+from runtime.redis_server import redis_server_binary
 from tests.live_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

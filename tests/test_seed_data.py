@@ -9,14 +9,16 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from artifacts import archive
 from autoscaler.daemon import read_status
 from bench.seed_data import FAILURE_MESSAGES, seed, seed_spec
-from competition import artifacts, dispatch, scores, service, teams
+from competition import scores, service, teams
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission, read_events, transition
 from queue_schema.states import SubmissionState
+from runtime import dispatch
 from tests.conftest import SUBMISSIONS
 
 NOW = 1_700_000_000.0
@@ -101,7 +103,7 @@ def test_detail_of_a_scored_submission_is_real(r, seeded) -> None:
 
 def test_seeded_shapes_match_the_real_writers(r, seeded) -> None:
     spec = seed_spec()
-    data = artifacts.pack(SUBMISSIONS / "random_search", spec.submission)
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     teams.add_team(r, "real-one")
     real = create_submission(r, team="real-one", data=data, spec=spec, phase="feedback", backend="docker")
     queued = next(s for s in _all(r) if s.state == SubmissionState.QUEUED and s.id != real.id)

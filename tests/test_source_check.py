@@ -15,8 +15,8 @@ import zipfile
 import psutil
 import pytest
 
-from competition import artifacts, source_check
-from competition.spec import SubmissionRules
+from artifacts import archive, source_check
+from runtime.spec import SubmissionRules
 
 RULES = SubmissionRules(max_zip_mb=4, max_unpacked_mb=16, max_files=20)  # max_source_kb: the default 1024
 
@@ -72,8 +72,8 @@ def test_the_inputs_that_broke_the_gateway_are_the_teams_invalid_submission():
         "a NUL byte": (b"x = 1\0\n", "null bytes"),
     }
     for name, (source, reason) in cases.items():
-        with pytest.raises(artifacts.InvalidSubmission) as caught:
-            artifacts.check(zipped(source), RULES)
+        with pytest.raises(archive.InvalidSubmission) as caught:
+            archive.check(zipped(source), RULES)
         assert reason in str(caught.value), (name, str(caught.value))
     grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grew < 30, f"the caller grew by {grew:.0f} MiB"
@@ -83,8 +83,8 @@ def test_a_source_past_the_memory_limit_is_refused_by_the_child_not_the_caller()
     rules = SubmissionRules(max_zip_mb=4, max_unpacked_mb=16, max_files=20, max_source_kb=4096)
     source = b"x=" + b"a," * 1_000_000 + b"\n"  # 2 MiB: about 1 GiB to compile, past the child's 512 MiB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(artifacts.InvalidSubmission, match="too complex to parse within the limits"):
-        artifacts.check(zipped(source, zipfile.ZIP_STORED), rules)  # stored: no ratio to refuse it
+    with pytest.raises(archive.InvalidSubmission, match="too complex to parse within the limits"):
+        archive.check(zipped(source, zipfile.ZIP_STORED), rules)  # stored: no ratio to refuse it
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 30
 
 
@@ -94,13 +94,13 @@ def test_ordinary_and_data_heavy_sources_up_to_the_limit_are_accepted():
         ("DATA = [" + ", ".join(["0.123456"] * 100_000) + "]\n").encode(),
     ):
         assert len(source) <= 1024 * 1024
-        assert artifacts.check(zipped(source), RULES).files == 1
+        assert archive.check(zipped(source), RULES).files == 1
 
 
 def test_a_child_past_its_wall_clock_is_killed_and_the_source_refused(monkeypatch):
     monkeypatch.setattr(source_check, "WALL_S", 0.05)
     started = time.monotonic()
-    with pytest.raises(artifacts.InvalidSubmission, match="too complex"):
+    with pytest.raises(archive.InvalidSubmission, match="too complex"):
         source_check.check_syntax(ordinary_source(1000 * 1024))  # 0.1 s of compiling
     assert time.monotonic() - started < 5
     assert not checkers(), "the child was left running"
@@ -132,4 +132,4 @@ def test_a_child_that_cannot_be_started_is_ours(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3.11")
     with pytest.raises(OSError) as caught:
         source_check.check_syntax(b"x = 1\n")
-    assert not isinstance(caught.value, artifacts.InvalidSubmission)
+    assert not isinstance(caught.value, archive.InvalidSubmission)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from competition.spec import SpecError, available, load
+from runtime.spec import SpecError, available, load
 
 GOOD = """
 name = "t"

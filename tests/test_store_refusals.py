@@ -23,10 +23,10 @@ import pytest
 import redis
 
 from competition import teams
-from competition.redis_server import EmbeddedRedis
 from gateway.app import create_app
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients
+from runtime.redis_server import EmbeddedRedis
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 

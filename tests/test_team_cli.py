@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from cli import team as team_cli
 from competition import service, teams
-from competition.spec import load
 from gateway.app import create_app
 from queue_schema.connection import rq_connection
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port, serving
 from workers.fair_worker import FairSimpleWorker

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from competition import artifacts, lifecycle, quotas, service, teams
-from competition.spec import load
+from artifacts import archive
+from competition import quotas, service, teams
 from queue_schema.records import read_events
 from queue_schema.states import FailureCause
+from runtime import lifecycle
+from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 
 
@@ -26,7 +28,7 @@ def _spec(quota: int = 2, **phase_window):
 
 @pytest.fixture(scope="module")
 def zip_bytes() -> bytes:
-    return artifacts.pack(SUBMISSIONS / "random_search", load("demo").submission)
+    return archive.pack(SUBMISSIONS / "random_search", load("demo").submission)
 
 
 def _all_redis_text(r) -> str:
@@ -128,7 +130,7 @@ def test_an_infrastructure_failure_is_refunded_a_team_failure_or_stop_is_not(r, 
 
 def test_a_rejected_archive_costs_nothing(r):
     spec = _spec(quota=1)
-    with pytest.raises(artifacts.InvalidSubmission):
+    with pytest.raises(archive.InvalidSubmission):
         service.submit(r, "alpha", b"not a zip", "a.zip", spec)
     assert quotas.remaining(r, "alpha", spec).remaining == 1
     assert r.dbsize() == 0

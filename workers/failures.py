@@ -14,10 +14,10 @@ from typing import Any
 import redis
 from rq.timeouts import BaseTimeoutException
 
-from competition import lifecycle
 from queue_schema.connection import connect
 from queue_schema.payloads import ScoreJob
 from queue_schema.states import OUR_OS_ERRNOS, FailureCause
+from runtime import lifecycle
 from workers.harness import SandboxInfrastructureError
 from workers.sandbox.base import SandboxUnavailable
 

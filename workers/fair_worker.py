@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import WorkerStatus
 
-from competition import dispatch
+from runtime import dispatch
 
 
 class FairQueues:

@@ -30,14 +30,14 @@ from typing import Any
 from bayesmark.experiment import run_study
 
 from baselines.objective import SeededProblem
-from competition.provenance import scoring_packages, study_seeds
-from competition.spec import Spec
 from queue_schema import protocol
 from queue_schema.payloads import StudyResult
 from queue_schema.seeds import optimizer_seed
 from queue_schema.states import FailureCause, StudyState
 from queue_schema.suggestions import OutOfSpace, Space, SpaceError, check_batch, compile_space
 from queue_schema.untrusted import safe_text
+from runtime.provenance import scoring_packages, study_seeds
+from runtime.spec import Spec
 from workers.optimizer_process import CallTimeout, OptimizerDied, OptimizerProcess, ProtocolViolation
 
 # A killed process reports -SIGKILL (137 through a container runtime); when we did not kill it, the

@@ -2,7 +2,7 @@
 
 - `WorkerHeartbeat`: a thread of the worker's main process publishes the worker's Heartbeat every few
   seconds (a hash with a TTL, plus the fleet index) and, through a fleet-wide lock, runs the reaper
-  (competition/recovery.py) on its turn.
+  (runtime/recovery.py) on its turn.
 - `JobBeat`: the running job's own heartbeat, refreshed by the job's watcher thread in the work horse.
 - A worker SIGKILLed mid-job must not leave its work horse running as an orphan: RQ no longer accounts
   for it and it would race the requeued run. So the horse asks the kernel for SIGKILL when its worker
@@ -28,10 +28,10 @@ from typing import Any
 
 import redis
 
-from competition import recovery
 from queue_schema import keys
 from queue_schema.payloads import Heartbeat, JobHeartbeat
 from queue_schema.settings import redis_url
+from runtime import recovery
 from workers.optimizer_process import LaunchSpec
 
 log = logging.getLogger("bbo.heartbeat")

@@ -20,14 +20,16 @@ from typing import Any
 
 from rq import get_current_job
 
-from competition import artifacts, lifecycle, scores
-from competition.spec import Spec, stored_spec
+from artifacts import archive
+from competition import scores
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from queue_schema.payloads import ScoreJob
 from queue_schema.records import finished_study_indices, load_submission, transition, write_study
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
+from runtime import lifecycle
+from runtime.spec import Spec, stored_spec
 from workers.failures import is_ours
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
 from workers.heartbeat import JobBeat, dying_with_parent
@@ -56,7 +58,7 @@ class ProblemRun:
         current = get_current_job()
         self.job_id = current.id if current else f"{job.submission_id}-local"
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        # The reaper requeues a started job whose heartbeat stops (competition/recovery.py).
+        # The reaper requeues a started job whose heartbeat stops (runtime/recovery.py).
         self.beat = JobBeat(self.r, self.job_id, current.worker_name if current else None)
         self.log = JobLog(self.r, self.job_id)
         self._stop = threading.Event()
@@ -132,9 +134,9 @@ class ProblemRun:
             backend = self._sandbox_when_ready(job.backend)
             if backend is None:
                 return {"status": "stopped"}
-            data = artifacts.fetch(rq_connection(), job.artifact_sha256)
+            data = archive.fetch(rq_connection(), job.artifact_sha256)
             with self._teams_bytes(FailureCause.INVALID_SUBMISSION, "the archive could not be unpacked"):
-                submission_dir = artifacts.extract(data, workdir / "submission", spec.submission)
+                submission_dir = archive.extract(data, workdir / "submission", spec.submission)
             with self._teams_bytes(FailureCause.INSTALL_FAILED, "the bundled requirements did not install"):
                 backend.prepare(submission_dir, spec.limits)
             describe = backend.describe()
@@ -179,7 +181,7 @@ class ProblemRun:
                     f"optimizer {result.suggest_time_s:.1f} s, objective {result.eval_time_s:.1f} s"
                 )
             return None
-        except artifacts.InvalidSubmission as exc:
+        except archive.InvalidSubmission as exc:
             lifecycle.fail(
                 self.r, job.submission_id, job.score_version, FailureCause.INVALID_SUBMISSION, str(exc)
             )
@@ -202,7 +204,7 @@ class ProblemRun:
         `cause`, so no team input can turn into a refunded infrastructure failure by crashing our code."""
         try:
             yield
-        except (artifacts.InvalidSubmission, InstallFailed):
+        except (archive.InvalidSubmission, InstallFailed):
             raise
         except Exception as exc:
             if is_ours(exc):

@@ -92,7 +92,7 @@ def _forget_dead_namesake(worker: Any) -> None:
     its job is requeued by the reaper as any dead worker's."""
     from rq import worker_registration
 
-    from competition.recovery import process_alive
+    from runtime.recovery import process_alive
 
     with contextlib.suppress(redis.RedisError):
         host, pid, death = (

@@ -32,8 +32,8 @@ from rq.command import send_shutdown_command
 
 from autoscaler.providers.base import Machine, ProviderError, QuotaExceeded
 from autoscaler.providers.cloud_init import MACHINE_NAME, check_redis_url, check_wheel_url, user_data
-from competition import recovery
 from queue_schema import keys
+from runtime import recovery
 
 TOKEN_ENV = "HCLOUD_TOKEN"
 # The Redis URL the servers use, when it differs from the daemon's own (a private address, say).

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Protocol
 
-from competition.spec import Limits
 from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
+from runtime.spec import Limits
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import uids
 

@@ -121,11 +121,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from competition.recovery import process_alive
-from competition.spec import Limits
 from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
+from runtime.recovery import process_alive
+from runtime.spec import Limits
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
 from workers.sandbox.base import (

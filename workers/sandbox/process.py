@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from competition.spec import Limits
 from queue_schema.settings import UNSAFE_SANDBOX_ENV, state_dir, unsafe_sandbox_allowed
+from runtime.spec import Limits
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox.base import THREAD_ENV, SandboxRefused
 

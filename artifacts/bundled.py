@@ -21,10 +21,10 @@ from __future__ import annotations
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from competition.spec import SubmissionRules
-from competition.zip_checks import MIB, Entry, InvalidSubmission, Listing, inspect, shown
+from artifacts.zip_checks import MIB, Entry, InvalidSubmission, Listing, inspect, shown
 from queue_schema.bundled_requirements import INSTALL_FILES, SDIST_SUFFIXES, line_problem, without_comment
 from queue_schema.untrusted import safe_text
+from runtime.spec import SubmissionRules
 
 MAX_INSTALL_FILE_BYTES = 64 * 1024
 MAX_INSTALL_LINES = 1000

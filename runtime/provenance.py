@@ -15,9 +15,9 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from competition.spec import Spec
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.seeds import eval_seed, optimizer_seed
+from runtime.spec import Spec
 
 # The harness's side of a study: bayesmark's loop and the objective (models and data) run with these.
 SCORING_PACKAGES = ("bayesmark", "numpy", "scipy", "scikit-learn")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 
-from competition.zip_checks import InvalidSubmission
+from artifacts.zip_checks import InvalidSubmission
 from queue_schema.untrusted import safe_text
 
 MEMORY_MB = 512

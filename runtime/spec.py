@@ -1,6 +1,6 @@
 """Competition specs: one version-controlled TOML file per competition, loaded, validated and hashed.
 
-A spec is addressed by name (a file shipped in `competition/specs/`) or by path. Its hash goes into every
+A spec is addressed by name (a file shipped in `runtime/specs/`) or by path. Its hash goes into every
 score, so a score always says under which rules it was computed.
 """
 

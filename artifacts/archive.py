@@ -1,10 +1,10 @@
 """Submission archives: pack a folder as the starter kit's prepare script does, check, store, extract.
 
-Checks happen on the bytes before anything is written (competition/zip_checks.py): the end record read by
+Checks happen on the bytes before anything is written (artifacts/zip_checks.py): the end record read by
 hand and bounded before the central directory is parsed, every entry's name, kind, sizes and data checked
 positively, then the starter-kit layout (optimizer.py at the top level, at most `max_source_kb`), the
-bundled wheels and requirement files (competition/bundled.py), and last the syntax of optimizer.py, which
-is compiled in a child process with limits (competition/source_check.py), never in the caller's.
+bundled wheels and requirement files (artifacts/bundled.py), and last the syntax of optimizer.py, which
+is compiled in a child process with limits (artifacts/source_check.py), never in the caller's.
 
 `check` is intake (the gateway, `bbo validate`, `bbo admin score`); `extract` is the worker's: the same
 structural checks without the source parse (the sandbox host reports a syntax error itself), then every
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import redis
 
-from competition import bundled, source_check
-from competition.spec import SubmissionRules
-from competition.zip_checks import MAX_RATIO, Entry, InvalidSubmission, Listing, inspect, read_chunks, shown
+from artifacts import bundled, source_check
+from artifacts.zip_checks import MAX_RATIO, Entry, InvalidSubmission, Listing, inspect, read_chunks, shown
 from queue_schema import keys
 from queue_schema.ids import artifact_digest
 from queue_schema.states import OUR_OS_ERRNOS
+from runtime.spec import SubmissionRules
 
 __all__ = ["MAX_RATIO", "Artifact", "InvalidSubmission", "check", "extract", "fetch", "pack", "store"]
 

@@ -8,12 +8,12 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from competition.spec import SubmissionRules, stored_spec
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
 from queue_schema.records import load_submission, transition
 from queue_schema.states import ACTIVE_STATES, FailureCause, SubmissionState
+from runtime.spec import SubmissionRules, stored_spec
 
 
 def fail(r: redis.Redis, sid: str, version: int, cause: FailureCause, message: str) -> Submission | None:

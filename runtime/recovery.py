@@ -45,12 +45,12 @@ from rq.utils import parse_composite_key, utcparse
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from competition import lifecycle
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Heartbeat, ScoreJob
 from queue_schema.records import add_event, load_submission
 from queue_schema.states import ACTIVE_STATES, FailureCause
+from runtime import lifecycle
 
 log = logging.getLogger("bbo.recovery")
 
@@ -327,8 +327,8 @@ def _enqueue_missing_jobs(r: redis.Redis, now: float) -> list[str]:
     process that accepted or rescored them died before enqueueing them all. Enqueue the missing ones.
 
     ENQUEUE_GRACE_S leaves a live process time to finish enqueueing (milliseconds in practice)."""
-    from competition.spec import stored_spec
     from competition.submit import enqueue_jobs, expected_jobs
+    from runtime.spec import stored_spec
 
     ids = r.zrangebyscore(keys.submissions_index(), now - ORPHAN_WINDOW_S, now - ENQUEUE_GRACE_S)
     pipe = r.pipeline(transaction=False)

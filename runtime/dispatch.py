@@ -30,7 +30,7 @@ from queue_schema import keys
 from queue_schema.settings import state_dir
 
 if TYPE_CHECKING:
-    from competition.spec import Phase, Spec
+    from runtime.spec import Phase, Spec
 
 log = logging.getLogger("bbo.dispatch")
 
