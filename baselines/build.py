@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -56,6 +56,7 @@ from baselines.store import (  # noqa: F401  (re-exported: callers load what the
     FORMAT,
     GENERALIZATION,
     BaselineError,
+    BaselinePlan,
     Baselines,
     MissingBaseline,
     ProblemBaseline,
@@ -64,9 +65,6 @@ from baselines.store import (  # noqa: F401  (re-exported: callers load what the
 )
 from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
-
-if TYPE_CHECKING:
-    from runtime.spec import Spec
 
 OPTIMIZERS_DIR = Path(__file__).parent / "optimizers"
 RANDOM_SEARCH_FILE = OPTIMIZERS_DIR / "random_search" / "optimizer.py"
@@ -100,14 +98,14 @@ class Unit:
         )
 
 
-def strong_rounds(spec: Spec) -> int:
+def strong_rounds(plan: BaselinePlan) -> int:
     """Rounds of the strong run: the spec's setting (0 means 4 x rounds), rounded up to whole studies."""
-    wanted = spec.baselines.strong_rounds or 4 * spec.rounds
-    return int(math.ceil(wanted / spec.rounds) * spec.rounds)
+    wanted = plan.strong_rounds or 4 * plan.rounds
+    return int(math.ceil(wanted / plan.rounds) * plan.rounds)
 
 
-def seed_salt(spec: Spec) -> str:
-    return f"baseline-{spec.baselines.seed}"
+def seed_salt(plan: BaselinePlan) -> str:
+    return f"baseline-{plan.seed}"
 
 
 @cache
@@ -206,15 +204,13 @@ def _pin_threads() -> None:
 _limits = None
 
 
-def _units(spec: Spec) -> list[Unit]:
-    salt = seed_salt(spec)
-    strong = [
-        Unit("strong", p, STRONG_STUDY, strong_rounds(spec), spec.batch, salt) for p in spec.all_problems()
-    ]
+def _units(plan: BaselinePlan) -> list[Unit]:
+    salt = seed_salt(plan)
+    strong = [Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt) for p in plan.problems]
     rand = [
-        Unit("random", p, s, spec.rounds, spec.batch, salt)
-        for p in spec.all_problems()
-        for s in range(spec.baselines.random_studies)
+        Unit("random", p, s, plan.rounds, plan.batch, salt)
+        for p in plan.problems
+        for s in range(plan.random_studies)
     ]
     return strong + rand  # the long runs first, so that they do not finish last
 
@@ -247,20 +243,20 @@ def run_units(units: list[Unit], workers: int, progress: Progress | None = None)
     return results
 
 
-def _perf_array(spec: Spec, results: dict[Unit, np.ndarray], objective: int) -> xr.DataArray:
+def _perf_array(plan: BaselinePlan, results: dict[Unit, np.ndarray], objective: int) -> xr.DataArray:
     """bayesmark's (ITER, SUGGEST, TEST_CASE, METHOD, TRIAL) array of one objective's losses.
 
     The strong run is cut into studies of `rounds` rounds; as the array is dense, these fill as many
     strong methods as needed, and slots beyond the run hold +inf, which no minimum ever picks.
     """
-    problems = list(spec.all_problems())
-    n_trials = spec.baselines.random_studies
-    chunks = strong_rounds(spec) // spec.rounds
+    problems = list(plan.problems)
+    n_trials = plan.random_studies
+    chunks = strong_rounds(plan) // plan.rounds
     n_strong = math.ceil(chunks / n_trials)
     methods = [RANDOM_METHOD] + [
         f"{STRONG_METHOD}{i}" if n_strong > 1 else STRONG_METHOD for i in range(n_strong)
     ]
-    data = np.full((spec.rounds, spec.batch, len(problems), len(methods), n_trials), np.inf)
+    data = np.full((plan.rounds, plan.batch, len(problems), len(methods), n_trials), np.inf)
     for unit, evals in results.items():
         p = problems.index(unit.problem)
         if unit.kind == "random":
@@ -269,11 +265,11 @@ def _perf_array(spec: Spec, results: dict[Unit, np.ndarray], objective: int) -> 
         for chunk in range(chunks):
             method, trial = divmod(chunk, n_trials)
             data[:, :, p, 1 + method, trial] = evals[
-                chunk * spec.rounds : (chunk + 1) * spec.rounds, :, objective
+                chunk * plan.rounds : (chunk + 1) * plan.rounds, :, objective
             ]
     coords = {
-        ITER: np.arange(spec.rounds),
-        SUGGEST: np.arange(spec.batch),
+        ITER: np.arange(plan.rounds),
+        SUGGEST: np.arange(plan.batch),
         TEST_CASE: [parse(p).test_case for p in problems],
         METHOD: methods,
         TRIAL: np.arange(n_trials),
@@ -293,13 +289,13 @@ def _floats(values: Any) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=float).ravel()]
 
 
-def summarize(spec: Spec, results: dict[Unit, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
+def summarize(plan: BaselinePlan, results: dict[Unit, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
     """The per-problem entries of the baseline file, computed by bayesmark's compute_baseline."""
     notes: list[str] = []
-    visible = _compute(_perf_array(spec, results, 0), notes)
-    general = _compute(_perf_array(spec, results, 1), notes)
+    visible = _compute(_perf_array(plan, results, 0), notes)
+    general = _compute(_perf_array(plan, results, 1), notes)
     problems: dict[str, Any] = {}
-    for name in spec.all_problems():
+    for name in plan.problems:
         test_case = parse(name).test_case
         sel = {TEST_CASE: test_case}
         clip = float(visible[PERF_CLIP].sel(sel))
@@ -331,24 +327,24 @@ def summarize(spec: Spec, results: dict[Unit, np.ndarray]) -> tuple[dict[str, An
     return problems, notes
 
 
-def _provenance(spec: Spec, workers: int, seconds: float, notes: list[str]) -> dict[str, Any]:
+def _provenance(plan: BaselinePlan, workers: int, seconds: float, notes: list[str]) -> dict[str, Any]:
     packages = {
         name: package_version(name) for name in ("bayesmark", "numpy", "scikit-learn", "scipy", "xarray")
     }
     return {
         "packages": packages | {"python": platform.python_version()},
         "baseline_settings": {
-            "random_studies": spec.baselines.random_studies,
-            "strong_rounds": spec.baselines.strong_rounds,
-            "seed": spec.baselines.seed,
+            "random_studies": plan.random_studies,
+            "strong_rounds": plan.strong_rounds,
+            "seed": plan.seed,
         },
-        "random_studies": spec.baselines.random_studies,
-        "strong_rounds": strong_rounds(spec),
+        "random_studies": plan.random_studies,
+        "strong_rounds": strong_rounds(plan),
         "strong_optimizer": STRONG_NAME,
         "seeds": {
-            "optimizer": f"queue_schema.seeds.optimizer_seed(problem, study, salt={seed_salt(spec)!r})",
+            "optimizer": f"queue_schema.seeds.optimizer_seed(problem, study, salt={seed_salt(plan)!r})",
             "evaluation": "queue_schema.seeds.eval_seed(problem, study, round, index)",
-            "random_studies": f"0..{spec.baselines.random_studies - 1}",
+            "random_studies": f"0..{plan.random_studies - 1}",
             "strong_study": STRONG_STUDY,
         },
         "machine": {
@@ -362,21 +358,21 @@ def _provenance(spec: Spec, workers: int, seconds: float, notes: list[str]) -> d
     }
 
 
-def build_baselines(spec: Spec, workers: int, progress: Progress | None = None) -> dict[str, Any]:
+def build_baselines(plan: BaselinePlan, workers: int, progress: Progress | None = None) -> dict[str, Any]:
     """Run the baseline studies of every problem of the spec and return the baseline file's content."""
     started = time.monotonic()
-    results = run_units(_units(spec), workers, progress)
-    problems, notes = summarize(spec, results)
+    results = run_units(_units(plan), workers, progress)
+    problems, notes = summarize(plan, results)
     content = hashlib.sha256(json.dumps(problems, sort_keys=True).encode()).hexdigest()[:8]
     return {
         "format": FORMAT,
-        "version": f"{spec.hash}-{content}",
-        "spec": spec.name,
-        "spec_hash": spec.hash,
-        "rounds": spec.rounds,
-        "batch": spec.batch,
+        "version": f"{plan.hash}-{content}",
+        "spec": plan.name,
+        "spec_hash": plan.hash,
+        "rounds": plan.rounds,
+        "batch": plan.batch,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "provenance": _provenance(spec, workers, time.monotonic() - started, notes),
+        "provenance": _provenance(plan, workers, time.monotonic() - started, notes),
         "problems": problems,
     }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -19,12 +19,24 @@ from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED,
 
 from baselines.catalogue import parse
 
-if TYPE_CHECKING:
-    from runtime.spec import Spec
-
 DATA_DIR = Path(__file__).parent / "data"
 FORMAT = 1
 GENERALIZATION = "generalization"  # bayesmark's second objective (SklearnModel.objective_names[1])
+
+
+@dataclass(frozen=True)
+class BaselinePlan:
+    """What a baseline file is built for, as plain values: a spec's study shape and baseline settings
+    (runtime.spec.Spec.baseline_plan makes one). Scoring knows no spec object."""
+
+    name: str  # the spec's name: the file is baselines/data/<name>.json
+    hash: str
+    rounds: int
+    batch: int
+    problems: tuple[str, ...]  # every problem of every phase
+    random_studies: int
+    strong_rounds: int  # as the spec sets it: 0 means 4 x rounds
+    seed: int
 
 
 class BaselineError(RuntimeError):
@@ -130,37 +142,37 @@ class Baselines:
             return raw[GENERALIZATION]
         raise BaselineError(f"baseline of {name!r} has no data for objective {objective!r}")
 
-    def check_compatible(self, spec: Spec) -> None:
+    def check_compatible(self, plan: BaselinePlan) -> None:
         """Raise BaselineError unless this file was built for the spec's study shape and baseline settings.
 
         The spec hash may differ (quotas, windows and limits do not change a baseline); what the
         baseline depends on must not.
         """
-        fix = f"rebuild with: {build_command(spec.name)}"
-        if (self.rounds, self.batch) != (spec.rounds, spec.batch):
+        fix = f"rebuild with: {build_command(plan.name)}"
+        if (self.rounds, self.batch) != (plan.rounds, plan.batch):
             raise BaselineError(
                 f"baselines {self.version} are for {self.rounds} rounds x {self.batch}, "
-                f"spec {spec.name!r} has {spec.rounds} x {spec.batch}; {fix}"
+                f"spec {plan.name!r} has {plan.rounds} x {plan.batch}; {fix}"
             )
         built = self.data.get("provenance", {}).get("baseline_settings")
         wanted = {
-            "random_studies": spec.baselines.random_studies,
-            "strong_rounds": spec.baselines.strong_rounds,
-            "seed": spec.baselines.seed,
+            "random_studies": plan.random_studies,
+            "strong_rounds": plan.strong_rounds,
+            "seed": plan.seed,
         }
         if built is not None and built != wanted:
             raise BaselineError(
                 f"baselines {self.version} were built with settings {built}, "
-                f"spec {spec.name!r} asks for {wanted}; {fix}"
+                f"spec {plan.name!r} asks for {wanted}; {fix}"
             )
 
 
-def load_baselines(spec: Spec | str, path: str | Path | None = None) -> Baselines:
+def load_baselines(plan: BaselinePlan | str, path: str | Path | None = None) -> Baselines:
     """The baselines of a spec (a Spec, or a spec name), from the package data or from `path`.
 
     Raises MissingBaseline when there is no file, BaselineError when it does not fit the spec.
     """
-    name = spec if isinstance(spec, str) else spec.name
+    name = plan if isinstance(plan, str) else plan.name
     file = Path(path) if path is not None else default_path(name)
     if not file.is_file():
         raise MissingBaseline(
@@ -171,6 +183,6 @@ def load_baselines(spec: Spec | str, path: str | Path | None = None) -> Baseline
     except (OSError, ValueError) as exc:
         raise BaselineError(f"{file}: not a readable baseline file: {exc}") from None
     baselines = Baselines(data, path=file)
-    if not isinstance(spec, str):
-        baselines.check_compatible(spec)
+    if not isinstance(plan, str):
+        baselines.check_compatible(plan)
     return baselines

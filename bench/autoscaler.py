@@ -148,9 +148,9 @@ def _jobs(r: Any, subs: list[Any]) -> dict[str, Any]:
     """The burst's jobs from RQ: how many, how they ended, and their run times."""
     from rq.job import Job, JobStatus
 
-    from competition.submit import expected_jobs
     from queue_schema.connection import rq_connection
     from queue_schema.records import read_events
+    from runtime.enqueue import expected_jobs
     from runtime.spec import load
 
     spec = load("demo")

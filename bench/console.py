@@ -43,13 +43,13 @@ from artifacts import archive
 from bench import seed_data
 from bench.common import embedded_store, print_figures, scratch_state
 from bench.seed_data import FAILURE_MESSAGES, beat_worker, study_result
-from competition import scores, service
+from competition import service
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import connect, reset_clients
 from queue_schema.records import transition, write_study
 from queue_schema.states import SubmissionState
-from runtime import lifecycle
+from runtime import lifecycle, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"start_s": 2.0, "tick_p95_ms": 50.0, "memory_mb": 300.0}
@@ -82,7 +82,7 @@ class Traffic:
         self.r = redis.Redis.from_url(url, decode_responses=True)
         self.rng = random.Random(seed)
         self.spec = seed_data.seed_spec()
-        self.baselines = scores.baselines_for(self.spec)
+        self.baselines = versions.baselines_for(self.spec)
         self.order = [
             (problem, study) for problem, _, studies in seed_data.job_order(self.spec) for study in studies
         ]
@@ -137,7 +137,7 @@ class Traffic:
             return self.score(sid)
         problem, study = self.order[done]
         result = study_result(self.rng, self.spec, self.baselines, problem, study, 0.2, time.time())
-        normalized = scores.study_normalized(self.baselines, problem, result, self.spec.rounds)
+        normalized = versions.study_normalized(self.baselines, problem, result, self.spec.rounds)
         write_study(self.r, sid, 1, problem, result, normalized)
         return "study"
 
@@ -150,7 +150,7 @@ class Traffic:
         return "start"
 
     def score(self, sid: str | None = None) -> str | None:
-        """What scores.finalize_if_complete writes once the last job of a version is done."""
+        """What versions.finalize_if_complete writes once the last job of a version is done."""
         if sid is None:
             if len(self.running) < 5:
                 return None

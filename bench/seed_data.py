@@ -7,7 +7,7 @@ by the project's own writers (`records.save_new_submission`, `records.write_stud
 the event writer, `archive.store`, `teams.add_team`) so they have exactly the real shapes, with the times
 they would have happened at. Those writers are handed a stand-in client that queues their commands into
 one pipeline (`Deferred`), so the whole history goes in a few hundred round trips. The RQ jobs are made as
-submit.enqueue_jobs makes them (same call, payload and options; tests/test_seed_data.py compares), in
+enqueue.enqueue_jobs makes them (same call, payload and options; tests/test_seed_data.py compares), in
 one pipeline too, and running jobs are started as an RQ worker starts them.
 
 The competition is the demo one at the challenge's shape: 6 visible problems x 10 studies, 2 studies a job
@@ -57,7 +57,7 @@ from artifacts import archive
 from autoscaler.policy import Decision
 from baselines import scoring
 from bench.common import print_figures
-from competition import audit, scores, submit
+from competition import audit
 from competition import teams as team_records
 from queue_schema import keys
 from queue_schema.connection import rq_connection
@@ -72,7 +72,8 @@ from queue_schema.payloads import (
 )
 from queue_schema.records import _event_into, append_job_log, save_new_submission, write_study
 from queue_schema.states import FailureCause, StudyState, SubmissionState
-from runtime import dispatch, recovery
+from runtime import dispatch, recovery, versions
+from runtime import enqueue as enqueue_module
 from runtime.provenance import score_provenance, scoring_packages, study_seeds
 from runtime.spec import Spec, load
 
@@ -89,7 +90,7 @@ BACKEND = "docker"
 IMAGE_DIGEST = "sha256:" + "5eed" * 16
 CHATTY_LOG_LINES = 5_000  # one running job's log is full (records.JOB_LOG_MAXLEN), for the Logs view
 BATCH = 5_000  # commands per round trip
-RESULT_TTL_S = submit.RESULT_TTL_S
+RESULT_TTL_S = enqueue_module.RESULT_TTL_S
 EXECUTION_TTL_S = 90
 TEMPLATE_SHA256 = "0" * 64
 AUTOSCALER_FLEET = "local"
@@ -142,7 +143,7 @@ def seed_spec() -> Spec:
 
 
 def job_order(spec: Spec) -> Jobs:
-    """A feedback submission's jobs in the order submit.enqueue_jobs queues them (longest problem first)."""
+    """A feedback submission's jobs in the order enqueue.enqueue_jobs queues them (longest problem first)."""
     phase = spec.phase("feedback")
     return [
         (problem, chunk, studies)
@@ -346,10 +347,10 @@ class Seeder:
         """A distinct starter-kit zip per submission (teams tweak their optimizer between uploads). The
         first is checked as intake checks uploads; the rest differ from it only in a VERSION file."""
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
             stamp = (2020, 7, 10, 0, 0, 0)
-            archive.writestr(zipfile.ZipInfo("optimizer.py", stamp), OPTIMIZER.read_bytes())
-            archive.writestr(zipfile.ZipInfo("VERSION", stamp), f"{p.team} {p.sid}\n")
+            zf.writestr(zipfile.ZipInfo("optimizer.py", stamp), OPTIMIZER.read_bytes())
+            zf.writestr(zipfile.ZipInfo("VERSION", stamp), f"{p.team} {p.sid}\n")
         data = buffer.getvalue()
         if self.checked is None:
             self.checked = archive.check(data, self.spec.submission)
@@ -362,7 +363,7 @@ class Seeder:
         self, p: Plan, state: SubmissionState, studies_done: int = 0, norm_sum: float = 0.0
     ) -> Submission:
         """The submission record as the real transitions leave it in `state`."""
-        progress = submit.phase_progress(self.spec, "feedback")
+        progress = enqueue_module.phase_progress(self.spec, "feedback")
         progress.studies_done = studies_done
         progress.evals_done = studies_done * self.spec.evals_per_study
         terminal = state in (SubmissionState.SCORED, SubmissionState.FAILED, SubmissionState.STOPPED)
@@ -401,7 +402,7 @@ class Seeder:
                 break
             when = p.started_at + span * (index + 1) / (count + 1)
             result = self.study(p, problem, study, when)
-            normalized = scores.study_normalized(self.baselines, problem, result, self.spec.rounds)
+            normalized = versions.study_normalized(self.baselines, problem, result, self.spec.rounds)
             write_study(self.out, p.sid, 1, problem, result, normalized, announce=False)
             norm_sum += normalized
             self.event(
@@ -443,7 +444,7 @@ def study_result(
     rng: random.Random, spec: Spec, baselines: Any, problem: str, study: int, target: float, when: float
 ) -> StudyResult:
     """One study's result as a worker writes it, its losses closing in on `target` (normalized)."""
-    clip, opt = scores.clip_opt(baselines, problem)
+    clip, opt = versions.clip_opt(baselines, problem)
     losses = _losses(rng, target, clip, opt, spec.rounds, spec.batch)
     cut = rng.random() < 0.02
     if cut:
@@ -507,7 +508,7 @@ def seed_finished(s: Seeder, p: Plan) -> None:
             sub.score = 100.0 * (1.0 - p.target)
             provenance = s.provenance.replace(TEMPLATE_SHA256, p.sha256)
         sub.scored_at = p.ended_at
-        # What scores.finalize_if_complete writes.
+        # What versions.finalize_if_complete writes.
         s.out.hset(
             keys.score_version(p.sid, 1),
             mapping={
@@ -564,11 +565,11 @@ def submitted(s: Seeder, p: Plan) -> None:
 
 
 def enqueue(s: Seeder, sub: Submission) -> list[Any]:
-    """submit.enqueue_jobs's RQ jobs (same function, payload, id, timeout, TTLs, retries, callback and
+    """enqueue.enqueue_jobs's RQ jobs (same function, payload, id, timeout, TTLs, retries, callback and
     description, in the team's queue), enqueued in one pipeline rather than a round trip per call."""
     queue = Queue(dispatch.team_queue(s.out, sub.team), connection=rq_connection())
     data = [
-        Queue.prepare_data(**submit.job_options(sub, s.spec, problem, chunk, studies, BACKEND))
+        Queue.prepare_data(**enqueue_module.job_options(sub, s.spec, problem, chunk, studies, BACKEND))
         for problem, chunk, studies in s.jobs
     ]
     jobs = queue.enqueue_many(data, pipeline=s.rq.raw)
@@ -735,7 +736,7 @@ def seed(
     started = time.perf_counter()
     _same_server(r)
     spec = seed_spec()
-    baselines = scores.baselines_for(spec, required=spec.phase("feedback").problems)
+    baselines = versions.baselines_for(spec, required=spec.phase("feedback").problems)
     r.set(keys.spec(spec.hash), spec.to_json())
     rng = random.Random(seed)
     now = time.time() if now is None else now

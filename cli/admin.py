@@ -80,6 +80,7 @@ def score(
     from competition import scores
     from competition.submit import create_submission
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime import versions
     from runtime.redis_server import ensure_redis
     from runtime.spec import SpecError, load
     from workers.sandbox import SandboxRefused, SandboxUnavailable, select
@@ -90,13 +91,13 @@ def score(
         select(backend)  # refuse an unusable or unsafe backend before anything is stored
         data = archive.pack(path, spec.submission)
         archive.check(data, spec.submission)
-        scores.baselines_for(spec, required=spec.phase(phase).problems)
+        versions.baselines_for(spec, required=spec.phase(phase).problems)
     except (
         SpecError,
         SandboxRefused,
         SandboxUnavailable,
         archive.InvalidSubmission,
-        scores.BaselineError,
+        versions.BaselineError,
     ) as exc:
         fail(str(exc))
     try:
@@ -238,6 +239,7 @@ def export(
     """Write a submission's study data in bayesmark's own format, for its own analysis tools."""
     from competition import scores
     from queue_schema.connection import RedisUnavailable, connect
+    from runtime import versions
     from runtime.redis_server import ensure_redis
 
     if fmt != "bayesmark":
@@ -245,6 +247,6 @@ def export(
     try:
         with ensure_redis() as url:
             path = scores.export_bayesmark(connect(url), submission, directory, version or None)
-    except (RedisUnavailable, scores.ScoreError) as exc:
+    except (RedisUnavailable, versions.ScoreError) as exc:
         fail(str(exc))
     err.print(f"wrote bayesmark data to {path}")

@@ -81,7 +81,7 @@ def build(
     n_workers = workers or os.cpu_count() or 1
     # bayesmark's study loop prints notes on stdout (in this process or its pool's): stdout is the JSON's.
     with stdout_to_stderr(), rich_progress(f"baselines {loaded.name}") as progress:
-        data = build_baselines(loaded, n_workers, progress)
+        data = build_baselines(loaded.baseline_plan(), n_workers, progress)
     try:
         path = write_baseline_file(data, out)
     except OSError as exc:
@@ -111,7 +111,7 @@ def show(
         _fail(str(exc))
     problem = None
     try:
-        baselines.check_compatible(loaded)
+        baselines.check_compatible(loaded.baseline_plan())
     except BaselineError as exc:
         problem = str(exc)
     missing = [p for p in loaded.all_problems() if p not in baselines]

@@ -48,10 +48,10 @@ def _check_backend(backend: str | None) -> None:
 def _store():
     """A Redis client, with every refusal of the competition layer turned into a one-line error."""
     from competition import service
-    from competition.scores import BaselineError
     from queue_schema.connection import RedisUnavailable, connect
     from runtime.redis_server import ensure_redis
     from runtime.spec import SpecError
+    from runtime.versions import BaselineError
 
     try:
         with ensure_redis() as url:

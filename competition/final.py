@@ -27,9 +27,8 @@ from typing import Any
 import redis
 
 from baselines import ranking
-from competition import audit, scores, service, teams
+from competition import audit, service, teams
 from competition.service import Conflict, NotFound
-from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.ids import new_submission_id
 from queue_schema.payloads import Submission, utc_iso
@@ -41,6 +40,8 @@ from queue_schema.records import (
     save_new_submission,
 )
 from queue_schema.states import ACTIVE_STATES
+from runtime import versions
+from runtime.enqueue import enqueue_jobs, phase_progress
 from runtime.spec import Spec, stored_spec
 
 log = logging.getLogger("bbo.final")
@@ -144,7 +145,7 @@ def run_final(
     if top is not None and top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     phase = spec.phase(FINAL)
-    baseline_version = scores.baselines_for(spec, required=phase.problems).version
+    baseline_version = versions.baselines_for(spec, required=phase.problems).version
     with _launch_lock(r, spec.name):
         board = service.leaderboard(r, FEEDBACK, spec.name)  # registered, enabled teams; live, not frozen
         launches = []
@@ -363,14 +364,14 @@ def study_scores(r: redis.Redis, sub: Submission) -> dict[str, list[float]]:
         return json.loads(cached)["problems"]
     spec = stored_spec(r, sub.spec_hash)
     if spec is None:
-        raise scores.ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
-    baselines = scores.baselines_for(spec)
+        raise versions.ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
+    baselines = versions.baselines_for(spec)
     out: dict[str, list[float]] = {}
     for problem in spec.phase(sub.phase).problems:
         found = read_studies(r, sub.id, sub.score_version, problem)
-        values = [scores.study_normalized(baselines, problem, found[i], spec.rounds) for i in sorted(found)]
+        values = [versions.study_normalized(baselines, problem, found[i], spec.rounds) for i in sorted(found)]
         if not values or any(v is None for v in values):
-            raise scores.ScoreError(
+            raise versions.ScoreError(
                 f"submission {sub.id} v{sub.score_version} has no study scores of {problem}"
             )
         out[problem] = values

@@ -17,14 +17,15 @@ from typing import Any
 
 import redis
 
-from competition import audit, scores
+from competition import audit
 from competition.service import Conflict, NotFound
-from competition.submit import enqueue_jobs, phase_progress
 from queue_schema import keys
 from queue_schema.payloads import ScoredVersion, Submission
 from queue_schema.records import load_submission, load_submissions, start_score_version
 from queue_schema.states import ACTIVE_STATES, SubmissionState
+from runtime.enqueue import enqueue_jobs, phase_progress
 from runtime.spec import Spec, SpecError, load, stored_spec
+from runtime.versions import baselines_for
 
 __all__ = ["current_spec", "rescore", "rescore_all", "versions"]
 
@@ -67,7 +68,7 @@ def rescore(
     if spec.name != sub.spec_name:
         raise Conflict(f"submission {sid} belongs to competition {sub.spec_name!r}, not {spec.name!r}")
     phase = spec.phase(sub.phase)
-    baselines = scores.baselines_for(spec, required=phase.problems)
+    baselines = baselines_for(spec, required=phase.problems)
     if not r.exists(keys.artifact(sub.artifact_sha256)):
         raise Conflict(f"the artifact of submission {sid} is no longer stored; it cannot be rescored")
     backend = backend or _previous_backend(r, sub)

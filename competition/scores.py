@@ -1,155 +1,40 @@
-"""Scores: the running score per study, the final score of a score version, the report, the export.
+"""What a scored submission shows: the report (per problem, per study), its provenance, the export.
 
-The numbers come from bayesmark's own aggregation (baselines.scoring); this module only gathers the
-study data from Redis and decides when a score version is complete.
+The running and final scores themselves are runtime/versions.py's, computed as the studies are written.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from baselines import scoring
-from baselines.store import BaselineError, MissingBaseline, load_baselines
+from baselines.export import export_bayesmark as write_bayesmark
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
-from queue_schema.records import load_submission, read_studies, transition
-from queue_schema.states import FailureCause, SubmissionState
+from queue_schema.records import load_submission
+from runtime import versions
 from runtime.provenance import score_provenance
-from runtime.spec import Spec, stored_spec
-
-__all__ = ["BaselineError", "MissingBaseline", "ScoreError"]
-
-
-class ScoreError(ValueError):
-    pass
-
-
-def baselines_for(spec: Spec, required: Iterable[str] | None = None) -> Any:
-    """The spec's baselines; with `required`, raise MissingBaseline naming the first problem not covered."""
-    baselines = load_baselines(spec)
-    for problem in required or ():
-        baselines.problem(problem)
-    return baselines
-
-
-def baselines_or_none(spec: Spec) -> Any:
-    """For the running score only: without baselines the studies still run (the final check fails them)."""
-    try:
-        return load_baselines(spec)
-    except BaselineError:
-        return None
-
-
-def clip_opt(baselines: Any, problem: str) -> tuple[float, float]:
-    entry = baselines.problem(problem)
-    if isinstance(entry, dict):
-        return float(entry["clip"]), float(entry["opt"])
-    return float(entry.clip), float(entry.opt)
-
-
-def study_normalized(baselines: Any, problem: str, result: StudyResult, rounds: int) -> float | None:
-    """The study's normalized score at its last iteration (the running score adds these up)."""
-    if baselines is None:
-        return None
-    try:
-        clip, opt = clip_opt(baselines, problem)
-    except BaselineError:
-        return None
-    losses = [[StudyResult.decode_loss(v) for v in round_] for round_ in result.losses]
-    return scoring.study_normalized_curve(losses, clip, opt, rounds)[-1]
-
-
-def _load_spec(r: redis.Redis, sub: Submission, version: int | None = None) -> Spec:
-    """The spec a score version was computed under: a rescore may have moved the submission to a newer
-    spec, and an old version must still read with its own problems and rounds."""
-    spec_hash = sub.spec_hash
-    if version is not None and version != sub.score_version:
-        spec_hash = r.hget(keys.score_version(sub.id, version), "spec_hash") or spec_hash
-    spec = stored_spec(r, spec_hash)
-    if spec is None:
-        raise ScoreError(f"spec {spec_hash} of submission {sub.id} is not in the store")
-    return spec
-
-
-def _studies_by_problem(
-    r: redis.Redis, sub: Submission, spec: Spec, version: int
-) -> dict[str, list[StudyResult]]:
-    phase = spec.phase(sub.phase)
-    out = {}
-    for problem in phase.problems:
-        found = read_studies(r, sub.id, version, problem)
-        out[problem] = [found[i] for i in sorted(found)]
-    return out
-
-
-def _losses(studies: list[StudyResult]) -> list[list[list[float]]]:
-    return [[[StudyResult.decode_loss(v) for v in round_] for round_ in s.losses] for s in studies]
-
-
-def finalize_if_complete(r: redis.Redis, sid: str, version: int) -> bool:
-    """Score the version once every job of it has finished; exactly one caller wins the transition."""
-    sub = load_submission(r, sid)
-    if sub is None or sub.score_version != version:
-        return False
-    spec = _load_spec(r, sub)
-    phase = spec.phase(sub.phase)
-    expected = len(phase.jobs())
-    if r.scard(keys.problems_done(sid, version)) < expected:
-        return False
-    studies = _studies_by_problem(r, sub, spec, version)
-    try:
-        baselines = baselines_for(spec, required=studies)
-    except BaselineError as exc:
-        from runtime import lifecycle
-
-        lifecycle.fail(r, sid, version, FailureCause.INFRASTRUCTURE, str(exc))
-        return False
-    result = scoring.score_problems({p: _losses(s) for p, s in studies.items()}, baselines, spec.rounds)
-    scored_at = time.time()
-    r.hset(
-        keys.score_version(sid, version),
-        mapping={
-            "score": repr(result.score),
-            "spec_hash": spec.hash,
-            "baseline_version": sub.baseline_version,
-            "scored_at": repr(scored_at),
-            "provenance": json.dumps(score_provenance(sub, spec, baselines, studies), sort_keys=True),
-        },
-    )
-    return (
-        transition(
-            r,
-            sid,
-            SubmissionState.SCORED,
-            version=version,
-            only_from=[SubmissionState.RUNNING, SubmissionState.QUEUED],
-            score=result.score,
-            scored_at=scored_at,
-        )
-        is not None
-    )
+from runtime.spec import Spec
 
 
 def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, Any]:
     """The command contract's submission object plus `problems` (organizer view: real problem names)."""
     sub = load_submission(r, sid)
     if sub is None:
-        raise ScoreError(f"no submission {sid}")
+        raise versions.ScoreError(f"no submission {sid}")
     version = version or sub.score_version
-    spec = _load_spec(r, sub, version)
-    baselines = baselines_for(spec)
-    studies = _studies_by_problem(r, sub, spec, version)
+    spec = versions.spec_of_version(r, sub, version)
+    baselines = versions.baselines_for(spec)
+    studies = versions.studies_by_problem(r, sub, spec, version)
     problems = []
     for problem, found in studies.items():
-        clip, opt = clip_opt(baselines, problem)
-        normalized = [study_normalized(baselines, problem, s, spec.rounds) for s in found]
+        clip, opt = versions.clip_opt(baselines, problem)
+        normalized = [versions.study_normalized(baselines, problem, s, spec.rounds) for s in found]
         mean = sum(normalized) / len(normalized) if normalized else None
         problems.append(
             {
@@ -202,14 +87,14 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | None = None) -> Path:
-    from baselines.export import export_bayesmark as write
-
     sub = load_submission(r, sid)
     if sub is None:
-        raise ScoreError(f"no submission {sid}")
+        raise versions.ScoreError(f"no submission {sid}")
     version = version or sub.score_version
-    spec = _load_spec(r, sub, version)
-    studies = _studies_by_problem(r, sub, spec, version)
+    spec = versions.spec_of_version(r, sub, version)
+    studies = versions.studies_by_problem(r, sub, spec, version)
     if not any(studies.values()):
-        raise ScoreError(f"submission {sid} has no finished studies to export")
-    return write(studies, baselines_for(spec), directory, optimizer_name=f"{sub.team}-{sub.id}")
+        raise versions.ScoreError(f"submission {sid} has no finished studies to export")
+    return write_bayesmark(
+        studies, versions.baselines_for(spec), directory, optimizer_name=f"{sub.team}-{sub.id}"
+    )

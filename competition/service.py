@@ -18,7 +18,6 @@ import redis
 from artifacts.archive import InvalidSubmission
 from competition import audit, quotas, release, teams
 from competition.quotas import QuotaExceeded
-from competition.scores import BaselineError
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.payloads import Submission, utc_iso
@@ -26,6 +25,7 @@ from queue_schema.records import add_event, load_submission, load_submissions, t
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, FailureCause, SubmissionState
 from runtime import lifecycle
 from runtime.spec import Spec, SpecError
+from runtime.versions import BaselineError
 
 __all__ = [
     "BaselineError",

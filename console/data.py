@@ -216,7 +216,7 @@ class ConsoleData:
         `curve` (mean normalized best-so-far per iteration over the finished studies) and `random` (the
         random-search baseline's mean normalized curve over the same problems)."""
         from competition import scores
-        from competition.scores import BaselineError, ScoreError
+        from runtime.versions import BaselineError, ScoreError
 
         sub = load_submission(self.r, sid)
         if sub is None:
@@ -236,12 +236,12 @@ class ConsoleData:
 
     def _convergence(self, sub: Submission, problems: list[dict[str, Any]]) -> tuple[list, list]:
         from baselines import scoring
-        from competition import scores
+        from runtime import versions
 
         spec = stored_spec(self.r, sub.spec_hash)
         if spec is None:
             return [], []
-        baselines = scores.baselines_or_none(spec)
+        baselines = versions.baselines_or_none(spec)
         if baselines is None:
             return [], []
         per_problem, randoms = [], []
@@ -258,7 +258,7 @@ class ConsoleData:
             per_problem.append([sum(values) / len(values) for values in zip(*curves, strict=True)])
             try:
                 randoms.append(list(baselines.problem(problem["problem"]).mean_normed))
-            except scores.BaselineError:
+            except versions.BaselineError:
                 continue
         return _mean_curves(per_problem), _mean_curves(randoms)
 

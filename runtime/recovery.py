@@ -51,6 +51,8 @@ from queue_schema.payloads import Heartbeat, ScoreJob
 from queue_schema.records import add_event, load_submission
 from queue_schema.states import ACTIVE_STATES, FailureCause
 from runtime import lifecycle
+from runtime.enqueue import enqueue_jobs, expected_jobs
+from runtime.spec import stored_spec
 
 log = logging.getLogger("bbo.recovery")
 
@@ -327,9 +329,6 @@ def _enqueue_missing_jobs(r: redis.Redis, now: float) -> list[str]:
     process that accepted or rescored them died before enqueueing them all. Enqueue the missing ones.
 
     ENQUEUE_GRACE_S leaves a live process time to finish enqueueing (milliseconds in practice)."""
-    from competition.submit import enqueue_jobs, expected_jobs
-    from runtime.spec import stored_spec
-
     ids = r.zrangebyscore(keys.submissions_index(), now - ORPHAN_WINDOW_S, now - ENQUEUE_GRACE_S)
     pipe = r.pipeline(transaction=False)
     for sid in ids:

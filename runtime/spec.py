@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from baselines.catalogue import UnknownProblem, all_problems, parse
+from baselines.store import BaselinePlan
 from queue_schema import keys
 
 SPECS_DIR = Path(__file__).parent / "specs"
@@ -142,6 +143,19 @@ class Spec:
             raise SpecError(
                 f"spec {self.name!r} has no phase {name!r} (it has: {', '.join(self.phases)})"
             ) from None
+
+    def baseline_plan(self) -> BaselinePlan:
+        """The plain values scoring builds and checks this spec's baselines by."""
+        return BaselinePlan(
+            name=self.name,
+            hash=self.hash,
+            rounds=self.rounds,
+            batch=self.batch,
+            problems=self.all_problems(),
+            random_studies=self.baselines.random_studies,
+            strong_rounds=self.baselines.strong_rounds,
+            seed=self.baselines.seed,
+        )
 
     def all_problems(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}

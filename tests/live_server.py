@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from runtime.spec import SPECS_DIR
 from tests.waiting import wait_for
 
 
@@ -47,7 +48,7 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(10)
 
 
-DEMO_SPEC = Path(__file__).resolve().parent.parent / "competition" / "specs" / "demo.toml"
+DEMO_SPEC = SPECS_DIR / "demo.toml"
 ROOT = DEMO_SPEC.parent.parent.parent
 
 

@@ -410,19 +410,19 @@ def test_the_served_gateway_closes_a_slow_loris_after_its_head_deadline(gateway)
 
 def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
         for name, data in entries.items():
-            archive.writestr(name, data)
+            zf.writestr(name, data)
     return buffer.getvalue()
 
 
 def _with_symlink() -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("optimizer.py", "x = 1\n")
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("optimizer.py", "x = 1\n")
         link = zipfile.ZipInfo("data.txt")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(link, "/etc/passwd")
+        zf.writestr(link, "/etc/passwd")
     return buffer.getvalue()
 
 

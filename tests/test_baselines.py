@@ -32,7 +32,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def built(spec):
-    return build_baselines(spec, workers=1)
+    return build_baselines(spec.baseline_plan(), workers=1)
 
 
 def test_file_fields(spec, built):
@@ -64,52 +64,52 @@ def test_problem_figures(built):
 
 
 def test_strong_rounds_rule(spec):
-    assert strong_rounds(spec) == 4
-    assert strong_rounds(tiny_spec(rounds=3, strong_rounds=0)) == 12  # 0 means 4 x rounds
+    assert strong_rounds(spec.baseline_plan()) == 4
+    assert strong_rounds(tiny_spec(rounds=3, strong_rounds=0).baseline_plan()) == 12  # 0 means 4 x rounds
 
 
 def test_build_is_reproducible_and_parallel_safe(spec, built):
     # Same seeds, same noise stream: a rebuild, even across worker processes, gives identical figures.
-    again = build_baselines(spec, workers=2)
+    again = build_baselines(spec.baseline_plan(), workers=2)
     assert again["problems"] == built["problems"]
     assert again["version"] == built["version"]
 
 
 def test_dataset_is_bayesmarks_baseline(spec, tmp_path):
-    results = run_units(_units(spec), workers=1)
-    expected = compute_baseline(_perf_array(spec, results, 0))
+    results = run_units(_units(spec.baseline_plan()), workers=1)
+    expected = compute_baseline(_perf_array(spec.baseline_plan(), results, 0))
     from baselines.build import summarize
 
-    problems, _ = summarize(spec, results)
+    problems, _ = summarize(spec.baseline_plan(), results)
     data = {"format": 1, "version": "v", "spec": spec.name, "spec_hash": spec.hash, "rounds": 2, "batch": 2}
     path = write_baseline_file(data | {"problems": problems}, tmp_path / "b.json")
-    dataset = load_baselines(spec, path).dataset()
+    dataset = load_baselines(spec.baseline_plan(), path).dataset()
     for var in (PERF_MED, PERF_MEAN, PERF_CLIP, PERF_BEST):
         xr.testing.assert_equal(dataset[var], expected[var].sel({"function": dataset["function"]}))
 
 
 def test_missing_baseline_messages(spec, built, tmp_path):
     path = write_baseline_file(built, tmp_path / "tiny.json")
-    baselines = load_baselines(spec, path)
+    baselines = load_baselines(spec.baseline_plan(), path)
     assert baselines.version == built["version"]
     assert baselines.problem(FAST[0]).clip == built["problems"][FAST[0]]["clip"]
     with pytest.raises(MissingBaseline) as exc:
         baselines.problem("RF-wine-nll")
     assert "RF-wine-nll" in str(exc.value) and "bbo admin baselines build --spec tiny" in str(exc.value)
     with pytest.raises(MissingBaseline, match="bbo admin baselines build --spec tiny"):
-        load_baselines(spec, tmp_path / "absent.json")
+        load_baselines(spec.baseline_plan(), tmp_path / "absent.json")
     with pytest.raises(BaselineError, match="rounds"):
-        load_baselines(tiny_spec(rounds=5, batch=2, random_studies=2, strong_rounds=3), path)
+        load_baselines(tiny_spec(rounds=5, batch=2, random_studies=2, strong_rounds=3).baseline_plan(), path)
 
 
 def test_shipped_demo_baselines():
     demo = load("demo")
     assert default_path("demo").is_file(), "build it: python -m cli.baselines_cmd build --spec demo"
-    baselines = load_baselines(demo)
+    baselines = load_baselines(demo.baseline_plan())
     # Built for this spec's problems, study shape and baseline settings; its hash may be an older one of
     # the same spec (quotas, limits and log settings change the hash, not a baseline: check_compatible).
     assert baselines.spec_name == demo.name
-    baselines.check_compatible(demo)
+    baselines.check_compatible(demo.baseline_plan())
     assert (baselines.rounds, baselines.batch) == (demo.rounds, demo.batch)
     for problem in demo.all_problems():
         entry = baselines.problem(problem)

@@ -48,19 +48,19 @@ def make_wheel(
     record.append(f"{info}/RECORD,,")
     contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
         for path, data in contents.items():
             if path.rsplit("/", 1)[-1] not in omit:
-                archive.writestr(path, data)
+                zf.writestr(path, data)
     return f"{name}-{version}-{tag}.whl", buffer.getvalue()
 
 
 def submission(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        archive.writestr("optimizer.py", OPTIMIZER)
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        zf.writestr("optimizer.py", OPTIMIZER)
         for path, data in entries.items():
-            archive.writestr(path, data)
+            zf.writestr(path, data)
     return buffer.getvalue()
 
 

@@ -20,7 +20,7 @@ import pytest
 from artifacts import archive
 from bench import hostile
 from competition import moderation, quotas
-from competition.submit import create_submission, enqueue_jobs, phase_progress
+from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.ids import artifact_digest, new_submission_id
@@ -28,6 +28,7 @@ from queue_schema.payloads import MAX_FAILURE_MESSAGE, Submission
 from queue_schema.records import load_submission, read_events, save_new_submission
 from queue_schema.states import FailureCause, RefundState
 from runtime import lifecycle
+from runtime.enqueue import enqueue_jobs, phase_progress
 from runtime.spec import load
 from workers.failures import is_ours
 from workers.fair_worker import FairSimpleWorker
@@ -51,9 +52,9 @@ HOSTILE_REPLIES = {
 
 def _zip(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w") as zf:
         for name, text in files.items():
-            archive.writestr(name, text)
+            zf.writestr(name, text)
     return buffer.getvalue()
 
 

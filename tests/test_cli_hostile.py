@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from bench.terminal_scan import count_hostile, hostile
 from cli.main import app
+from runtime.spec import SPECS_DIR
 from tests.conftest import SUBMISSIONS
 from tests.scoring_helpers import PROBLEM, score_tiny
 
@@ -86,7 +87,7 @@ def optimizer(tmp_path: Path, name: str, source: str) -> Path:
 def tiny_spec_file(tmp_path: Path) -> Path:
     """The demo spec (its rounds x batch and baseline settings, so its baselines apply) with one problem
     and one study in the feedback phase: a submission scores in seconds."""
-    demo = (ROOT / "competition" / "specs" / "demo.toml").read_text()
+    demo = (SPECS_DIR / "demo.toml").read_text()
     problems = 'problems = ["DT-iris-acc", "lasso-diabetes-mae", "SVM-wine-nll", "RF-iris-acc"]\nstudies = 2'
     assert problems in demo
     path = tmp_path / "tiny.toml"

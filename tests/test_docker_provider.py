@@ -40,11 +40,11 @@ from queue_schema import keys
 from queue_schema.records import load_submission, read_events, read_studies
 from queue_schema.states import SubmissionState
 from runtime import recovery
+from sandbox_image.labels import WORKER_LABEL
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.scoring_helpers import PROBLEM, tiny_spec
 from tests.waiting import wait_for
-from workers.sandbox.docker import WORKER_LABEL
 
 
 def _skip_reason() -> str | None:

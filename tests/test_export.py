@@ -31,8 +31,10 @@ ROUNDS, BATCH = 3, 2
 @pytest.fixture(scope="module")
 def baselines(tmp_path_factory):
     spec = tiny_spec(rounds=ROUNDS, batch=BATCH)
-    path = write_baseline_file(build_baselines(spec, workers=1), tmp_path_factory.mktemp("bl") / "tiny.json")
-    return load_baselines(spec, path)
+    path = write_baseline_file(
+        build_baselines(spec.baseline_plan(), workers=1), tmp_path_factory.mktemp("bl") / "tiny.json"
+    )
+    return load_baselines(spec.baseline_plan(), path)
 
 
 @pytest.fixture(scope="module")

@@ -115,13 +115,13 @@ def test_a_good_upload_is_stored_and_its_jobs_enqueued(env, good_zip, r):
 def test_bad_uploads_are_refused_with_the_reason_and_store_nothing(env, r):
     client, tokens = env
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("sub/optimizer.py", "x = 1\n")
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("sub/optimizer.py", "x = 1\n")
     nested = buffer.getvalue()
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("optimizer.py", "x = 1\n")
-        archive.writestr("weights.bin", os.urandom(1024 * 1024 + 10))
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("optimizer.py", "x = 1\n")
+        zf.writestr("weights.bin", os.urandom(1024 * 1024 + 10))
     oversize = buffer.getvalue()
     before = r.dbsize()
     assert "not a readable zip" in assert_error(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from rq import Queue
 
@@ -13,7 +11,7 @@ from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import ScoreJob
 from queue_schema.records import load_submission, read_events, read_job_log
-from runtime.spec import load
+from runtime.spec import SPECS_DIR, load
 from tests.conftest import SUBMISSIONS
 from workers.fair_worker import FairSimpleWorker
 from workers.job import score_problem
@@ -98,9 +96,9 @@ def test_final_phase_runs_in_chunks_and_scores_once(r):
 
 
 def test_missing_baseline_is_a_clear_error_before_anything_is_stored(r, tmp_path):
-    from competition.scores import BaselineError
+    from runtime.versions import BaselineError
 
-    text = (Path(__file__).parent.parent / "competition" / "specs" / "demo.toml").read_text()
+    text = (SPECS_DIR / "demo.toml").read_text()
     custom = tmp_path / "mine.toml"
     custom.write_text(text.replace('name = "demo"', 'name = "mine"'))
     spec = load(custom)

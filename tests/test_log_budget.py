@@ -14,12 +14,12 @@ from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission, read_job_log
-from runtime.spec import load
+from runtime.spec import SPECS_DIR, load
 from workers.fair_worker import FairSimpleWorker
 
 pytestmark = pytest.mark.usefixtures("unsafe_ok")
 
-DEMO = Path(__file__).resolve().parent.parent / "competition" / "specs" / "demo.toml"
+DEMO = SPECS_DIR / "demo.toml"
 
 # Prints 300 KiB on stderr per suggest: past the study cap in one call.
 SHOUTER = """

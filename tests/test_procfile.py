@@ -17,13 +17,14 @@ import httpx
 import psutil
 import pytest
 
+from runtime.spec import SPECS_DIR
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DEMO = ROOT / "competition" / "specs" / "demo.toml"
+DEMO = SPECS_DIR / "demo.toml"
 
 
 def answers(url: str, **kwargs) -> bool:

@@ -140,7 +140,7 @@ def test_a_started_job_leaves_the_in_flight_set(r):
 
 
 def test_jobs_lost_before_they_were_enqueued_are_enqueued_by_the_reaper(r):
-    from competition.submit import expected_jobs
+    from runtime.enqueue import expected_jobs
 
     conn = rq_connection()
     sub = submit(r)

@@ -333,7 +333,8 @@ def test_unreachable_engine_is_an_infrastructure_failure(monkeypatch):
 
 
 def test_sweep_removes_containers_of_dead_workers(backend, engine):
-    from workers.sandbox.docker import ROLE_LABEL, WORKER_LABEL, sweep
+    from sandbox_image.labels import ROLE_LABEL, WORKER_LABEL
+    from workers.sandbox.docker import sweep
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

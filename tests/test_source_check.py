@@ -23,8 +23,8 @@ RULES = SubmissionRules(max_zip_mb=4, max_unpacked_mb=16, max_files=20)  # max_s
 
 def zipped(source: bytes, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        archive.writestr("optimizer.py", source)
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        zf.writestr("optimizer.py", source)
     return buffer.getvalue()
 
 

@@ -21,14 +21,13 @@ from typing import Any
 from rq import get_current_job
 
 from artifacts import archive
-from competition import scores
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from queue_schema.payloads import ScoreJob
 from queue_schema.records import finished_study_indices, load_submission, transition, write_study
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
-from runtime import lifecycle
+from runtime import lifecycle, versions
 from runtime.spec import Spec, stored_spec
 from workers.failures import is_ours
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
@@ -140,7 +139,7 @@ class ProblemRun:
             with self._teams_bytes(FailureCause.INSTALL_FAILED, "the bundled requirements did not install"):
                 backend.prepare(submission_dir, spec.limits)
             describe = backend.describe()
-            baselines = scores.baselines_or_none(spec)
+            baselines = versions.baselines_or_none(spec)
 
             def launch() -> OptimizerProcess:
                 # The sandbox dies with this horse, which dies with its worker (workers/heartbeat.py).
@@ -174,7 +173,7 @@ class ProblemRun:
                 if self._stop.is_set():
                     return {"status": "stopped"}
                 result.worker = self.worker
-                normalized = scores.study_normalized(baselines, job.problem, result, spec.rounds)
+                normalized = versions.study_normalized(baselines, job.problem, result, spec.rounds)
                 write_study(self.r, job.submission_id, job.score_version, job.problem, result, normalized)
                 self.log(
                     f"[harness] study {study} {result.state.value}: {len(result.losses)} rounds, "
@@ -220,7 +219,7 @@ class ProblemRun:
         if not set(job.studies) <= done:
             return {"status": "incomplete"}
         self.r.sadd(keys.problems_done(job.submission_id, job.score_version), f"{job.problem}#{job.chunk}")
-        finished = scores.finalize_if_complete(self.r, job.submission_id, job.score_version)
+        finished = versions.finalize_if_complete(self.r, job.submission_id, job.score_version)
         return {"status": "done", "finalized": finished}
 
     # -- stop watcher -----------------------------------------------------------------------------

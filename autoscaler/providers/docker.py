@@ -39,6 +39,7 @@ import redis
 from autoscaler.providers.base import Machine, ProviderError, QuotaExceeded
 from queue_schema import keys
 from queue_schema.settings import state_dir
+from sandbox_image.labels import ROLE_LABEL, WORKER_LABEL
 
 FLEET_LABEL = "bbo.fleet"
 MACHINE_LABEL = "bbo.machine"
@@ -363,8 +364,6 @@ class DockerProvider:
     def _remove_sandboxes(self, hostname: str) -> None:
         """Study containers are labelled host:pid of the worker that made them (workers/sandbox/docker.py);
         a worker removed by force cannot sweep its own."""
-        from workers.sandbox.docker import ROLE_LABEL, WORKER_LABEL
-
         docker = self._docker()
         for container in self._client().containers.list(all=True, sparse=True, filters={"label": ROLE_LABEL}):
             owner = (container.attrs.get("Labels") or {}).get(WORKER_LABEL, "")

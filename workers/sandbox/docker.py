@@ -69,6 +69,7 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from runtime.recovery import process_alive
 from runtime.spec import Limits
+from sandbox_image.labels import ARTIFACT_LABEL, ROLE_LABEL, STUDY_LABEL, WORKER_LABEL
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
 from workers.sandbox.base import (
@@ -81,10 +82,6 @@ from workers.sandbox.base import (
 from workers.sandbox.install import Prepared, content_sha256  # noqa: F401 - part of this module's API
 
 SANDBOX_UID = 10001
-ROLE_LABEL = "bbo-arena.role"
-STUDY_LABEL = "bbo-arena.study"
-ARTIFACT_LABEL = "bbo-arena.artifact"
-WORKER_LABEL = "bbo-arena.worker"  # host:pid of the worker that made it, for sweeping orphans
 SUBMISSION_MOUNT = install.SUBMISSION_MOUNT
 INSTALL_MOUNT = install.INSTALL_MOUNT
 IMAGE_PYTHON_VERSION = "3.11"  # the Dockerfile asserts it
