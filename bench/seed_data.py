@@ -7,7 +7,7 @@ by the project's own writers (`records.save_new_submission`, `records.write_stud
 the event writer, `archive.store`, `teams.add_team`) so they have exactly the real shapes, with the times
 they would have happened at. Those writers are handed a stand-in client that queues their commands into
 one pipeline (`Deferred`), so the whole history goes in a few hundred round trips. The RQ jobs are made as
-enqueue.enqueue_jobs makes them (same call, payload and options; tests/test_seed_data.py compares), in
+enqueue.enqueue_jobs makes them (same call, payload and options; tests/bench/test_seed_data.py compares), in
 one pipeline too, and running jobs are started as an RQ worker starts them.
 
 The competition is the demo one at the challenge's shape: 6 visible problems x 10 studies, 2 studies a job

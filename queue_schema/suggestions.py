@@ -31,7 +31,7 @@ sends, and the whole stored StudyResult at most rounds x batch x (max_point_byte
 - neurips2020 (16 rounds x 8), largest space MLP-adam (9 parameters): 303 bytes a point, 38,945 bytes of
   suggestions, a stored study at most 49,536 bytes (about 42,790 measured), 14.2 MiB for a submission of 30
   problems x 10 studies (before: one 4 MB suggestion passed, 61 MiB a study, about 18 GiB a submission).
-tests/test_protocol_properties.py::test_a_maximal_study_is_stored_within_the_bound measures both.
+tests/contract/test_protocol_properties.py::test_a_maximal_study_is_stored_within_the_bound measures both.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ code before (issue 14, finding 8), every sandbox as uid 65534, rlimit mode, pids
 bomb at its 32 tasks, another team's first sandbox ran but could start no thread (3 of 3 suggests fell
 back to random), and its pre-started second sandbox could not exec its interpreter ("setpriv: failed to
 execute ...: Resource temporarily unavailable", exit 126), charged as `optimizer_crashed`. Now both
-studies complete with no fallback (tests/test_sandbox_shared_limits.py).
+studies complete with no fallback (tests/workers/test_sandbox_shared_limits.py).
 A worker that can give neither per-sandbox uids nor cgroups (the slot folder unusable, cgroups not
 writable) refuses the backend (SandboxUnavailable naming both reasons) unless the operator sets
 BBO_ALLOW_SHARED_SANDBOX_LIMITS=1, which runs every sandbox as uid 65534 with one shared process budget.

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SUBMISSIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RANDOM_SEARCH = ROOT / "baselines" / "optimizers" / "random_search"
 
 

@@ -52,6 +52,6 @@ def test_second_process_connects_to_the_running_server(private_state):
 def test_state_never_lands_in_the_source_tree(private_state):
     from queue_schema.settings import embedded_redis_socket, state_dir
 
-    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert not str(state_dir()).startswith(source)
     assert not str(embedded_redis_socket()).startswith(source)

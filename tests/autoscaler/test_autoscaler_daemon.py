@@ -291,7 +291,7 @@ def test_a_worker_that_goes_silent_is_deleted_and_its_job_requeued_and_scored(r,
 
 # -- the commands ------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def command_env(redis_server: str, state_dir: Path) -> dict[str, str]:

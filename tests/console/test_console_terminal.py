@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_demo import processes_of
+from tests.cli.test_demo import processes_of
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD_TEAMS = ("random-search", "evolution", "sobol")
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup)")

@@ -175,7 +175,7 @@ def probe_run(backend, state_dir, tmp_path_factory):
     other_study = state_dir / "scratch" / "bwrap-other-study"
     other_study.mkdir(parents=True, exist_ok=True)
     (other_study / "left.txt").write_text("another study's file")
-    project = Path(__file__).resolve().parent.parent
+    project = Path(__file__).resolve().parents[2]
     config = {
         "port": tcp.getsockname()[1],
         "unix": [str(unix_path), "@" + abstract_name],

@@ -24,7 +24,7 @@ from workers.harness import FatalOptimizerError, run_one_study
 from workers.optimizer_process import OptimizerProcess, ProtocolViolation
 from workers.sandbox import select
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 DT = "DT-iris-acc"
 # DT's parameters, each at an in-range value: a reply built from these is valid but for the one thing a

@@ -121,7 +121,7 @@ def test_an_archive_the_worker_cannot_unpack_is_the_teams_and_charged(r):
 def test_infrastructure_failures_are_refunded_up_to_the_daily_cap_then_held(r):
     spec = load("demo")
     per_day = spec.submission.refunds_per_day
-    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parents[1] / "submissions" / "random_search", spec.submission)
     subs = [_submit(r, data) for _ in range(per_day + 2)]
     for sub in subs:
         lifecycle.fail(r, sub.id, 1, FailureCause.INFRASTRUCTURE, "worker lost")
@@ -148,7 +148,7 @@ def test_infrastructure_failures_are_refunded_up_to_the_daily_cap_then_held(r):
 def test_racing_infrastructure_failures_never_refund_past_the_cap(r):
     spec = load("demo")
     per_day = spec.submission.refunds_per_day
-    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parents[1] / "submissions" / "random_search", spec.submission)
     subs = [_submit(r, data) for _ in range(12)]
     barrier = threading.Barrier(len(subs))
 
@@ -169,7 +169,7 @@ def test_racing_infrastructure_failures_never_refund_past_the_cap(r):
 
 def test_a_rescore_failing_as_infrastructure_neither_refunds_nor_holds(r):
     spec = load("demo")
-    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parents[1] / "submissions" / "random_search", spec.submission)
     sub = _submit(r, data)
     r.hset(keys.submission(sub.id), "score_version", "2")
     lifecycle.fail(r, sub.id, 2, FailureCause.INFRASTRUCTURE, "worker lost")
@@ -211,7 +211,7 @@ def test_organizers_can_refund_a_charged_failure_they_find_was_ours(r):
     """A failure the service could not tell was ours is the team's: charged, and the organizers, who
     read the traceback in the log, can still refund it; a scored upload has nothing to refund."""
     spec = load("demo")
-    data = archive.pack(Path(__file__).parent / "submissions" / "random_search", spec.submission)
+    data = archive.pack(Path(__file__).parents[1] / "submissions" / "random_search", spec.submission)
     crashed, scored = _submit(r, data), _submit(r, data)
     lifecycle.fail(
         r, crashed.id, 1, FailureCause.OPTIMIZER_CRASHED, "the optimizer's output could not be handled"

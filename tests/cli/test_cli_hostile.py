@@ -20,7 +20,7 @@ from runtime.spec import SPECS_DIR
 from tests.conftest import SUBMISSIONS
 from tests.scoring_helpers import PROBLEM, score_tiny
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MARKUP = "[/] [link=file:///etc/passwd]x[/link] [bold red]"
 
 CHATTY = f'''"""Random search that writes escapes and markup on stderr at every call, and whose first

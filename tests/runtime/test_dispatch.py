@@ -28,7 +28,7 @@ from tests.dispatch_helpers import RAN
 from tests.waiting import wait_for
 from workers.fair_worker import FairSimpleWorker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECORD = "tests.dispatch_helpers.record"
 
 

@@ -173,7 +173,7 @@ def test_admin_commands_say_in_one_line_that_the_store_refuses_writes(tmp_path, 
             text=True,
             timeout=120,
             env={**os.environ, "BBO_STATE_DIR": str(tmp_path)},
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
         )
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.strip().splitlines()

@@ -22,7 +22,7 @@ from queue_schema.states import StudyState, SubmissionState
 from runtime.spec import Spec, load
 from tests.conftest import SUBMISSIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def quick_spec() -> Spec:

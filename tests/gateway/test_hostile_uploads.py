@@ -25,8 +25,8 @@ from gateway.app import create_app
 from gateway.http_limits import GuardedHttpToolsProtocol
 from queue_schema import keys
 from runtime.spec import load
+from tests.artifacts.test_bundled_wheels import make_wheel
 from tests.live_server import ServedGateway, free_port, push_until_answered, served_gateway
-from tests.test_bundled_wheels import make_wheel
 from tests.waiting import wait_for
 from tests.zip_helpers import Raw, raw_zip
 

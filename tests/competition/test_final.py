@@ -21,10 +21,10 @@ from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission
 from runtime.spec import Spec
+from tests.cli.test_team_cli import one_line_error, run
+from tests.competition.test_rescore import ROOT, burst_worker, quick_spec
 from tests.conftest import SUBMISSIONS
 from tests.live_server import serving
-from tests.test_rescore import ROOT, burst_worker, quick_spec
-from tests.test_team_cli import one_line_error, run
 
 
 def final_spec() -> Spec:

@@ -44,7 +44,7 @@ from tests.conftest import SUBMISSIONS
 from tests.waiting import wait_for
 from workers.heartbeat import JobBeat, WorkerHeartbeat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -267,7 +267,7 @@ def test_a_dead_workers_uid_slots_are_free_again():
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         uid = int(held.stdout.readline())
