@@ -6,26 +6,19 @@ from functools import cache
 
 import redis
 
+from queue_schema.errors import RedisUnavailable, store_refusal
 from queue_schema.settings import redis_url
 from queue_schema.untrusted import redact_url, redact_urls_in
 
-
-class RedisUnavailable(ConnectionError):
-    """Redis did not answer; the message says where we looked."""
-
-
-def store_refusal(exc: redis.ResponseError) -> str | None:
-    """ "MISCONF", "OOM" or "READONLY" when the store refuses every write, for every client: it cannot
-    persist (MISCONF: the AOF or a snapshot failed to write, nearly always a full disk), it is full under
-    noeviction (OOM), or it is a replica (READONLY: a failover in progress); None for any other error.
-    redis-py makes OOM and READONLY classes of their own and leaves MISCONF a plain ResponseError; a
-    pipeline or a script puts words before the reason."""
-    message = str(exc)
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "when used memory > 'maxmemory'" in message:
-        return "OOM"
-    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in message:
-        return "READONLY"
-    return "MISCONF" if "MISCONF" in message else None
+# Callers import these from here too (queue_schema/errors.py defines them).
+__all__ = [
+    "RedisUnavailable",
+    "connect",
+    "ping",
+    "reset_clients",
+    "rq_connection",
+    "store_refusal",
+]
 
 
 def _client(url: str, decode: bool) -> redis.Redis:

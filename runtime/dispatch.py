@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-from rq import Queue
-from rq.registry import StartedJobRegistry
 
 from baselines.catalogue import parse
 from queue_schema import keys
 from queue_schema.settings import state_dir
-
-if TYPE_CHECKING:
-    from runtime.spec import Phase, Spec
+from runtime import rq_adapter
+from runtime.spec import Phase, Spec
 
 log = logging.getLogger("bbo.dispatch")
 
@@ -75,8 +73,8 @@ def queue_depths(r: redis.Redis) -> dict[str, Any]:
     names = queue_names(r)
     pipe = r.pipeline(transaction=False)
     for name in names:
-        pipe.llen(Queue.redis_queue_namespace_prefix + name)
-        pipe.zcard(StartedJobRegistry.key_template.format(name))
+        pipe.llen(rq_adapter.queue_key(name))
+        pipe.zcard(rq_adapter.started_registry_key(name))
     counts = pipe.execute()
     per_queue = {
         name: {"depth": int(counts[2 * i]), "running": int(counts[2 * i + 1])} for i, name in enumerate(names)
@@ -138,7 +136,7 @@ def fair_pop(r: redis.Redis, head: list[str], ring: list[str], tail: list[str]) 
     tail; popping from the ring moves the cursor, all in one atomic script.
     """
     names = [*head, *ring, *tail]
-    queue_keys = [Queue.redis_queue_namespace_prefix + name for name in names]
+    queue_keys = [rq_adapter.queue_key(name) for name in names]
     script = r.register_script(_FAIR_POP)  # EVALSHA, loading the script once per server
     result = script(
         keys=[keys.dispatch_cursor(), keys.dispatch_inflight(), *queue_keys],
@@ -259,12 +257,41 @@ def order_problems(spec_name: str, problems: list[str] | tuple[str, ...]) -> lis
     return sorted(problems, key=lambda p: (-seconds[p], p))
 
 
-def order_jobs(spec: Spec, phase: Phase) -> list[tuple[str, int, list[int]]]:
+def study_seconds(spec: Spec, seconds_per_eval: float) -> float:
+    """What one study of a problem is expected to take: its evaluations at `seconds_per_eval` (the cost
+    table's figure), plus the optimizer's whole suggest budget. The one rule that both orders jobs
+    (`order_jobs`) and sizes their time limit (`job_timeout`)."""
+    return seconds_per_eval * spec.evals_per_study + spec.limits.suggest_budget_s
+
+
+# A job's time limit (past it RQ kills the work horse, and the failure is ours, retried and refunded) is
+# its expected length with generous room: each evaluation TIMEOUT_EVAL_MARGIN times the cost table's
+# figure (a slower machine, a busy host, a table measured elsewhere), plus TIMEOUT_STUDY_SLACK_S a study
+# (starting the optimizer, writing its results) and TIMEOUT_JOB_SLACK_S a job (extracting the archive,
+# installing its wheels, starting the sandbox).
+TIMEOUT_EVAL_MARGIN = 3.0
+TIMEOUT_STUDY_SLACK_S = 60.0
+TIMEOUT_JOB_SLACK_S = 300.0
+
+
+def job_timeout(spec: Spec, seconds_per_eval: float, studies: int) -> int:
+    """RQ's time limit, in seconds, for a job of `studies` studies of a problem costing `seconds_per_eval`
+    (from `costs_for`, as `order_jobs` uses it)."""
+    per_study = study_seconds(spec, TIMEOUT_EVAL_MARGIN * seconds_per_eval) + TIMEOUT_STUDY_SLACK_S
+    return math.ceil(studies * per_study + TIMEOUT_JOB_SLACK_S)
+
+
+def order_jobs(
+    spec: Spec, phase: Phase, seconds_per_eval: dict[str, float] | None = None
+) -> list[tuple[str, int, list[int]]]:
     """A score version's jobs (problem, chunk, studies), longest first, so that its last job is a short
-    one. A job's length is its studies x (objective + the optimizer's whole budget): jobs differ in
-    studies (heavy problems get smaller ones) and the budget can outweigh the objective."""
-    seconds = costs_for(spec.name, phase.problems).seconds_per_eval  # one read of the cost tables
-    per_study = {p: seconds[p] * spec.evals_per_study + spec.limits.suggest_budget_s for p in phase.problems}
+    one. A job's length is its studies x `study_seconds` (objective + the optimizer's whole budget): jobs
+    differ in studies (heavy problems get smaller ones) and the budget can outweigh the objective.
+    `seconds_per_eval`: the phase's costs when the caller has read them already (`costs_for`)."""
+    seconds = seconds_per_eval
+    if seconds is None:
+        seconds = costs_for(spec.name, phase.problems).seconds_per_eval  # one read of the cost tables
+    per_study = {p: study_seconds(spec, seconds[p]) for p in phase.problems}
     # Ties as order_problems breaks them: the costlier problem first, then by name; chunks in order.
     return sorted(
         phase.jobs(),

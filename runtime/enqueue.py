@@ -54,22 +54,34 @@ def enqueue_jobs(
     # Organizer work jumps every team; a team's jobs wait only behind its own (runtime/dispatch.py).
     name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
     queue = Queue(name, connection=rq_connection())
+    seconds = dispatch.costs_for(spec.name, phase.problems).seconds_per_eval  # one read of the cost tables
     ids = []
-    for problem, chunk, studies in dispatch.order_jobs(spec, phase):
+    for problem, chunk, studies in dispatch.order_jobs(spec, phase, seconds):
         jid = job_id(sub.id, sub.score_version, problem, chunk)
         if jid in skip:
             continue
-        queue.enqueue_call(**job_options(sub, spec, problem, chunk, studies, backend))
+        queue.enqueue_call(**job_options(sub, spec, problem, chunk, studies, backend, seconds[problem]))
         r.sadd(keys.submission_jobs(sub.id, sub.score_version), jid)
         ids.append(jid)
     return ids
 
 
 def job_options(
-    sub: Submission, spec: Spec, problem: str, chunk: int, studies: list[int], backend: str
+    sub: Submission,
+    spec: Spec,
+    problem: str,
+    chunk: int,
+    studies: list[int],
+    backend: str,
+    seconds_per_eval: float | None = None,
 ) -> dict[str, Any]:
     """Everything RQ is told about one job (Queue.enqueue_call's and Queue.prepare_data's arguments):
-    the payload, its deterministic id, timeout, TTLs, retries and failure callback."""
+    the payload, its deterministic id, timeout, TTLs, retries and failure callback.
+
+    The timeout comes from the cost table that orders the jobs (`dispatch.job_timeout`);
+    `seconds_per_eval` is the problem's figure when the caller has read the table already."""
+    if seconds_per_eval is None:
+        seconds_per_eval = dispatch.costs_for(spec.name, [problem]).seconds_per_eval[problem]
     payload = ScoreJob(
         submission_id=sub.id,
         score_version=sub.score_version,
@@ -85,17 +97,10 @@ def job_options(
         "func": JOB_FUNCTION,
         "args": (payload.model_dump(mode="json"),),
         "job_id": job_id(sub.id, sub.score_version, problem, chunk),
-        "timeout": _job_timeout(spec, len(studies)),
+        "timeout": dispatch.job_timeout(spec, seconds_per_eval, len(studies)),
         "result_ttl": RESULT_TTL_S,
         "failure_ttl": 30 * 24 * 3600,
         "retry": Retry(max=2),
         "on_failure": Callback(FAILURE_CALLBACK),
         "description": f"{sub.id} v{sub.score_version} {problem} #{chunk}",
     }
-
-
-def _job_timeout(spec: Spec, studies: int) -> int:
-    # The optimizer's own budget plus generous room for the objective (bayesmark's slowest problem
-    # needs about 2 s per evaluation single-threaded).
-    per_study = spec.limits.suggest_budget_s + 3.0 * spec.evals_per_study + 60
-    return int(studies * per_study + 300)

@@ -36,21 +36,15 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.command import send_command
 from rq.exceptions import NoSuchJobError
-from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, StartedJobRegistry
-from rq.utils import parse_composite_key, utcparse
-from rq.worker import Worker
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Heartbeat, ScoreJob
 from queue_schema.records import add_event, load_submission
 from queue_schema.states import ACTIVE_STATES, FailureCause
-from runtime import lifecycle
+from runtime import lifecycle, rq_adapter
 from runtime.enqueue import enqueue_jobs, expected_jobs
 from runtime.spec import stored_spec
 
@@ -180,12 +174,7 @@ def _drop_dead_workers(r: redis.Redis, conn: redis.Redis, queues: list[Queue]) -
         # is gone (or frozen; one that wakes up keeps working, and reappears in our index at its next beat).
         # RQ would list it for up to 90 s busy or 8 min idle, until its own key expires: forget it now.
         pipe = conn.pipeline(transaction=False)
-        for name in dead:
-            worker_key = Worker.redis_worker_namespace_prefix + name
-            pipe.delete(worker_key, f"{worker_key}:executions")
-            pipe.srem(REDIS_WORKER_KEYS, worker_key)
-            for queue in queues:
-                pipe.srem(WORKERS_BY_QUEUE_KEY % queue.name, worker_key)
+        rq_adapter.forget_workers(pipe, dead, [queue.name for queue in queues])
         pipe.execute()
     return sorted(dead)
 
@@ -196,48 +185,24 @@ def _drop_dead_workers(r: redis.Redis, conn: redis.Redis, queues: list[Queue]) -
 def _started(conn: redis.Redis, queues: list[Queue]) -> list[_Started]:
     """Every execution in every queue's started registry (read as is: RQ's own cleanup must not run here,
     it would fail expired jobs through the failure callback instead of requeueing them)."""
-    entries: list[tuple[str, str, str, str]] = []
-    for queue in queues:
-        for raw in conn.zrange(StartedJobRegistry(queue.name, connection=conn).key, 0, -1):
-            composite = raw.decode() if isinstance(raw, bytes) else raw
-            job_id, execution_id = parse_composite_key(composite)
-            entries.append((queue.name, composite, job_id, execution_id))
-    pipe = conn.pipeline(transaction=False)
-    for _, composite, job_id, _ in entries:
-        pipe.hmget(Execution.from_composite_key(composite, conn).key, "created_at", "worker_name")
-        pipe.hmget(Job.key_for(job_id), "started_at", "timeout", "worker_name")
-    replies = pipe.execute()
-    out = []
-    for i, (queue, composite, job_id, execution_id) in enumerate(entries):
-        created_at, exec_worker = replies[2 * i]
-        started_at, timeout, job_worker = replies[2 * i + 1]
-        out.append(
-            _Started(
-                queue=queue,
-                composite=composite,
-                job_id=job_id,
-                execution_id=execution_id,
-                worker=_text(exec_worker or job_worker or b""),
-                started_at=_start_time(created_at, started_at),
-                timeout=_int_or_none(timeout),
-            )
+    entries = [
+        (queue.name, *entry) for queue in queues for entry in rq_adapter.started_entries(conn, queue.name)
+    ]
+    details = rq_adapter.run_details(conn, [(composite, job_id) for _, composite, job_id, _ in entries])
+    return [
+        _Started(
+            queue=queue,
+            composite=composite,
+            job_id=job_id,
+            execution_id=execution_id,
+            worker=worker,
+            started_at=started_at,
+            timeout=timeout,
         )
-    return out
-
-
-def _start_time(created_at: bytes | None, started_at: bytes | None) -> float | None:
-    if created_at:
-        return float(created_at)
-    if started_at:
-        return utcparse(_text(started_at)).timestamp()
-    return None
-
-
-def _int_or_none(value: bytes | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
+        for (queue, composite, job_id, execution_id), (worker, started_at, timeout) in zip(
+            entries, details, strict=True
+        )
+    ]
 
 
 def _text(value: bytes | str) -> str:
@@ -285,9 +250,7 @@ def reap(r: redis.Redis, now: float | None = None, *, rq_conn: redis.Redis | Non
             report.stuck.append(job.job_id)
             if job.worker:
                 # Best effort: a worker that still listens kills the horse; the job is requeued either way.
-                send_command(
-                    conn, job.worker, "stop-execution", job_id=job.job_id, execution_id=job.execution_id
-                )
+                rq_adapter.stop_execution(conn, job.worker, job.job_id, job.execution_id)
         (report.failed if outcome == "failed" else report.requeued).append(job.job_id)
         log.warning("reaper: %s job %s (%s, worker %s)", outcome, job.job_id, verdict, job.worker or "?")
     return report
@@ -310,7 +273,7 @@ def _requeue_lost_in_flight(r: redis.Redis, conn: redis.Redis, now: float) -> li
             continue
         if job.get_status(refresh=False) != JobStatus.QUEUED:
             continue
-        Queue(job.origin, connection=conn).push_job_id(job_id, at_front=True)
+        rq_adapter.push_front(conn, job.origin, job_id)
         payload = _payload(job)
         add_event(
             r,
@@ -378,14 +341,13 @@ def _payload(job: Job) -> ScoreJob | None:
 def _claim(r: redis.Redis, conn: redis.Redis, started: _Started, reason: str) -> str | None:
     """Take the execution away from its (dead or stuck) run and requeue the job, or fail it after
     MAX_REAPS: "requeued", "failed", or None if the entry is gone (another reaper, or the run ended)."""
-    job_key = Job.key_for(started.job_id)
-    registry_key = StartedJobRegistry(started.queue, connection=conn).key
+    registry_key = rq_adapter.started_registry_key(started.queue)
     with conn.pipeline() as pipe:
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 # Every end of a run (success, failure, retry, RQ's own cleanup, another reaper's claim)
                 # writes the job hash, so watching it makes "the entry is still there" hold until EXEC.
-                pipe.watch(job_key)
+                rq_adapter.watch_run(pipe, started.job_id)
                 if pipe.zscore(registry_key, started.composite) is None:
                     pipe.unwatch()
                     return None
@@ -410,18 +372,12 @@ def _claim(r: redis.Redis, conn: redis.Redis, started: _Started, reason: str) ->
                         f"scoring infrastructure error (a job's worker was lost {reaps} times)",
                     )
                 job.meta[REAPS_META] = reaps
-                execution = Execution(started.execution_id, started.job_id, conn, worker_name=started.worker)
                 pipe.multi()
-                execution.delete(job, pipe)
+                rq_adapter.delete_execution(conn, pipe, job, started.execution_id, started.worker)
                 if give_up:
-                    job.set_status(JobStatus.FAILED, pipeline=pipe)
-                    job.save(pipeline=pipe)
-                    FailedJobRegistry(job.origin, connection=conn).add(
-                        job, ttl=job.failure_ttl, exc_string=f"reaped {reaps} times", pipeline=pipe
-                    )
+                    rq_adapter.fail_job(conn, pipe, job, f"reaped {reaps} times")
                 else:
-                    job.started_at = None
-                    Queue(job.origin, connection=conn).enqueue_job(job, pipeline=pipe, at_front=True)
+                    rq_adapter.requeue_at_front(conn, pipe, job)
                 _event(pipe, payload, started, reason, reaps, give_up)
                 pipe.execute()
                 return "failed" if give_up else "requeued"

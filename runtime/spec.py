@@ -21,13 +21,10 @@ import redis
 from baselines.catalogue import UnknownProblem, all_problems, parse
 from baselines.store import BaselinePlan
 from queue_schema import keys
+from runtime.errors import SpecError
 
 SPECS_DIR = Path(__file__).parent / "specs"
 PHASES = ("feedback", "final")
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used, with a message naming the file and the field."""
 
 
 @dataclass(frozen=True)

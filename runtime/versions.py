@@ -21,14 +21,11 @@ from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission, read_studies, transition
 from queue_schema.states import FailureCause, SubmissionState
 from runtime import lifecycle
+from runtime.errors import ScoreError
 from runtime.provenance import score_provenance
 from runtime.spec import Spec, stored_spec
 
 __all__ = ["BaselineError", "MissingBaseline", "ScoreError"]
-
-
-class ScoreError(ValueError):
-    pass
 
 
 def baselines_for(spec: Spec, required: Iterable[str] | None = None) -> Any:

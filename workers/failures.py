@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq.timeouts import BaseTimeoutException
 
 from queue_schema.connection import connect
 from queue_schema.payloads import ScoreJob
 from queue_schema.states import OUR_OS_ERRNOS, FailureCause
-from runtime import lifecycle
+from runtime import lifecycle, rq_adapter
 from workers.harness import SandboxInfrastructureError
 from workers.sandbox.base import SandboxUnavailable
 
@@ -26,7 +25,7 @@ def is_ours(exc: BaseException) -> bool:
     """Whether `exc`, raised while a job handled a team's submission, is a failure of our infrastructure."""
     if isinstance(exc, SandboxInfrastructureError | SandboxUnavailable | redis.RedisError | MemoryError):
         return True
-    if isinstance(exc, BaseTimeoutException):  # RQ's job timeout: generous, sized from our cost table
+    if isinstance(exc, rq_adapter.JobTimeout):  # RQ's job timeout: generous, sized from our cost table
         return True
     return isinstance(exc, OSError) and exc.errno in OUR_OS_ERRNOS
 

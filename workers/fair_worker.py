@@ -14,17 +14,17 @@ import time
 from typing import Any
 
 import redis
-from rq import SimpleWorker, Worker, worker_registration
+from rq import SimpleWorker, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
-from rq.worker import WorkerStatus
 
-from runtime import dispatch
+from runtime import dispatch, rq_adapter
 
 
-class FairQueues:
+class FairQueues(rq_adapter.WorkerHooks):
     """Mixin for an RQ worker class (first in the bases): fair dequeueing over discovered team queues.
+    RQ's own hooks and internals are reached through runtime/rq_adapter.py only.
 
     `queues` are the fixed queues (default: priority and the legacy shared queue): those in
     `dispatch.HEAD_QUEUES` come before the team queues, the others after. `teams=False` makes a worker
@@ -43,15 +43,6 @@ class FairQueues:
         super().__init__(fixed, *args, **kwargs)
         self._refresh_queues()
 
-    def _make_queue(self, name: str) -> Queue:
-        return self.queue_class(
-            name=name,
-            connection=self.connection,
-            job_class=self.job_class,
-            serializer=self.serializer,
-            death_penalty_class=self.death_penalty_class,
-        )
-
     def _refresh_queues(self) -> None:
         ring = dispatch.team_queue_names(self.connection) if self._teams else []
         if ring == self._ring:
@@ -59,14 +50,8 @@ class FairQueues:
         self._ring = ring
         known = {queue.name: queue for queue in self.queues}
         names = [*self._head, *ring, *self._tail]
-        self.queues = [known.get(name) or self._make_queue(name) for name in names]
-        self._ordered_queues = self.queues[:]
-        if self.birth_date is not None:
-            # Registered already: RQ's views of workers per queue (and its registry cleaning) follow.
-            with self.connection.pipeline() as pipe:
-                worker_registration.register(self, pipe)
-                pipe.hset(self.key, "queues", ",".join(names))
-                pipe.execute()
+        # Registered already: RQ's views of workers per queue (and its registry cleaning) follow.
+        rq_adapter.set_queues(self, [known.get(name) or rq_adapter.make_queue(self, name) for name in names])
 
     def _blocking_pop(self, seconds: int) -> tuple[str, str] | None:
         """All queues were empty a moment ago: take whichever job arrives first, fair enough."""
@@ -79,20 +64,16 @@ class FairQueues:
         dispatch.note_dequeued(self.connection, name, job_id)
         return name, job_id
 
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> tuple[Job, Queue] | None:
-        """RQ's contract: a (job, queue), or None when in burst mode (timeout None) nothing is queued or
-        the worker has been idle for `max_idle_time` seconds. A warm shutdown while idle raises
-        StopRequested from the signal handler, as in RQ."""
-        self.set_state(WorkerStatus.IDLE)
+    def next_job(self, timeout: int | None, max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """RQ's contract (rq_adapter.WorkerHooks): a (job, queue), or None when in burst mode (timeout
+        None) nothing is queued or the worker has been idle for `max_idle_time` seconds. A warm shutdown
+        while idle raises StopRequested from the signal handler, as in RQ."""
+        rq_adapter.worker_idle(self)
         idle_since = time.monotonic()
         connection_wait = 1.0
         while True:
             try:
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
+                rq_adapter.worker_keepalive(self)
                 self._refresh_queues()
                 self.procline("Listening on " + ",".join(self.queue_names()))
                 popped = dispatch.fair_pop(self.connection, self._head, self._ring, self._tail)
@@ -113,22 +94,20 @@ class FairQueues:
                     job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
                 except NoSuchJobError:
                     continue  # deleted while queued, as RQ's own dequeue skips it
-                queue = next((q for q in self.queues if q.name == name), None) or self._make_queue(name)
-                job.redis_server_version = self.get_redis_server_version()
+                queue = next((q for q in self.queues if q.name == name), None) or rq_adapter.make_queue(
+                    self, name
+                )
                 self.log.info("Worker %s: %s: %s (%s)", self.name, name, job.description, job.id)
-                self.heartbeat()
+                rq_adapter.job_dequeued(self, job)
                 return job, queue
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self.log.error(
                     "Worker %s: Redis unreachable (%s), retrying in %.0f s", self.name, exc, connection_wait
                 )
                 time.sleep(connection_wait)
-                connection_wait = min(
-                    connection_wait * self.exponential_backoff_factor, self.max_connection_wait_time
-                )
+                connection_wait = rq_adapter.next_connection_wait(self, connection_wait)
 
-    def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
-        super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc]
+    def job_started(self, job: Job) -> None:
         dispatch.note_started(self.connection, job.id)
 
 

@@ -31,7 +31,7 @@ import redis
 from queue_schema import keys
 from queue_schema.payloads import Heartbeat, JobHeartbeat
 from queue_schema.settings import redis_url
-from runtime import recovery
+from runtime import recovery, rq_adapter
 from workers.optimizer_process import LaunchSpec
 
 log = logging.getLogger("bbo.heartbeat")
@@ -170,10 +170,8 @@ class WorkerHeartbeat:
 
     def beat(self) -> None:
         job = self._current_job()
-        if getattr(self.worker, "_shutdown_requested_date", None) is not None:
-            state = "draining"
-        else:
-            state = "busy" if job else "idle"
+        busy = "busy" if job else "idle"
+        state = "draining" if rq_adapter.shutdown_requested(self.worker) else busy
         heartbeat = Heartbeat(
             worker=self.worker.name,
             host=socket.gethostname(),
@@ -193,8 +191,7 @@ class WorkerHeartbeat:
     def _current_job(self) -> str | None:
         # The in-memory executions only: RQ's `execution` property would fall back to a Redis read
         # through the worker's own connection.
-        executions = list(getattr(self.worker, "executions", {}).values())
-        return executions[0].job_id if executions else None
+        return rq_adapter.current_job_id(self.worker)
 
     def _tick(self) -> None:
         try:

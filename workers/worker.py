@@ -11,8 +11,15 @@ from typing import Any
 
 import redis
 
-from queue_schema.connection import store_refusal
+from queue_schema import keys
+from queue_schema.connection import rq_connection
+from queue_schema.errors import store_refusal
 from queue_schema.settings import pin_threads
+from runtime import rq_adapter
+from runtime.recovery import process_alive
+from workers.fair_worker import FairWorker
+from workers.heartbeat import WorkerHeartbeat, horses_die_with_worker
+from workers.sandbox import docker
 
 log = logging.getLogger("bbo.worker")
 
@@ -22,7 +29,8 @@ STORE_PROBE_TTL_S = 30
 
 
 def preload() -> None:
-    """Import the heavy scoring stack once in the parent; RQ's forked work horses inherit it."""
+    """Import the heavy scoring stack once in the parent; RQ's forked work horses inherit it. (Imports
+    inside on purpose: preloading is this function's whole point, and importing this module stays cheap.)"""
     import bayesmark.experiment  # noqa: F401
     import bayesmark.sklearn_funcs  # noqa: F401
 
@@ -31,28 +39,20 @@ def preload() -> None:
 
 def _sweep_orphan_sandboxes() -> None:
     """Containers left by a worker that died on this host would otherwise hold memory forever."""
-    import contextlib
-
-    from workers.sandbox import docker
-
     with contextlib.suppress(Exception):
         if docker.available():
             docker.sweep()
 
 
 def run_worker(*, burst: bool = False, name: str | None = None, priority_only: bool = False) -> bool:
+    # Before anything else: the fair worker and the reaper rely on RQ internals, tested for one RQ series.
+    rq_adapter.check_rq_version()
     pin_threads()
-    from queue_schema import keys
-    from queue_schema.connection import rq_connection
-    from workers.fair_worker import FairWorker
-
     preload()
     _sweep_orphan_sandboxes()
     queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
     worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
     # Recovery (workers/heartbeat.py): the work horse dies with this process, a thread beats and reaps.
-    from workers.heartbeat import WorkerHeartbeat, horses_die_with_worker
-
     horses_die_with_worker()
     worked = False
     while True:
@@ -90,22 +90,14 @@ def _forget_dead_namesake(worker: Any) -> None:
     name, and the reaper that would clear it runs on workers, perhaps none but this one. A predecessor
     that ran on this host under a PID that is gone (or is ours: a new PID namespace) is forgotten now;
     its job is requeued by the reaper as any dead worker's."""
-    from rq import worker_registration
-
-    from runtime.recovery import process_alive
-
     with contextlib.suppress(redis.RedisError):
-        host, pid, death = (
-            value.decode() if isinstance(value, bytes) else value
-            for value in worker.connection.hmget(worker.key, "hostname", "pid", "death")
-        )
-        if death or host != socket.gethostname() or not (pid or "").isdigit():
+        host, pid, death = rq_adapter.registered_identity(worker)
+        if death or host != socket.gethostname() or not pid.isdigit():
             return
         if int(pid) != os.getpid() and process_alive(int(pid)):
             return
         pipe = worker.connection.pipeline()
-        pipe.delete(worker.key)
-        worker_registration.unregister(worker, pipe)
+        rq_adapter.forget_registration(worker, pipe)
         pipe.execute()
         log.warning(
             "worker %s: forgot its predecessor (pid %s), which died without leaving", worker.name, pid
@@ -114,8 +106,6 @@ def _forget_dead_namesake(worker: Any) -> None:
 
 def _refusal_now(worker: Any) -> str | None:
     """Why the store refuses this worker's writes right now, or None if it takes them (a probe key)."""
-    from queue_schema import keys
-
     try:
         worker.connection.set(keys.lock(f"probe:{worker.name}"), "1", ex=STORE_PROBE_TTL_S)
     except redis.ResponseError as exc:
@@ -127,20 +117,18 @@ def _refusal_now(worker: Any) -> str | None:
 
 def _stopping(worker: Any) -> bool:
     """Whether the worker was asked to stop (a signal: RQ records when, busy or not)."""
-    return getattr(worker, "_shutdown_requested_date", None) is not None
+    return rq_adapter.shutdown_requested(worker)
 
 
 def _wait_for_writes(worker: Any) -> bool:
     """Poll until the store takes writes; False if the worker was told to stop meanwhile (RQ's signal
     handlers are still installed: a SIGTERM raises StopRequested when no job runs)."""
-    from rq.exceptions import StopRequested
-
     try:
         while not _stopping(worker) and _refusal_now(worker) is not None:
             time.sleep(STORE_POLL_S)
-    except StopRequested:
+    except rq_adapter.StopRequested:
         return False
     # The worker's own teardown failed on the refusal: finish it, so that its name is free again.
     with contextlib.suppress(redis.RedisError):
-        worker.register_death()
+        rq_adapter.register_death(worker)
     return not _stopping(worker)

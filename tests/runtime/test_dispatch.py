@@ -4,6 +4,7 @@ picked up by running workers, and a submission's jobs enqueued longest problem f
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from gateway import metrics
 from queue_schema import keys
 from queue_schema.connection import connect, rq_connection
 from runtime import dispatch
+from runtime import enqueue as enqueue_module
 from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.dispatch_helpers import RAN
@@ -171,3 +173,43 @@ def test_queue_depths_and_metrics_cover_every_team_queue(r):
     assert 'bbo_queue_depth{queue="bbo-team-alpha"} 3' in text
     assert 'bbo_jobs{state="queued"} 5' in text and 'bbo_jobs{state="running"} 0' in text
     json.dumps(depths)  # plain data, for the autoscaler and the console
+
+
+def test_a_job_s_time_limit_comes_from_the_cost_table_that_orders_it(r, monkeypatch, tmp_path):
+    monkeypatch.setenv("BBO_STATE_DIR", str(tmp_path))
+    spec = load("demo")
+    phase = spec.phase("feedback")
+    costs = {p: float(i + 1) for i, p in enumerate(sorted(phase.problems))}
+    dispatch.save_table({"spec": "demo", "seconds_per_eval": costs}, dispatch.measured_path("demo"))
+    data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
+    sub = create_submission(r, team="delta", data=data, spec=spec, phase="feedback", backend="process")
+    queue = Queue(keys.team_queue("delta"), connection=rq_connection())
+    jobs = [queue.fetch_job(j) for j in queue.job_ids]
+    assert jobs
+    for job in jobs:
+        problem, studies = job.args[0]["problem"], len(job.args[0]["studies"])
+        # Each evaluation three times the table's figure, the optimizer's whole budget, and fixed room.
+        per_study = spec.limits.suggest_budget_s + 3.0 * costs[problem] * spec.evals_per_study + 60
+        assert job.timeout == math.ceil(studies * per_study + 300)
+        assert job.timeout == dispatch.job_timeout(spec, costs[problem], studies)
+        # The same rule whoever asks: job_options without the figure reads the same table.
+        options = enqueue_module.job_options(
+            sub, spec, problem, job.args[0]["chunk"], job.args[0]["studies"], "process"
+        )
+        assert options["timeout"] == job.timeout
+        # Generous: at least the expected length (what orders the jobs) times the margin's worth of room.
+        assert job.timeout > studies * dispatch.study_seconds(spec, costs[problem]) + 300
+    cheap, dear = sorted(phase.problems)[0], sorted(phase.problems)[-1]
+    assert dispatch.job_timeout(spec, costs[dear], 1) > dispatch.job_timeout(spec, costs[cheap], 1)
+
+
+def test_a_problem_no_table_covers_gets_the_coarse_guess_s_time_limit(monkeypatch, tmp_path):
+    monkeypatch.setenv("BBO_STATE_DIR", str(tmp_path))
+    spec = load("demo")
+    covered = set(spec.all_problems()) | set(load("neurips2020").all_problems())
+    uncovered = next(p.name for p in all_problems() if p.name not in covered)
+    seconds = dispatch.costs_for(spec.name, [uncovered]).seconds_per_eval[uncovered]
+    assert seconds == dispatch.coarse_seconds(uncovered)
+    assert dispatch.job_timeout(spec, seconds, 2) == math.ceil(
+        2 * (spec.limits.suggest_budget_s + 3.0 * seconds * spec.evals_per_study + 60) + 300
+    )
