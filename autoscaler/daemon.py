@@ -31,7 +31,7 @@ import redis
 from autoscaler import policy
 from autoscaler.daemon_lock import DaemonLock
 from autoscaler.policy import Decision, Observation, PolicyConfig, PolicyState, WorkerView
-from autoscaler.providers.base import Machine, Provider, ProviderError, QuotaExceeded
+from autoscaler.providers.base import CapacityExceeded, Machine, Provider, ProviderError
 from queue_schema import keys
 from queue_schema.records import add_event
 from runtime import dispatch, recovery
@@ -238,7 +238,7 @@ class Daemon:
             if decision.add:
                 try:
                     report.created = self.provider.create(decision.add)
-                except QuotaExceeded as exc:
+                except CapacityExceeded as exc:
                     report.created = exc.created
                     raise
             for name in decision.drain:

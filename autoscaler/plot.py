@@ -37,9 +37,9 @@ def _busiest_day(t: list[float], queued: list[int]) -> tuple[int, int]:
 
 def write_png(result: Result, path: Path, max_points: int = 20_000) -> Path:
     """Write the plot as PNG (Agg backend: no display needed); returns the path."""
-    import matplotlib
+    import matplotlib  # heavy, and only the plot needs it: imported here, not with the simulator
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot, hence these imports' order
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 

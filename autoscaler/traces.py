@@ -188,7 +188,7 @@ def _shares(mean: float, concentration: float, draws: list[float]) -> list[float
     their mean is exactly `mean` (the total stays on target) and none exceeds the whole budget."""
     if mean <= 0.0 or not draws:
         return [0.0] * len(draws)
-    from scipy.stats import beta
+    from scipy.stats import beta  # scipy takes a second to import; only synthetic traces need it
 
     shares = [float(v) for v in beta.ppf(draws, concentration * mean, concentration * (1 - mean))]
     drawn_mean = sum(shares) / len(shares)

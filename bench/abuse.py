@@ -134,7 +134,7 @@ def scoring_phase(fleet: Fleet, r: Any, client: httpx.Client) -> dict[str, Any]:
     from queue_schema.states import TERMINAL_STATES
 
     token = teams.add_team(r, "attacker")
-    worker = fleet.workers[0].pid
+    worker = next(iter(fleet.workers.values())).pid
     outcomes: dict[str, dict[str, Any]] = {}
     statuses: dict[str, int] = {}
     for name in hostile.OPTIMIZERS:

@@ -77,10 +77,10 @@ class Watcher:
     joined with the process table, and the workers' heartbeats."""
 
     def __init__(self, r: Any) -> None:
-        from autoscaler.providers.local import machines_key
+        from autoscaler.providers.base import machines_key
 
         self.r = r
-        self.key = machines_key(FLEET)
+        self.key = machines_key("local", FLEET)
         self.machines: dict[str, MachineLife] = {}
         self.first_heartbeat_at: float | None = None
         self.peak_workers = 0

@@ -53,14 +53,23 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.common import free_port, logger, print_figures, salted_zip, scratch_state  # noqa: E402
+from bench.common import (  # noqa: E402
+    Stack,
+    Upload,
+    logger,
+    print_figures,
+    salted_zip,
+    scratch_state,
+    team_api,
+    try_upload,
+    wait_until,
+)
+from runtime.supervisor import Child, stop_children  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -77,16 +86,6 @@ PONDERER_STUDIES = 3  # per problem, in one job: a job killed after its first st
 
 
 _log = logger("chaos")
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"bench chaos: gave up after {timeout:.0f} s waiting for {what}")
 
 
 def _small_spec(work: Path, *, problems: list[str], studies: int, studies_per_job: int, quota: int) -> Any:
@@ -107,106 +106,6 @@ def _small_spec(work: Path, *, problems: list[str], studies: int, studies_per_jo
     return load(path)
 
 
-class Stack:
-    """An embedded Redis in a state folder, and the `bbo` processes of one scenario using it."""
-
-    def __init__(self, state: Path, redis_dir: Path | None = None) -> None:
-        from runtime.redis_server import EmbeddedRedis
-
-        self.state = state
-        directory = redis_dir or state / "redis"
-        self.store = EmbeddedRedis(directory, directory / "redis.sock")
-        self.env = {
-            **os.environ,
-            "BBO_STATE_DIR": str(state),
-            "BBO_REDIS_URL": self.store.url,
-            "BBO_ALLOW_UNSAFE_SANDBOX": "1",
-        }
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.base = ""
-        self._count = 0
-        self.log = open(state / "processes.log", "ab")  # noqa: SIM115 - closed in stop()
-
-    def start_store(self) -> Any:
-        from queue_schema.connection import connect, reset_clients
-
-        self.store.start()
-        os.environ["BBO_REDIS_URL"] = self.store.url
-        reset_clients()
-        return connect(self.store.url)
-
-    def kill_store(self) -> None:
-        assert self.store.process is not None
-        self.store.process.send_signal(signal.SIGKILL)  # no shutdown, no final flush
-        self.store.process.wait(10)
-
-    def start_worker(self) -> str:
-        name = f"chaos-{os.getpid()}-{self._count}"
-        self._count += 1
-        self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        return name
-
-    def wait_registered(self, names: list[str], timeout: float = 120) -> None:
-        from rq import Worker
-
-        from queue_schema.connection import rq_connection
-
-        def registered() -> bool:
-            live = {w.name for w in Worker.all(connection=rq_connection(self.store.url))}
-            return set(names) <= live
-
-        _wait(registered, timeout, f"workers {names} to register")
-
-    def start_gateway(self, spec: str | Path) -> str:
-        port = free_port()
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec)]
-            + ["--backend", "process", "--log-level", "warning", "--workers", "1"],
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        self.base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            if self.gateway is not None and self.gateway.poll() is not None:
-                raise SystemExit(f"bench chaos: the gateway exited at start-up; see {self.log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
-            return False
-
-        _wait(healthy, 60, "the gateway's /health")
-        return self.base
-
-    def stop(self) -> None:
-        for proc in self.workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # warm shutdown
-        procs = list(self.workers.values()) + ([self.gateway] if self.gateway else [])
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.workers = {}
-        self.gateway = None
-        self.store.stop()
-        self.log.close()
-
-
 def _ponderer_stream(state: Path) -> tuple[Stack, Any, Any, bytes]:
     """A scenario's stack with its store started (and the store's client), and the spec and zip of a
     stream of slow submissions: the ponderer thinks each round, so a study lasts seconds and can be hit in
@@ -214,7 +113,7 @@ def _ponderer_stream(state: Path) -> tuple[Stack, Any, Any, bytes]:
     from artifacts import archive
     from competition import teams
 
-    stack = Stack(state)
+    stack = Stack(state, prefix="chaos")
     r = stack.start_store()
     spec = _small_spec(
         state,
@@ -233,7 +132,7 @@ def _wait_finished(r: Any, sids: list[str], timeout: float) -> None:
     def finished() -> bool:
         return all(load_submission(r, sid).state.value in FINISHED for sid in sids)
 
-    _wait(finished, timeout, "every submission to finish", interval=1.0)
+    wait_until(finished, timeout, "every submission to finish", interval=1.0)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -380,22 +279,22 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 sids.append(sub.id)
                 continue
             found = _victim(r, conn, active, set(killed))
-            if found is None or found[1] not in stack.workers or stack.workers[found[1]].poll() is not None:
+            if found is None or found[1] not in stack.workers or not stack.workers[found[1]].alive:
                 time.sleep(0.1)
                 continue
             job_id, name = found
-            proc = stack.workers.pop(name)
-            tree = _descendants(proc.pid)
-            proc.send_signal(signal.SIGKILL)  # the worker's main process only, as a crash would
+            worker = stack.workers.pop(name)
+            tree = _descendants(worker.pid)
+            worker.send_signal(signal.SIGKILL)  # the worker's main process only, as a crash would
             killed_at = time.time()
-            proc.wait(10)
+            worker.proc.wait(10)
             sid = next(s for s in active if job_id in r.smembers(keys.submission_jobs(s, 1)))
             killed[job_id] = (killed_at, sid)
             stack.start_worker()
             _log(f"worker_kill {len(killed)}/{args.kills}: killed {name} running {job_id}")
             # The work horse and its optimizer must die with the worker, not linger as orphans.
             with contextlib.suppress(SystemExit):
-                _wait(lambda tree=tree: all(_gone(p) for p in tree), 20, "the horse to die")
+                wait_until(lambda tree=tree: all(_gone(p) for p in tree), 20, "the horse to die")
             for p in tree:
                 if not _gone(p):
                     leftovers += 1
@@ -440,34 +339,19 @@ def worker_kill(state: Path, args: argparse.Namespace) -> dict[str, Any]:
 # -- redis_restart ----------------------------------------------------------------------------------
 
 
-def _upload(client: httpx.Client, token: str, data: bytes) -> tuple[str, str]:
-    """("accepted", id) or ("error", why)."""
-    try:
-        response = client.post(
-            "/v1/submissions",
-            headers={"Authorization": f"Bearer {token}"},
-            files={"file": ("submission.zip", data, "application/zip")},
-        )
-    except httpx.HTTPError as exc:
-        return "error", f"{type(exc).__name__}: {exc}"
-    if response.status_code == 201:
-        return "accepted", response.json()["id"]
-    return "error", f"{response.status_code} {response.text[:200]}"
-
-
 def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from artifacts import archive
     from competition import teams
     from queue_schema.connection import connect, reset_clients
     from queue_schema.records import load_submission
 
-    stack = Stack(state)
+    stack = Stack(state, prefix="chaos")
     r = stack.start_store()
     clients, per_team = 4, 10
     spec = _small_spec(state, problems=["DT-iris-acc"], studies=1, studies_per_job=1, quota=per_team)
     data = archive.pack(SUBMISSIONS / "random_search", spec.submission)
     tokens = [teams.add_team(r, f"team-{i:02d}") for i in range(-(-args.uploads // per_team))]
-    outcomes: list[tuple[str, str]] = []
+    outcomes: list[Upload] = []
     lock = threading.Lock()
     turn = iter(range(args.uploads))
     restarts = 0
@@ -477,22 +361,30 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         workers = [stack.start_worker(), stack.start_worker()]
 
         def client_loop() -> None:
-            with httpx.Client(base_url=stack.base, timeout=60) as client:
+            apis: dict[str, Any] = {}  # this client's connection of each team
+            try:
                 while True:
                     with lock:
                         index = next(turn, None)
                     if index is None:
                         return
-                    outcome = _upload(client, tokens[index % len(tokens)], data)
+                    token = tokens[index % len(tokens)]
+                    api = apis.setdefault(token, team_api(stack.base, token))
+                    outcome = try_upload(api, data)
                     with lock:
                         outcomes.append(outcome)
                     time.sleep(0.05)  # teams do not upload back to back: leaves room for the restarts
+            finally:
+                for api in apis.values():
+                    api.client.close()
 
         threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
         for thread in threads:
             thread.start()
         for fraction in (1 / 3, 2 / 3)[: args.restarts]:
-            _wait(lambda f=fraction: len(outcomes) >= f * args.uploads, 300, "uploads to go through", 0.01)
+            wait_until(
+                lambda f=fraction: len(outcomes) >= f * args.uploads, 300, "uploads to go through", 0.01
+            )
             stack.kill_store()
             stack.start_store()  # replays the AOF
             restarts += 1
@@ -501,8 +393,8 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             thread.join(600)
         reset_clients()
         r = connect(stack.store.url)
-        accepted = [value for kind, value in outcomes if kind == "accepted"]
-        errors = [value for kind, value in outcomes if kind == "error"]
+        accepted = [outcome.id for outcome in outcomes if outcome.id is not None]
+        errors = [outcome.why for outcome in outcomes if outcome.id is None]
         for why in sorted(set(errors))[:5]:
             _log(f"redis_restart: an upload refused: {why}")
         _log(f"redis_restart: {len(accepted)} accepted, {len(errors)} refused; scoring them")
@@ -514,7 +406,9 @@ def redis_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             present = [load_submission(r, sid) for sid in accepted if sid not in missing]
             return all(sub.state.value in FINISHED for sub in present)
 
-        _wait(all_finished, args.redis_restart_timeout, "every accepted upload to be scored", interval=1.0)
+        wait_until(
+            all_finished, args.redis_restart_timeout, "every accepted upload to be scored", interval=1.0
+        )
         unscored = [
             sid for sid in accepted if sid not in missing and load_submission(r, sid).state.value != "scored"
         ]
@@ -587,27 +481,20 @@ def disk_full(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     outcomes: list[tuple[int | None, str, float]] = []
     corrupted = 0
     try:
-        stack = Stack(state, redis_dir=small / "redis")
+        stack = Stack(state, redis_dir=small / "redis", prefix="chaos")
         r = stack.start_store()
         _small_spec(state, problems=["DT-iris-acc"], studies=1, studies_per_job=1, quota=999)
         token = teams.add_team(r, "filler")
         stack.start_gateway(state / "chaos-spec.toml")
-        with httpx.Client(base_url=stack.base, timeout=args.disk_full_request_timeout) as client:
+        with team_api(stack.base, token, timeout=args.disk_full_request_timeout) as api:
 
             def post(index: int) -> tuple[int | None, str, float]:
                 data = salted_zip(SUBMISSIONS / "random_search", f"disk-full-{index}", pad_bytes=256 * 1024)
                 started = time.monotonic()
-                try:
-                    response = client.post(
-                        "/v1/submissions",
-                        headers={"Authorization": f"Bearer {token}"},
-                        files={"file": ("submission.zip", data, "application/zip")},
-                    )
-                except httpx.HTTPError as exc:
-                    return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
-                if response.status_code == 201:
-                    stored[response.json()["id"]] = hashlib.sha256(data).hexdigest()
-                return response.status_code, response.text[:300], time.monotonic() - started
+                outcome = try_upload(api, data)
+                if outcome.id is not None:
+                    stored[outcome.id] = hashlib.sha256(data).hexdigest()
+                return outcome.status, outcome.body or str(outcome.id), time.monotonic() - started
 
             for index in range(5):
                 status, body, _ = post(index)
@@ -688,10 +575,7 @@ def store_refuses(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     refusals = 0
 
     def note_exits() -> None:
-        for name, proc in list(stack.workers.items()):
-            if proc.poll() is not None:
-                exited.append(name)
-                stack.workers.pop(name)
+        exited.extend(stack.exited_workers())
 
     def in_the_middle() -> bool:
         return any(
@@ -709,7 +593,7 @@ def store_refuses(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 ).id
                 for _ in range(2)
             ]
-            _wait(in_the_middle, 120, "a study in the middle")
+            wait_until(in_the_middle, 120, "a study in the middle")
             # Every write refused, for every client, as a full disk's MISCONF does: maxmemory under the
             # store's noeviction policy is the same refusal without filling a disk.
             r.config_set("maxmemory", "1")
@@ -776,25 +660,22 @@ def _fleet_workers(fleet: str, store_url: str) -> dict[str, list[int]]:
 
 def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
     from autoscaler.daemon import read_status
-    from autoscaler.providers.local import LocalProvider, machines_key
+    from autoscaler.providers.base import machines_key
+    from autoscaler.providers.local import LocalProvider
     from competition.submit import create_submission
 
     stack, r, spec, data = _ponderer_stream(state)
     fleet, cap = f"chaos{os.getpid()}", 2
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: Child | None = None
     restarts = orphans = duplicates = 0
     takeover: list[float] = []
     sids: list[str] = []
 
-    def start_daemon() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "autoscaler", "run", "--provider", "local"]
-            + ["--fleet", fleet, "--max", str(cap), "--interval", "1", "--idle-before-drain-s", "600"],
-            env=stack.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=stack.log,
-            stderr=stack.log,
+    def start_daemon() -> Child:
+        return stack.command(
+            "autoscaler",
+            *("autoscaler", "run", "--provider", "local", "--fleet", fleet, "--max", str(cap)),
+            *("--interval", "1", "--idle-before-drain-s", "600"),
         )
 
     def stepped_since(moment: float) -> bool:
@@ -811,15 +692,15 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
                 ).id
             )
         daemon = start_daemon()
-        _wait(lambda: len(live()) == cap, 120, f"the daemon to start {cap} workers")
+        wait_until(lambda: len(live()) == cap, 120, f"the daemon to start {cap} workers")
         for attempt in range(args.daemon_restarts):
-            _wait(
+            wait_until(
                 lambda: sum(hb.state == "busy" for hb in _heartbeats(r, fleet)) == cap,
                 120,
                 "the fleet to be busy",
             )
             daemon.send_signal(signal.SIGKILL)  # no clean-up, its lock left to expire
-            daemon.wait(10)
+            daemon.proc.wait(10)
             killed_at = time.time()
             before = live()
             # A daemon on this machine takes a dead one's lock over at once; one that still finds it held
@@ -827,12 +708,12 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             while True:
                 daemon = start_daemon()
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    daemon.wait(5)
-                if daemon.poll() is None:
+                    daemon.proc.wait(5)
+                if daemon.alive:
                     break
                 if time.time() - killed_at > 120:
                     raise SystemExit("bench chaos: daemon_restart: no new daemon could start within 120 s")
-            _wait(lambda k=killed_at: stepped_since(k), 60, "the new daemon's first step")
+            wait_until(lambda k=killed_at: stepped_since(k), 60, "the new daemon's first step")
             takeover.append(time.time() - killed_at)
             restarts += 1
             # Watch a few steps of the new daemon: every live worker must be one of its machines (no
@@ -840,11 +721,11 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             peak = 0
             for _ in range(5):
                 step_at = time.time()
-                _wait(lambda s=step_at: stepped_since(s), 30, "the new daemon's next step")
+                wait_until(lambda s=step_at: stepped_since(s), 30, "the new daemon's next step")
                 now_live = live()
                 peak = max(peak, len(now_live))
                 duplicates += sum(len(pids) - 1 for pids in now_live.values())
-            known = set(r.hkeys(machines_key(fleet)))
+            known = set(r.hkeys(machines_key("local", fleet)))
             now_live = live()
             lost = set(now_live) - known
             status = read_status(r, fleet)
@@ -861,13 +742,8 @@ def daemon_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         scored_once = sum(exactly_once(r, sid, spec)[0] for sid in sids)
         charged = charged_to_team(r, sids)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)  # stops; the workers stay up (they are the fleet)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        if daemon is not None:
+            stop_children([daemon], 30)  # the daemon stops; the workers stay up (they are the fleet)
         provider = LocalProvider(r, fleet=fleet, cap=cap, env=stack.env)
         for name in live():
             provider.delete(name)
@@ -927,12 +803,12 @@ def engine_restart(state: Path, args: argparse.Namespace) -> dict[str, Any]:
             sub = create_submission(r, team="chaos", data=data, spec=spec, phase="feedback", backend="docker")
             sids.append(sub.id)
         for _ in range(args.engine_restarts):
-            _wait(lambda: _victim(r, conn, sids, set()), 300, "a job in the middle of a study")
+            wait_until(lambda: _victim(r, conn, sids, set()), 300, "a job in the middle of a study")
             pid = _engine_pid()
             assert pid is not None
             os.kill(pid, signal.SIGTERM)  # dockerd stops its containers: the running sandboxes die
             # Gone, not just silent: start-dockerd leaves a live engine's pid file alone.
-            _wait(lambda pid=pid: not psutil.pid_exists(pid), 120, "the engine to exit", interval=0.5)
+            wait_until(lambda pid=pid: not psutil.pid_exists(pid), 120, "the engine to exit", interval=0.5)
             _log("engine_restart: the engine is down")
             time.sleep(args.engine_down_s)
             subprocess.run([str(ROOT / "scripts" / "start-dockerd")], check=True, timeout=180)

@@ -32,10 +32,7 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -43,7 +40,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.common import embedded_store, free_port, logger, percentile, print_figures, scratch_state  # noqa: E402
+from bench.common import Stack, embedded_store, logger, percentile, print_figures, scratch_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -82,104 +79,13 @@ call_timeout_s = 600.0
 # -- processes --------------------------------------------------------------------------------------
 
 
-class Fleet:
-    """The gateway and workers as subprocesses of this benchmark, started by the `bbo` CLI."""
+class Fleet(Stack):
+    """The gateway and workers as subprocesses of this benchmark, started by the `bbo` CLI, on the store at
+    `url`; their output on stderr (stdout carries only the figures' JSON)."""
 
-    def __init__(self, url: str, backend: str, gateway_workers: int = 1) -> None:
-        self.url = url
+    def __init__(self, url: str, backend: str) -> None:
+        super().__init__(store_url=url, unsafe=backend == "process", prefix="bench")
         self.backend = backend
-        self.gateway_workers = gateway_workers
-        self.env = {**os.environ, "BBO_REDIS_URL": url}
-        if backend == "process":
-            self.env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.base = ""
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self._started = 0
-        self.names: list[str] = []
-
-    def start_gateway(self) -> str:
-        port = free_port()
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", "demo"]
-            + ["--backend", self.backend, "--log-level", "warning"]
-            + ["--workers", str(self.gateway_workers)],
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr,  # stdout carries only the figures' JSON
-        )
-        self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise SystemExit("bench service: the gateway exited at start-up")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    return self.base
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("bench service: the gateway did not answer /health within 60 s")
-
-    def start_workers(self, count: int, *, pin: bool = False) -> None:
-        from rq import Worker
-
-        from queue_schema.connection import rq_connection
-
-        # Never reuse a name: a worker killed at the end of a phase leaves its registration behind for a
-        # while, and a new worker under that name would refuse to start.
-        first = self._started
-        self._started += count
-        names = [f"bench-{os.getpid()}-{i}" for i in range(first, first + count)]
-        self.names = names
-        cpus = sorted(os.sched_getaffinity(0))
-        for index, name in enumerate(names):
-            # Pinned, a worker and everything it starts (work horse, sandboxes) share one core, so "one
-            # worker" cannot borrow an idle second core for its sandbox prestarts.
-            core = {cpus[index % len(cpus)]}
-            self.workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
-                    env=self.env,
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=sys.stderr,  # bayesmark logs to stdout; stdout carries only the JSON
-                    preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if pin else None,
-                )
-            )
-        # A worker registers once it has imported the scoring stack and is ready for jobs: the clock of
-        # a measurement starts after that (a worker boots once per machine, not once per submission).
-        deadline = time.monotonic() + 120
-        while True:
-            registered = {w.name for w in Worker.all(connection=rq_connection(self.url))}
-            if set(names) <= registered:
-                return
-            if time.monotonic() > deadline or any(w.poll() is not None for w in self.workers):
-                raise SystemExit("bench service: a worker did not start")
-            time.sleep(0.1)
-
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)  # warm shutdown
-        for worker in self.workers:
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        self.workers = []
-
-    def stop(self) -> None:
-        self.stop_workers()
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGINT)
-            try:
-                self.gateway.wait(20)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
-                self.gateway.wait()
 
     def sandboxes_alive(self) -> int:
         """Running sandboxes of our workers: host processes (process, bwrap) or labelled containers."""
@@ -191,7 +97,7 @@ class Fleet:
             client = docker.from_env()
             return len(client.containers.list(filters={"label": f"{ROLE_LABEL}=sandbox"}))
         alive = 0
-        for worker in self.workers:
+        for worker in self.workers.values():
             try:
                 descendants = psutil.Process(worker.pid).children(recursive=True)
             except psutil.Error:
@@ -457,7 +363,7 @@ def _score_with(
     from queue_schema.connection import rq_connection
     from queue_schema.records import load_submission
 
-    fleet.start_workers(workers, pin=pin)
+    names = fleet.start_workers(workers, pin=pin)
     try:
         started = time.perf_counter()
         sub = create_submission(
@@ -483,7 +389,7 @@ def _score_with(
                 used = sum(
                     1
                     for w in Worker.all(connection=rq_connection(fleet.url))
-                    if w.name in fleet.names and w.successful_job_count
+                    if w.name in names and w.successful_job_count
                 )
                 break
             if current.state.value in ("failed", "stopped"):
@@ -585,10 +491,10 @@ def main(argv: list[str]) -> None:
     if args.backend == "process":
         _log("workers run studies with --backend process and BBO_ALLOW_UNSAFE_SANDBOX=1 (no isolation)")
     with scratch_state("bbo-bench-service-") as state, embedded_store() as server:
-        fleet = Fleet(server.url, args.backend, args.gateway_workers)
+        fleet = Fleet(server.url, args.backend)
         try:
             r = connect(server.url)
-            fleet.start_gateway()
+            fleet.start_gateway("demo", backend=args.backend, processes=args.gateway_workers)
             if "status" not in skip:
                 figures |= status_phase(fleet, r, args)
                 r.flushall()

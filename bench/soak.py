@@ -37,11 +37,8 @@ pin_threads()
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -49,10 +46,18 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.common import free_port, logger, percentile, print_figures, salted_zip, scratch_state  # noqa: E402
+from bench.common import (  # noqa: E402
+    Stack,
+    logger,
+    percentile,
+    print_figures,
+    salted_zip,
+    scratch_state,
+    team_api,
+    try_upload,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSION = ROOT / "tests" / "submissions" / "random_search"
@@ -102,85 +107,25 @@ def soak_spec(work: Path, problems: list[str], studies: int, quota: int) -> Path
 # -- processes --------------------------------------------------------------------------------------
 
 
-class Fleet:
+class Fleet(Stack):
     """The embedded Redis, the gateway and the workers of one soak, in a state folder of their own."""
 
     def __init__(self, state: Path) -> None:
-        from runtime.redis_server import EmbeddedRedis
-
-        self.state = state
-        self.store = EmbeddedRedis(state / "redis", state / "redis" / "redis.sock")
-        self.env = {
-            **os.environ,
-            "BBO_STATE_DIR": str(state),
-            "BBO_REDIS_URL": self.store.url,
-            "BBO_ALLOW_UNSAFE_SANDBOX": "1",
-        }
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.base = ""
-        self.log = open(state / "processes.log", "ab")  # noqa: SIM115 - closed in stop()
+        super().__init__(state, prefix="soak")
 
     def start(self, spec: Path, workers: int, backend: str = "process") -> Any:
-        from rq import Worker
-
-        from queue_schema.connection import connect, reset_clients, rq_connection
-
-        self.store.start()
-        os.environ["BBO_REDIS_URL"] = self.store.url
-        reset_clients()
-        port = free_port()
-        self.gateway = self._spawn(
-            ["serve", "--port", str(port), "--spec", str(spec), "--backend", backend]
-            + ["--log-level", "warning", "--workers", "1"]
-        )
-        self.base = f"http://127.0.0.1:{port}"
-        names = [f"soak-{os.getpid()}-{i}" for i in range(workers)]
-        self.workers = [self._spawn(["worker", "--name", name]) for name in names]
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                healthy = httpx.get(f"{self.base}/health", timeout=2).status_code == 200
-                registered = {w.name for w in Worker.all(connection=rq_connection(self.store.url))}
-                if healthy and set(names) <= registered:
-                    return connect(self.store.url)
-            if any(p.poll() is not None for p in [self.gateway, *self.workers]):
-                raise SystemExit(f"bench soak: a process exited at start-up; see {self.log.name}")
-            if time.monotonic() > deadline:
-                raise SystemExit("bench soak: the gateway or a worker did not start within 180 s")
-            time.sleep(0.2)
-
-    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", *args],
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-        )
+        """The store, the gateway answering /health and `workers` registered workers; a store client."""
+        r = self.start_store()
+        self.start_gateway(spec, backend=backend, timeout=180)
+        self.start_workers(workers, timeout=180)
+        return r
 
     def processes(self) -> dict[str, int]:
         """The long-lived processes whose memory is watched, by a name for the figures."""
         named = {"gateway": self.gateway.pid if self.gateway else 0}
-        named |= {f"worker-{i}": proc.pid for i, proc in enumerate(self.workers)}
+        named |= {f"worker-{i}": child.pid for i, child in enumerate(self.workers.values())}
         named["redis-server"] = self.store.process.pid if self.store.process else 0
         return named
-
-    def stop(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # warm shutdown: the current job ends first
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGINT)
-        for proc in [*self.workers, *([self.gateway] if self.gateway else [])]:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.store.stop()
-        self.log.close()
 
 
 # -- load -------------------------------------------------------------------------------------------
@@ -207,24 +152,17 @@ def team_client(
     rng = random.Random(seed)
     due = time.monotonic() + rng.uniform(0, interval)
     count = 0
-    with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
+    with team_api(base, token) as api:
         while not stop.wait(max(0.0, due - time.monotonic())):
             due += interval
             data = salted_zip(SUBMISSION, f"{team}-{count}-{rng.getrandbits(64):x}")
             count += 1
-            try:
-                response = client.post(
-                    "/v1/submissions", files={"file": ("submission.zip", data, "application/zip")}
-                )
-            except httpx.HTTPError as exc:
-                with ledger.lock:
-                    ledger.refused.append(f"{type(exc).__name__}: {exc}")
-                continue
+            outcome = try_upload(api, data)
             with ledger.lock:
-                if response.status_code == 201:
-                    ledger.accepted[response.json()["id"]] = time.time()
+                if outcome.id is not None:
+                    ledger.accepted[outcome.id] = time.time()
                 else:
-                    ledger.refused.append(f"{response.status_code} {response.text[:200]}")
+                    ledger.refused.append(outcome.why)
 
 
 class Sampler:

@@ -297,13 +297,14 @@ def measure(
     from queue_schema.connection import connect
     from queue_schema.records import load_submission
     from queue_schema.states import TERMINAL_STATES
+    from runtime.supervisor import free_port
 
     r = connect(redis_url)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     env.update({"BBO_REDIS_URL": redis_url, "TERM": "xterm-256color", "COLORTERM": "truecolor"})
     if backend == "process":
         env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
-    port = _free_port()
+    port = free_port()
     cli = [sys.executable, "-m", "cli", "admin"]
     console_error = None
     up = PtyProgram([*cli, "up", "--workers", "1", "--port", str(port), "--backend", backend], env)
@@ -401,14 +402,6 @@ def _log_key(job: str) -> str:
     from queue_schema import keys
 
     return keys.job_log(job)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_healthy(server: str, timeout: float) -> None:

@@ -25,7 +25,7 @@ from cli import (
     up,
 )
 from cli.output import emit_json, err, fail, guard_service_output, plain, stdout_to_stderr, studies_progress
-from cli.up import Child
+from runtime.supervisor import Child, stop_children
 
 app = typer.Typer(
     help="Run the competition: serve, workers, teams, baselines, sandbox, score, export.",
@@ -136,11 +136,7 @@ def _start_workers(url: str, count: int) -> list[Child]:
 
 
 def _stop_workers(workers: list[Child]) -> None:
-    for worker in workers:
-        worker.stop()  # RQ's warm shutdown: finish nothing new, exit
-    deadline = time.monotonic() + 15
-    for worker in workers:
-        worker.wait(deadline)
+    stop_children(workers, timeout=15)  # RQ's warm shutdown: finish nothing new, exit
 
 
 def _wait(r, sid: str, workers: list[Child], timeout: float):

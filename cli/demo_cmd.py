@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 import typer
 
 from cli.output import emit_json, err, fail, plain, stdout_to_stderr
+from runtime.supervisor import StoreWatch, free_port, stop_children, supervise
 
 SPEC = "demo"
 FLEET = "demo"
@@ -85,7 +85,7 @@ def demo_command(
         fail(str(exc))
     console_app = None if headless else _console_class()
     home = _fresh_home()
-    port = port or _free_port()
+    port = port or free_port()
     interrupted = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -131,7 +131,7 @@ def _run(
     console_app: Any,
     started: float,
 ) -> tuple[dict[str, Any], list[str]] | None:
-    from cli.up import StoreWatch, stop_children, supervise, system_children
+    from cli.up import system_children
     from competition import teams
     from queue_schema.connection import RedisUnavailable, connect
     from runtime.redis_server import ensure_redis
@@ -227,12 +227,6 @@ def _fresh_home() -> Path:
     return home
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _log_lines(folder: Path, to_stderr: bool) -> Callable[[str], None]:
     """A `say` for the supervisor: timestamped plain lines in FOLDER/supervisor.log (`line` is Rich
     markup whose untrusted parts went through `plain`)."""
@@ -266,12 +260,12 @@ def _wait_for_gateway(server: str, gateway: Any, home: Path, timeout: float = 60
 
 def _submit_all(server: str, demo: tuple[Entry, ...], tokens: dict[str, str]) -> list[tuple[Entry, str]]:
     """Upload each team's optimizer with the team CLI's own client, as `bbo submit` does."""
-    from cli.team import Api, _upload, pack
+    from cli.team import Api, pack, upload
 
     submitted = []
     for entry in demo:
         data, filename = pack(entry.folder)
-        sub = _upload(Api(server, tokens[entry.team]), data, filename, None)
+        sub = upload(Api(server, tokens[entry.team]), data, filename)
         err.print(f"  {entry.team:<14} submitted {sub['id']} ({entry.folder.name})")
         submitted.append((entry, sub["id"]))
     return submitted

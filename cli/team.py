@@ -102,37 +102,73 @@ def _normalize_server(url: str) -> str:
 # -- HTTP -------------------------------------------------------------------------------------------
 
 
-class Api:
-    """A thin client that turns every failure into a one-line message and an exit status."""
+class ApiFailure(Exception):
+    """A request that did not get its answer: one line for people (str), the exit status for it, and, when
+    the server answered, the HTTP status and the start of its body."""
 
-    def __init__(self, server: str, token: str | None) -> None:
+    def __init__(self, message: str, code: int, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.body = body
+
+
+class Api:
+    """A thin client that turns every failure into a one-line message and an exit status; with
+    `exit_on_failure=False` (the benchmarks, which count refusals) into an ApiFailure instead."""
+
+    def __init__(
+        self, server: str, token: str | None, *, timeout: float | None = None, exit_on_failure: bool = True
+    ) -> None:
         import httpx
 
         self.server = server
+        self.exit_on_failure = exit_on_failure
         headers = {"User-Agent": "bbo-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.client = httpx.Client(
-            base_url=server, headers=headers, timeout=httpx.Timeout(30.0, connect=5.0, write=300.0)
+            base_url=server,
+            headers=headers,
+            timeout=httpx.Timeout(30.0, connect=5.0, write=300.0) if timeout is None else timeout,
         )
 
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return self._request(method, path, **kwargs)
+        except ApiFailure as exc:
+            if not self.exit_on_failure:
+                raise
+            _fail(str(exc), exc.code)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
         try:
             response = self.client.request(method, path, **kwargs)
-        except httpx.TimeoutException:
-            _fail(f"the server at {self.server} did not answer in time", EXIT_UNREACHABLE)
+        except httpx.TimeoutException as exc:
+            raise ApiFailure(f"the server at {self.server} did not answer in time", EXIT_UNREACHABLE) from exc
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
-            _fail(f"cannot reach the server at {self.server}: {reason}", EXIT_UNREACHABLE)
+            raise ApiFailure(f"cannot reach the server at {self.server}: {reason}", EXIT_UNREACHABLE) from exc
         if response.status_code >= 400:
-            message = _error_message(response)
-            _fail(message, EXIT_REJECTED if response.status_code < 500 else EXIT_UNREACHABLE)
+            code = EXIT_REJECTED if response.status_code < 500 else EXIT_UNREACHABLE
+            raise ApiFailure(_error_message(response), code, response.status_code, response.text[:300])
         try:
             return response.json()
         except ValueError:
-            _fail(f"the server at {self.server} sent a reply that is not JSON", EXIT_UNREACHABLE)
+            raise ApiFailure(
+                f"the server at {self.server} sent a reply that is not JSON",
+                EXIT_UNREACHABLE,
+                response.status_code,
+                response.text[:300],
+            ) from None
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
@@ -213,7 +249,8 @@ def _multipart(data: bytes, filename: str) -> tuple[bytes, bytes, str]:
     return head, tail, f"multipart/form-data; boundary={boundary}"
 
 
-def _upload(api: Api, data: bytes, filename: str, phase: str | None) -> dict[str, Any]:
+def upload(api: Api, data: bytes, filename: str, phase: str | None = None) -> dict[str, Any]:
+    """POST the zip to /v1/submissions (a progress bar on stderr for a large one); the new submission."""
     head, tail, content_type = _multipart(data, filename)
     total = len(head) + len(data) + len(tail)
     params = {"phase": phase} if phase else None
@@ -395,7 +432,7 @@ def submit(
     max_mb = (info.get("submission") or {}).get("max_zip_mb")
     if max_mb and len(data) > max_mb * 1024 * 1024:
         _fail(f"{filename} is {len(data) / 2**20:.1f} MiB; this competition accepts at most {max_mb} MiB")
-    sub = _upload(api, data, filename, phase)
+    sub = upload(api, data, filename, phase)
     err.print(f"submitted [bold]{plain(sub['id'])}[/] ({_size(len(data))}): {plain(sub['state'])}")
     if wait:
         sub = _follow(api, sub["id"], as_json_lines=False, interval=interval)

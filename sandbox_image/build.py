@@ -110,9 +110,11 @@ def recorded() -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    """One build at a time per state dir (two workers starting together share the result)."""
-    with open(_sandbox_dir() / "build.lock", "w") as handle:
+def build_lock(folder: Path) -> Iterator[None]:
+    """One build at a time per FOLDER (FOLDER/build.lock): two workers, tests or operators starting together
+    wait for one build and share its result. The sandbox image's folder is <cache dir>/sandbox, the
+    docker provider's worker image's <cache dir>/worker."""
+    with open(folder / "build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -414,7 +416,7 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
     """Make sure the content-tagged image exists; return (and record) what it is."""
     client = engine()
     tag = image_tag()
-    with _build_lock():
+    with build_lock(_sandbox_dir()):
         image = find_image(client, tag)
         wanted = offline_base_tag() if base == DEBOOTSTRAP else base
         if image is not None and not force and wanted in (AUTO, image.labels.get(LABEL_BASE)):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,13 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.spec import SPECS_DIR
+from runtime.supervisor import Child, free_port, stop_children
 from tests.waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -72,29 +65,17 @@ def served_gateway(redis_url: str, folder: Path, max_zip_mb: int) -> Iterator[Se
     log = folder / "serve.log"
     env = {**os.environ, "BBO_REDIS_URL": redis_url}
     command = [sys.executable, "-m", "cli", "admin", "serve", "--port", str(port), "--spec", str(spec_path)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--log-level", "warning"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log.touch()
+    gateway = Child("gateway", [*command, "--log-level", "warning"], env, log=log, cwd=ROOT, restart=False)
+    gateway.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(url), 30, "the gateway to answer /health", log, alive=proc)
-        yield ServedGateway(url, proc.pid, log)
-        assert proc.poll() is None, f"the gateway died:\n{log.read_text()[-2000:]}"
+        wait_for(lambda: answers(url), 30, "the gateway to answer /health", log, alive=gateway.proc)
+        yield ServedGateway(url, gateway.pid, log)
+        assert gateway.alive, f"the gateway died:\n{log.read_text()[-2000:]}"
         assert b"Traceback" not in log.read_bytes(), log.read_text()[-3000:]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_children([gateway], timeout=10)
 
 
 def answers(url: str) -> bool:

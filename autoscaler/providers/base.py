@@ -8,8 +8,14 @@ provider, not its memory.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import redis
+
+from queue_schema import keys
 
 MachineState = Literal["running", "draining"]
 
@@ -28,13 +34,51 @@ class ProviderError(Exception):
     """The provider could not do what was asked (API down, process failed to start); one line for people."""
 
 
-class QuotaExceeded(ProviderError):
-    """The provider refused more machines (a cap or a cloud quota). `created` lists the ones it did make
-    before refusing, so a partial success is not lost."""
+class CapacityExceeded(ProviderError):
+    """The provider refused more machines: its cap, or a cloud project's quota (not a team's daily quota,
+    competition.quotas.QuotaExceeded). `created` lists the ones it did make before refusing, so a partial
+    success is not lost."""
 
     def __init__(self, message: str, created: list[str] | None = None) -> None:
         super().__init__(message)
         self.created = list(created or [])
+
+
+def machines_key(provider: str, fleet: str) -> str:
+    """The Redis hash of a provider's machine records for a fleet (name -> JSON object)."""
+    return keys.autoscaler_machines(provider, fleet)
+
+
+def counter_key(provider: str, fleet: str) -> str:
+    """The counter numbering a fleet's machines (a name is never reused)."""
+    return keys.autoscaler_seq(provider, fleet)
+
+
+class MachineRecords:
+    """What only the provider knows of its machines (when made, when asked to drain...), kept in Redis,
+    one JSON object per machine name. `r` is a str client."""
+
+    def __init__(self, r: redis.Redis, provider: str, fleet: str) -> None:
+        self.r = r
+        self.key = machines_key(provider, fleet)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every record by machine name; an unreadable one is left out."""
+        out = {}
+        for name, raw in self.r.hgetall(self.key).items():
+            with contextlib.suppress(ValueError):
+                out[name] = json.loads(raw)
+        return out
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.all().get(name, {})
+
+    def put(self, name: str, record: dict[str, Any]) -> None:
+        self.r.hset(self.key, name, json.dumps(record))
+
+    def drop(self, *names: str) -> None:
+        if names:
+            self.r.hdel(self.key, *names)
 
 
 class Provider(Protocol):

@@ -28,16 +28,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
-from autoscaler.providers.base import Machine, ProviderError, QuotaExceeded
-from queue_schema import keys
+from autoscaler.providers.base import CapacityExceeded, Machine, MachineRecords, ProviderError, counter_key
+from autoscaler.providers.docker_image import image_tag
 from queue_schema.settings import state_dir
 from sandbox_image.labels import ROLE_LABEL, WORKER_LABEL
 
@@ -56,14 +56,6 @@ LOG_LIMITS = {"max-size": "10m", "max-file": "2"}  # the engine's copy of a work
 ROOT_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
 # Settings of the host's workers that must not follow them into a container (each is set explicitly).
 _HOST_ONLY_ENV = {"BBO_STATE_DIR", "BBO_CACHE_DIR", "BBO_ALLOW_UNSAFE_SANDBOX", "BBO_REDIS_URL"}
-
-
-def machines_key(fleet: str) -> str:
-    return keys.autoscaler_machines("docker", fleet)
-
-
-def counter_key(fleet: str) -> str:
-    return keys.autoscaler_seq("docker", fleet)
 
 
 def store_id(redis_url: str) -> str:
@@ -107,6 +99,7 @@ class DockerProvider:
         socket; process: no isolation, only with allow_unsafe), `user` (default: our uid:gid)."""
         self.r = r
         self.fleet = fleet
+        self.records = MachineRecords(r, self.name, fleet)
         self.env = dict(env if env is not None else os.environ)
         try:
             self.cap = int(cap) if cap is not None else (os.cpu_count() or 1)
@@ -140,8 +133,6 @@ class DockerProvider:
         self.worker_state = host_state.resolve() / "autoscaler" / fleet / "docker"
         self.log_dir = log_dir or host_state.resolve() / "autoscaler" / fleet
         if image is None:
-            from autoscaler.providers.docker_image import image_tag
-
             image = image_tag()
         self.image = image
         self._client_cache: Any = None
@@ -160,16 +151,16 @@ class DockerProvider:
                     created.append(self._start(existing, run_options))
                 except ProviderError as exc:
                     if created:  # a partial success is not lost
-                        raise QuotaExceeded(f"{exc} (after starting {len(created)})", created) from None
+                        raise CapacityExceeded(f"{exc} (after starting {len(created)})", created) from None
                     raise
         if n > room:
-            raise QuotaExceeded(
+            raise CapacityExceeded(
                 f"docker cap of {self.cap} worker(s) reached: started {len(created)} of {n}", created
             )
         return created
 
     def list(self) -> builtins.list[Machine]:
-        records = self._records()
+        records = self.records.all()
         machines = []
         present = set()
         for container in self._containers():
@@ -193,7 +184,7 @@ class DockerProvider:
             )
         stale = [name for name in records if name not in present]
         if stale:
-            self.r.hdel(machines_key(self.fleet), *stale)
+            self.records.drop(*stale)
         return sorted(machines, key=lambda machine: machine.name)
 
     def drain(self, name: str) -> None:
@@ -209,15 +200,15 @@ class DockerProvider:
                 if exc.status_code not in (404, 409):  # gone, or not running: nothing to stop
                     raise
         # Recorded once the signal is sent: a machine never shows as draining when it was not told to.
-        record = self._records().get(name, {})
+        record = self.records.get(name)
         record["draining_since"] = time.time()
-        self.r.hset(machines_key(self.fleet), name, json.dumps(record))
+        self.records.put(name, record)
 
     def delete(self, name: str) -> None:
         container = self._container(name)
         if container is not None:
             self._collect(container, name)
-        self.r.hdel(machines_key(self.fleet), name)
+        self.records.drop(name)
 
     # -- containers ----------------------------------------------------------------------------------
 
@@ -238,7 +229,7 @@ class DockerProvider:
 
     def _start(self, taken: set[str], run_options: dict[str, Any]) -> str:
         while True:
-            name = f"{self.fleet}-{self.r.incr(counter_key(self.fleet))}"
+            name = f"{self.fleet}-{self.r.incr(counter_key(self.name, self.fleet))}"
             if name in taken:  # the counter was lost (a flushed store) while its containers live on
                 continue
             taken.add(name)
@@ -258,7 +249,7 @@ class DockerProvider:
                     continue  # another store's fleet of the same name on this engine
                 raise
             record = {"created_at": time.time(), "container": container.id}
-            self.r.hset(machines_key(self.fleet), name, json.dumps(record))
+            self.records.put(name, record)
             return name
 
     def _name_taken(self, container_name: str) -> bool:
@@ -359,7 +350,7 @@ class DockerProvider:
                 if exc.status_code != 409:  # 409: a removal already under way
                     raise
             self._remove_sandboxes(f"bbo-{name}")
-        self.r.hdel(machines_key(self.fleet), name)
+        self.records.drop(name)
 
     def _remove_sandboxes(self, hostname: str) -> None:
         """Study containers are labelled host:pid of the worker that made them (workers/sandbox/docker.py);
@@ -375,7 +366,7 @@ class DockerProvider:
 
     @staticmethod
     def _docker():
-        import docker
+        import docker  # the docker SDK, on first use only: it takes a while to import
 
         return docker
 
@@ -397,20 +388,13 @@ class DockerProvider:
     @contextlib.contextmanager
     def _engine_errors(self, action: str, name: str | None = None):
         """Any engine failure as one ProviderError line (requests' errors included: a dead engine)."""
-        import requests
+        import requests  # comes with the docker SDK, which is imported on first use only
 
         try:
             yield
         except (self._docker().errors.DockerException, requests.RequestException) as exc:
             target = f" {name}" if name else ""
             raise ProviderError(f"docker: could not {action}{target}: {_first_line(exc)}") from None
-
-    def _records(self) -> dict[str, dict]:
-        out = {}
-        for name, raw in self.r.hgetall(machines_key(self.fleet)).items():
-            with contextlib.suppress(ValueError):
-                out[name] = json.loads(raw)
-        return out
 
 
 def _unix_socket(redis_url: str) -> Path | None:
@@ -424,8 +408,6 @@ def _default_network(redis_url: str) -> str:
     host's loopback (a container's own loopback is not ours), else the default bridge."""
     if redis_url.startswith("unix://"):
         return "none"
-    from urllib.parse import urlsplit
-
     host = urlsplit(redis_url).hostname or ""
     return "host" if host in {"localhost", "127.0.0.1", "::1"} else "bridge"
 

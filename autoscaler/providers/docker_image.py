@@ -21,8 +21,6 @@ The sandbox image is built first too (the worker's studies need it on the same e
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import re
 import shutil
@@ -31,11 +29,13 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+
+from queue_schema.settings import cache_dir
 from sandbox_image import build as sandbox_build
 from sandbox_image.build import AUTO, BuildError, Log
 
@@ -94,8 +94,6 @@ def _stderr(message: str) -> None:
 
 
 def _worker_dir() -> Path:
-    from queue_schema.settings import cache_dir
-
     path = cache_dir() / "worker"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -107,8 +105,6 @@ def _worker_dir() -> Path:
 def pins() -> list[str]:
     """`name==version` of every runtime dependency of the installed bbo-arena, recursively, as installed
     here: the worker in the image runs what the host's workers run."""
-    from packaging.requirements import Requirement
-
     found: dict[str, str] = {}
     todo = [Requirement(req) for req in metadata.requires(PROJECT) or []]
     while todo:
@@ -238,23 +234,12 @@ def build(base: str = AUTO, force: bool = False, log: Log = _stderr) -> dict[str
     project = snapshot()
     recipe = recipe_hash(project)
     tag = f"{IMAGE_REPO}:{recipe[:12]}"
-    with _build_lock():
+    with sandbox_build.build_lock(_worker_dir()):
         image = sandbox_build.find_image(client, tag)
         if image is not None and not force:
             log(f"image {tag} present ({image.id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB)")
             return _describe(image, tag, seconds=0.0, reused=True)
         return _build(client, base, tag, recipe, project, sandbox["tag"], log)
-
-
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    """One build at a time on this machine (tests and operators starting together share the result)."""
-    with open(_worker_dir() / "build.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(

@@ -30,7 +30,7 @@ import httpx
 import redis
 from rq.command import send_shutdown_command
 
-from autoscaler.providers.base import Machine, ProviderError, QuotaExceeded
+from autoscaler.providers.base import CapacityExceeded, Machine, ProviderError
 from autoscaler.providers.cloud_init import MACHINE_NAME, check_redis_url, check_wheel_url, user_data
 from queue_schema import keys
 from runtime import recovery
@@ -162,14 +162,14 @@ class HcloudProvider:
                 created.append(self._create_one(taken))
             except ApiError as exc:
                 if exc.code == "resource_limit_exceeded":
-                    raise QuotaExceeded(
+                    raise CapacityExceeded(
                         f"hcloud refused more servers ({exc.code}: {exc.api_message}): "
                         f"created {len(created)} of {n}",
                         created,
                     ) from None
                 raise
         if n > room:
-            raise QuotaExceeded(
+            raise CapacityExceeded(
                 f"hcloud cap of {self.cap} server(s) reached: created {len(created)} of {n}", created
             )
         return created

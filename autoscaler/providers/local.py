@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -27,8 +26,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from autoscaler.providers.base import Machine, ProviderError, QuotaExceeded
-from queue_schema import keys
+from autoscaler.providers.base import CapacityExceeded, Machine, MachineRecords, ProviderError, counter_key
 from queue_schema.settings import state_dir
 
 FLEET_ENV = "BBO_AUTOSCALER_FLEET"
@@ -36,14 +34,6 @@ MACHINE_ENV = "BBO_AUTOSCALER_MACHINE"
 WORKER_ARGV = [sys.executable, "-m", "cli", "admin", "worker", "--name", "{name}"]
 # Start times from psutil and from our record may differ by clock rounding.
 _START_TIME_SLACK_S = 1.0
-
-
-def machines_key(fleet: str) -> str:
-    return keys.autoscaler_machines("local", fleet)
-
-
-def counter_key(fleet: str) -> str:
-    return keys.autoscaler_seq("local", fleet)
 
 
 class LocalProvider:
@@ -63,6 +53,7 @@ class LocalProvider:
         the workers run with (default: ours); `argv` the command, with "{name}" for the machine's name."""
         self.r = r
         self.fleet = fleet
+        self.records = MachineRecords(r, self.name, fleet)
         self.cap = cap if cap is not None else (os.cpu_count() or 1)
         self.env = dict(env if env is not None else os.environ)
         self.argv = list(argv or WORKER_ARGV)
@@ -79,14 +70,14 @@ class LocalProvider:
         room = max(0, self.cap - len(existing))
         created = [self._spawn(existing) for _ in range(min(n, room))]
         if n > room:
-            raise QuotaExceeded(
+            raise CapacityExceeded(
                 f"local cap of {self.cap} worker(s) reached: started {len(created)} of {n}", created
             )
         return created
 
     def list(self) -> builtins.list[Machine]:
         self._collect_exited()
-        records = self._records()
+        records = self.records.all()
         found = self._scan()
         machines = []
         stale = [name for name in records if name not in found]
@@ -95,7 +86,7 @@ class LocalProvider:
             if record is None or abs(record.get("started", 0.0) - proc.create_time()) > _START_TIME_SLACK_S:
                 # Ours by its labels but not by our record (lost, or a record of a recycled pid): adopt it.
                 record = {"pid": proc.pid, "started": proc.create_time(), "created_at": proc.create_time()}
-                self.r.hset(machines_key(self.fleet), name, json.dumps(record))
+                self.records.put(name, record)
             draining = record.get("draining_since") is not None
             machines.append(
                 Machine(
@@ -106,16 +97,16 @@ class LocalProvider:
                 )
             )
         if stale:
-            self.r.hdel(machines_key(self.fleet), *stale)
+            self.records.drop(*stale)
         return machines
 
     def drain(self, name: str) -> None:
         proc = self._process(name)
         if proc is None:
             return
-        record = self._records().get(name, {})
+        record = self.records.get(name)
         record["draining_since"] = time.time()
-        self.r.hset(machines_key(self.fleet), name, json.dumps(record))
+        self.records.put(name, record)
         # SIGTERM to the worker's main process only: RQ's warm shutdown lets the running job finish.
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
@@ -136,14 +127,14 @@ class LocalProvider:
             with contextlib.suppress(psutil.Error):
                 proc.wait(5)
         self._collect_exited()
-        self.r.hdel(machines_key(self.fleet), name)
+        self.records.drop(name)
 
     # -- processes -----------------------------------------------------------------------------------
 
     def _spawn(self, taken: set[str]) -> str:
-        name = f"{self.fleet}-{self.r.incr(counter_key(self.fleet))}"
+        name = f"{self.fleet}-{self.r.incr(counter_key(self.name, self.fleet))}"
         while name in taken:  # the counter was lost (a flushed store) while its workers live on
-            name = f"{self.fleet}-{self.r.incr(counter_key(self.fleet))}"
+            name = f"{self.fleet}-{self.r.incr(counter_key(self.name, self.fleet))}"
         taken.add(name)
         env = {**self.env, FLEET_ENV: self.fleet, MACHINE_ENV: name}
         argv = [arg.replace("{name}", name) for arg in self.argv]
@@ -166,15 +157,8 @@ class LocalProvider:
         except psutil.NoSuchProcess:
             started = time.time()
         record = {"pid": proc.pid, "started": started, "created_at": time.time()}
-        self.r.hset(machines_key(self.fleet), name, json.dumps(record))
+        self.records.put(name, record)
         return name
-
-    def _records(self) -> dict[str, dict]:
-        out = {}
-        for name, raw in self.r.hgetall(machines_key(self.fleet)).items():
-            with contextlib.suppress(ValueError):
-                out[name] = json.loads(raw)
-        return out
 
     def _scan(self) -> dict[str, psutil.Process]:
         """Our fleet's live processes by machine name, from the process table: the name on the command

@@ -28,8 +28,9 @@ import pytest
 from artifacts import archive
 from autoscaler.daemon import EVENT_KIND, Daemon, read_status
 from autoscaler.policy import PolicyConfig
-from autoscaler.providers import QuotaExceeded
-from autoscaler.providers.local import LocalProvider, machines_key
+from autoscaler.providers import CapacityExceeded
+from autoscaler.providers.base import machines_key
+from autoscaler.providers.local import LocalProvider
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.records import load_submission, read_events, read_studies
@@ -175,7 +176,7 @@ def test_dry_run_decides_and_records_but_acts_on_nothing(r, make_provider):
     daemon = Daemon(r, provider, config, fleet=provider.fleet, dry_run=True)
     report = daemon.step()
     assert report.decision.add == CAP and report.created == []
-    assert provider.list() == [] and r.hlen(machines_key(provider.fleet)) == 0
+    assert provider.list() == [] and r.hlen(machines_key("local", provider.fleet)) == 0
     (event,) = autoscaler_events(r)
     assert event.data["dry_run"] is True and event.data["add"] == CAP
     # It remembers its own pretend scale-up (a cooldown now), but the same reason twice is one event.
@@ -189,11 +190,11 @@ def test_dry_run_decides_and_records_but_acts_on_nothing(r, make_provider):
 def test_machines_that_never_join_are_swept_and_the_cap_is_a_quota(r, make_provider):
     provider = make_provider(argv=SLEEPER, cap=1)
     (name,) = provider.create(1)
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(CapacityExceeded) as refused:
         provider.create(1)
     assert refused.value.created == []
     # The process table is the source of truth: a lost Redis record does not lose the machine.
-    r.delete(machines_key(provider.fleet))
+    r.delete(machines_key("local", provider.fleet))
     (machine,) = make_provider(argv=SLEEPER, cap=1).list()
     assert machine.name == name
     pid = int(machine.labels["pid"])

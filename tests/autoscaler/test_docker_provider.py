@@ -26,13 +26,13 @@ import pytest
 from artifacts import archive
 from autoscaler.daemon import Daemon
 from autoscaler.policy import PolicyConfig
-from autoscaler.providers import ProviderError, QuotaExceeded, make
+from autoscaler.providers import CapacityExceeded, ProviderError, make
+from autoscaler.providers.base import machines_key
 from autoscaler.providers.docker import (
     FLEET_LABEL,
     MACHINE_LABEL,
     STORE_LABEL,
     DockerProvider,
-    machines_key,
     store_id,
 )
 from competition.submit import create_submission
@@ -147,7 +147,7 @@ def test_workers_join_score_in_a_sibling_sandbox_drain_warmly_and_outlive_the_pr
     # The drained worker exits once its job is done; its container is collected, its log tail kept.
     wait_for(lambda: busy not in {m.name for m in again.list()}, 90, "the drained container to go", logs)
     assert (logs / f"{busy}.log").is_file()
-    assert r.hget(machines_key(provider.fleet), busy) is None
+    assert r.hget(machines_key("docker", provider.fleet), busy) is None
     (other,) = set(names) - {busy}
     assert [m.name for m in provider.list()] == [other]
 
@@ -159,12 +159,12 @@ def test_workers_join_score_in_a_sibling_sandbox_drain_warmly_and_outlive_the_pr
 
 def test_the_cap_is_a_quota_and_errors_are_one_line(r, make_provider):
     provider = make_provider(cap=1, memory_mb="1024", pids="256")
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(CapacityExceeded) as refused:
         provider.create(2)
     assert refused.value.created == [f"{provider.fleet}-1"]
     assert "cap of 1" in str(refused.value)
     assert [m.name for m in provider.list()] == refused.value.created
-    with pytest.raises(QuotaExceeded) as again:
+    with pytest.raises(CapacityExceeded) as again:
         provider.create(1)
     assert again.value.created == []
 

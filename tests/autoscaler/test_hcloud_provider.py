@@ -23,7 +23,7 @@ import yaml
 from artifacts import archive
 from autoscaler.daemon import DRAIN_EXIT_GRACE_S, Daemon
 from autoscaler.policy import PolicyConfig
-from autoscaler.providers import ProviderError, QuotaExceeded, make
+from autoscaler.providers import CapacityExceeded, ProviderError, make
 from autoscaler.providers.cloud_init import ENV_FILE, user_data
 from autoscaler.providers.hcloud import HcloudProvider, store_hash
 from competition.submit import create_submission
@@ -146,11 +146,11 @@ def test_list_follows_pagination_and_keeps_to_its_fleet_and_store(make_provider,
 
 def test_the_cap_stops_creation_and_reports_what_was_made(make_provider, fake, fleet):
     provider = make_provider(cap=2)
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(CapacityExceeded) as refused:
         provider.create(3)
     assert refused.value.created == [f"{fleet}-1", f"{fleet}-2"]
     assert "cap of 2" in str(refused.value)
-    with pytest.raises(QuotaExceeded) as again:
+    with pytest.raises(CapacityExceeded) as again:
         provider.create(1)
     assert again.value.created == []
     assert len(ours(fake, fleet)) == 2
@@ -160,7 +160,7 @@ def test_the_projects_quota_mid_batch_keeps_the_created_servers(make_provider, f
     fake.add_server("someone-else", {})
     fake.quota = 3
     provider = make_provider(cap=5)
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(CapacityExceeded) as refused:
         provider.create(4)
     assert refused.value.created == [f"{fleet}-1", f"{fleet}-2"]
     message = str(refused.value)
@@ -177,7 +177,7 @@ def test_rate_limit_and_outages_are_one_line_errors_without_the_token(make_provi
     message = str(limited.value)
     assert "rate limit exceeded" in message and "limit of 1 requests per hour reached" in message
     assert "retry after" in message and "UTC" in message
-    assert not isinstance(limited.value, QuotaExceeded)
+    assert not isinstance(limited.value, CapacityExceeded)
 
     fake.rate_limit = None
     fake.fail_next = [503, 500]

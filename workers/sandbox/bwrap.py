@@ -108,9 +108,11 @@ import hashlib
 import json
 import math
 import os
+import platform
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -126,6 +128,8 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from runtime.recovery import process_alive
 from runtime.spec import Limits
+from sandbox_image import host as sandbox_host
+from sandbox_image.build import sandbox_python
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
 from workers.sandbox.base import (
@@ -187,9 +191,6 @@ _EPERM, _ENOSYS = 1, 38
 
 def seccomp_filter(machine: str | None = None) -> bytes:
     """The classic-BPF program (struct sock_filter[]) the bootstrap installs before the submission loads."""
-    import platform
-    import struct
-
     machine = machine or platform.machine()
     if machine not in _SYSCALLS:
         raise SandboxUnavailable(f"no seccomp filter for this architecture ({machine})")
@@ -338,10 +339,6 @@ def version() -> str:
 
 def default_python() -> str | None:
     """The sandbox venv built by `bbo admin sandbox venv` (the image's optimizer environment), if any."""
-    try:
-        from sandbox_image.build import sandbox_python
-    except ImportError:
-        return None
     return sandbox_python()
 
 
@@ -966,12 +963,9 @@ def _ancestors(path: str) -> list[str]:
 
 def _copy_host(target: Path) -> None:
     """The optimizer host and the protocol module, laid out as the host imports them."""
-    import queue_schema.protocol
-    import sandbox_image.host
-
     (target / "queue_schema").mkdir(parents=True)
-    shutil.copyfile(sandbox_image.host.__file__, target / "host.py")
-    shutil.copyfile(queue_schema.protocol.__file__, target / "queue_schema" / "protocol.py")
+    shutil.copyfile(sandbox_host.__file__, target / "host.py")
+    shutil.copyfile(protocol.__file__, target / "queue_schema" / "protocol.py")
     (target / "queue_schema" / "__init__.py").write_text("")
     for path in (target, target / "queue_schema"):
         os.chmod(path, 0o755)

@@ -62,6 +62,7 @@ import socket
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
 from runtime.recovery import process_alive
 from runtime.spec import Limits
+from sandbox_image.build import image_tag
 from sandbox_image.labels import ARTIFACT_LABEL, ROLE_LABEL, STUDY_LABEL, WORKER_LABEL
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
@@ -108,7 +110,7 @@ _CLI_ENV = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "D
 
 
 def _docker():
-    import docker
+    import docker  # the docker SDK, on first use only: it takes a while to import
 
     return docker
 
@@ -132,8 +134,6 @@ def _first_line(exc: BaseException) -> str:
 
 def available() -> bool:
     """An engine answers and the image this source tree describes has been built."""
-    from sandbox_image.build import image_tag
-
     try:
         client = _engine(timeout=5.0)
         client.images.get(image_tag())
@@ -165,8 +165,6 @@ class DockerBackend:
     name = "docker"
 
     def __init__(self, image: str | None = None) -> None:
-        from sandbox_image.build import image_tag
-
         self.client = _engine()
         self.tag = image or image_tag()
         try:
@@ -501,8 +499,6 @@ def sweep(max_age_s: float | None = None) -> int:
 
 
 def _age_s(created: str, now: float) -> float:
-    from datetime import datetime
-
     try:
         stamp = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")
     except ValueError:
