@@ -2,7 +2,7 @@
 payload, deterministic id, timeout, TTLs, retries and failure callback.
 
 The job function is named, not imported: RQ stores the name and the worker resolves it, and the worker
-layer sits above this one (tests/runtime/test_enqueue.py checks the names resolve).
+layer sits above this one (tests/runtime/test_job_names.py checks the names resolve).
 """
 
 from __future__ import annotations
