@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from rq import Queue, SimpleWorker
 
@@ -36,3 +37,17 @@ def score_tiny(r, team: str, spec: Spec | None = None, folder: str = "random_sea
     queues = [Queue(name, connection=conn) for name in dispatch.queue_names(r)]
     SimpleWorker(queues, connection=conn).work(burst=True, logging_level="WARNING")
     return load_submission(r, sub.id)
+
+
+def recompute(report: dict) -> float:
+    """The command contract's formula, from nothing but a score report's JSON."""
+    per_problem = []
+    for problem in report["problems"]:
+        clip, opt = problem["clip"], problem["opt"]
+        per_study = []
+        for study in problem["studies"]:
+            losses = [math.inf if v is None else v for round_ in study["losses"] for v in round_]
+            best = min(losses, default=math.inf)
+            per_study.append(min(max((best - opt) / (clip - opt), -1.0), 1.0))
+        per_problem.append(sum(per_study) / len(per_study))
+    return 100.0 * (1.0 - sum(per_problem) / len(per_problem))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SUBMISSIONS
+from tests.scoring_helpers import recompute
 
 ROOT = Path(__file__).resolve().parents[2]
 RANDOM_SEARCH = ROOT / "baselines" / "optimizers" / "random_search"
@@ -32,20 +32,6 @@ def bbo(
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def recompute(report: dict) -> float:
-    """The command contract's formula, from nothing but the printed JSON."""
-    per_problem = []
-    for problem in report["problems"]:
-        clip, opt = problem["clip"], problem["opt"]
-        per_study = []
-        for study in problem["studies"]:
-            losses = [math.inf if v is None else v for round_ in study["losses"] for v in round_]
-            best = min(losses, default=math.inf)
-            per_study.append(min(max((best - opt) / (clip - opt), -1.0), 1.0))
-        per_problem.append(sum(per_study) / len(per_study))
-    return 100.0 * (1.0 - sum(per_problem) / len(per_problem))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -41,6 +40,7 @@ from runtime.recovery import reap
 from runtime.redis_server import EmbeddedRedis
 from runtime.spec import load
 from tests.conftest import SUBMISSIONS
+from tests.scoring_helpers import recompute
 from tests.waiting import wait_for
 from workers.heartbeat import JobBeat, WorkerHeartbeat
 
@@ -334,20 +334,6 @@ def gone(process: psutil.Process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def recompute(report: dict) -> float:
-    per_problem = []
-    for problem in report["problems"]:
-        clip, opt = problem["clip"], problem["opt"]
-        per_study = []
-        for study in problem["studies"]:
-            best = min(
-                (math.inf if v is None else v for round_ in study["losses"] for v in round_), default=math.inf
-            )
-            per_study.append(min(max((best - opt) / (clip - opt), -1.0), 1.0))
-        per_problem.append(sum(per_study) / len(per_study))
-    return 100.0 * (1.0 - sum(per_problem) / len(per_problem))
 
 
 def test_a_worker_killed_mid_job_is_noticed_and_its_job_resumes(r, redis_server, state_dir, tmp_path):
