@@ -19,13 +19,12 @@ pin_threads()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.common import print_figures, scratch_state  # noqa: E402
+from runtime.supervisor import Child, stop_children  # noqa: E402
 
 # Spans bayesmark's cost range: ~0.01 s (DT, lasso) to ~1 s (ada) per evaluation, single-threaded.
 DEFAULT_MIX = ("DT-iris-acc", "lasso-diabetes-mae", "RF-wine-acc", "MLP-adam-breast-acc", "ada-boston-mae")
@@ -83,17 +82,18 @@ call_timeout_s = 300.0
     with ensure_redis() as url:
         r = connect(url)
         env = {**os.environ, "BBO_REDIS_URL": url}
-        worker = subprocess.Popen(
+        worker = Child(
+            "worker",
             [sys.executable, "-m", "cli", "admin", "worker", "--name", "bench-worker"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+            env,
+            restart=False,
+        ).start()
         # The worker registers in Redis once it has imported the scoring stack and is ready for jobs.
         from rq import Worker
 
         deadline = time.monotonic() + 120
         while not any(w.name == "bench-worker" for w in Worker.all(connection=rq_connection(url))):
-            if time.monotonic() > deadline or worker.poll() is not None:
+            if time.monotonic() > deadline or not worker.alive:
                 raise SystemExit("bench: the worker did not start")
             time.sleep(0.1)
         data = archive.pack(OPTIMIZER, spec.submission)
@@ -110,8 +110,7 @@ call_timeout_s = 300.0
                 raise SystemExit(f"bench: submission failed: {current.failure}")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
-        worker.send_signal(signal.SIGTERM)  # warm shutdown
-        worker.wait(120)
+        stop_children([worker], timeout=120)  # warm shutdown: SIGTERM, then the group killed at the deadline
         losses = {}
         for problem in problems:
             for index, result in read_studies(r, sub.id, 1, problem).items():

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cli.team import Api, ApiFailure, upload
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CLIPBOARD = base64.b64encode(b"bbo-hostile-clipboard").decode()
@@ -265,18 +267,14 @@ def seed_fleet(r: Any, now: float | None = None) -> None:
 def _upload(server: str, token: str, data: bytes) -> dict[str, Any]:
     """Through the team CLI's own client, as `bbo submit` does; under the hostile file name if the
     gateway takes it."""
-    import httpx
-
-    for filename in (HOSTILE_FILENAME, "hostile.zip"):
-        files = {"file": (filename, data, "application/zip")}
-        response = httpx.post(
-            f"{server}/v1/submissions", files=files, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        )
-        if response.status_code < 300:
-            return response.json()
-    raise RuntimeError(
-        f"the gateway refused the hostile upload: {response.status_code} {response.text[:300]}"
-    )
+    api = Api(server, token, timeout=60, exit_on_failure=False)
+    try:
+        return upload(api, data, HOSTILE_FILENAME)
+    except ApiFailure:
+        try:
+            return upload(api, data, "hostile.zip")
+        except ApiFailure as exc:
+            raise RuntimeError(f"the gateway refused the hostile upload: {exc}") from None
 
 
 # -- the measurement --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from queue_schema.untrusted import safe_text
 PRINTS = f"import sys; print({hostile('OUT')!r}); print({hostile('ERR')!r}, file=sys.stderr)"
 RELAYED = f"""
 import os, sys, time
-from cli.up import Child
+from runtime.supervisor import Child
 child = Child("x", [sys.executable, "-c", {PRINTS!r}], dict(os.environ))
 child.start()
 child.wait(time.monotonic() + 30)
