@@ -22,6 +22,9 @@ from bayesmark.experiment_analysis import compute_aggregates
 
 from baselines.store import Baselines
 
+# The one score scale is the contract's (the store's running score is on it too); re-exported here.
+from queue_schema.payloads import leaderboard_score as leaderboard_score
+
 Losses = Sequence[Sequence[float | None]]  # one study: rounds x batch
 METHOD_NAME = "submission"
 
@@ -34,10 +37,6 @@ class ProblemScores:
     normalized_mean: float  # curve[-1]: the submission's normalized score
     score: float  # leaderboard_score(normalized_mean)
     studies: int  # studies per problem
-
-
-def leaderboard_score(normalized_mean: float) -> float:
-    return 100.0 * (1.0 - normalized_mean)
 
 
 def _loss(value: float | None) -> float:

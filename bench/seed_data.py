@@ -69,6 +69,7 @@ from queue_schema.payloads import (
     JobHeartbeat,
     StudyResult,
     Submission,
+    leaderboard_score,
 )
 from queue_schema.records import _event_into, append_job_log, save_new_submission, write_study
 from queue_schema.states import FailureCause, StudyState, SubmissionState
@@ -381,7 +382,7 @@ class Seeder:
                 state, p.ended_at
             ),
             # A transition records the running score the counters give at that moment.
-            partial_score=100.0 * (1.0 - norm_sum / studies_done) if terminal and studies_done else None,
+            partial_score=leaderboard_score(norm_sum / studies_done) if terminal and studies_done else None,
             failure=Failure(cause=p.cause, message=FAILURE_MESSAGES[p.cause]) if p.cause else None,
             progress=progress,
             charged=p.cause != FailureCause.INFRASTRUCTURE,
@@ -505,7 +506,7 @@ def seed_finished(s: Seeder, p: Plan) -> None:
             sub.score = scoring.score_problems_formula(losses, s.baselines, s.spec.rounds).score
             provenance = json.dumps(score_provenance(sub, s.spec, s.baselines, written), sort_keys=True)
         else:
-            sub.score = 100.0 * (1.0 - p.target)
+            sub.score = leaderboard_score(p.target)
             provenance = s.provenance.replace(TEMPLATE_SHA256, p.sha256)
         sub.scored_at = p.ended_at
         # What versions.finalize_if_complete writes.

@@ -23,12 +23,13 @@ from typing import Any, NoReturn
 import typer
 
 from cli.output import emit_json, err, plain, studies_progress
+from queue_schema.states import TERMINAL_STATES
 from queue_schema.untrusted import safe_text
 
 CONFIG_DIR_ENV = "BBO_CONFIG_DIR"
 SERVER_ENV = "BBO_SERVER"
 TOKEN_ENV = "BBO_TOKEN"
-TERMINAL = ("scored", "failed", "stopped")
+TERMINAL = frozenset(state.value for state in TERMINAL_STATES)  # the state machine's, as the API spells them
 # Folders and files a submission never needs (the starter kit's prepare script zips the rest).
 SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints", ".venv", "venv"}
 PROGRESS_BAR_MIN_BYTES = 1024 * 1024

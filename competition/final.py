@@ -27,17 +27,20 @@ from typing import Any
 import redis
 
 from baselines import ranking
-from competition import audit, service, teams
-from competition.service import Conflict, NotFound
+from competition import audit, board, control
+from competition.errors import Conflict, NotFound
 from queue_schema import keys
 from queue_schema.ids import new_submission_id
 from queue_schema.payloads import Submission, utc_iso
 from queue_schema.records import (
     add_event,
+    best_of_team,
     load_submission,
     load_submissions,
+    ranking_key,
     read_studies,
     save_new_submission,
+    scored_submissions,
 )
 from queue_schema.states import ACTIVE_STATES
 from runtime import versions
@@ -97,10 +100,8 @@ def resolve(r: redis.Redis, team: str, spec: Spec) -> tuple[Submission | None, b
         if shown is not None:
             return shown, True
     ids = r.zrange(keys.team_submissions(team), 0, -1)
-    usable = [s for s in (_usable(sub, team, spec.name) for sub in load_submissions(r, ids)) if s]
-    if not usable:
-        return None, False
-    return min(usable, key=lambda s: (-s.score, s.created_at)), False
+    usable = (_usable(sub, team, spec.name) for sub in load_submissions(r, ids))
+    return best_of_team(s for s in usable if s is not None), False
 
 
 def _usable(sub: Submission, team: str, spec_name: str) -> Submission | None:
@@ -147,9 +148,9 @@ def run_final(
     phase = spec.phase(FINAL)
     baseline_version = versions.baselines_for(spec, required=phase.problems).version
     with _launch_lock(r, spec.name):
-        board = service.leaderboard(r, FEEDBACK, spec.name)  # registered, enabled teams; live, not frozen
+        ranked = board.phase_leaderboard(r, FEEDBACK, spec.name)  # registered, enabled teams; live
         launches = []
-        for row in board if top is None else board[:top]:
+        for row in ranked if top is None else ranked[:top]:
             source, selected = resolve(r, row["team"], spec)
             if source is None:
                 continue
@@ -228,7 +229,7 @@ def _make_entry(r: redis.Redis, spec: Spec, team: str, sid: str, actor: str | No
         old = load_submission(r, before)
         if old is not None and old.state in ACTIVE_STATES:
             with contextlib.suppress(Conflict, NotFound):
-                service.stop(r, before, actor=actor)
+                control.stop(r, before, actor=actor)
 
 
 @contextlib.contextmanager
@@ -276,22 +277,19 @@ def final_leaderboard(
         shown = sub.last_scored()
         if shown is not None and entries.get(sub.team) == sub.id:
             chosen[sub.team] = shown
-    for sub in _scored_final_uploads(r, spec_name):
-        if sub.team in entries:
-            continue
-        current = chosen.get(sub.team)
-        if current is None or (sub.score, -sub.created_at) > (current.score, -current.created_at):
-            chosen[sub.team] = sub
-    allowed = {t.name for t in teams.list_teams(r) if not t.disabled} if registered_only else None
+    # A team that entered the final phase by upload (no launched entry): its best there, from the index.
+    uploads: dict[str, list[Submission]] = {}
+    for sub in scored_submissions(r, spec_name, FINAL):
+        if sub.team not in entries:
+            uploads.setdefault(sub.team, []).append(sub)
+    for team, found in uploads.items():
+        best = best_of_team(found)
+        if best is not None:
+            chosen[team] = best
+    allowed = board.allowed_teams(r, registered_only)
     ordered = sorted(
-        (
-            s
-            for s in chosen.values()
-            if not s.disqualified
-            and (allowed is None or s.team in allowed)
-            and (scored_before is None or _scored_time(s) <= scored_before)
-        ),
-        key=lambda s: (-s.score, s.created_at, s.team),
+        (s for s in chosen.values() if board.eligible(s, allowed, scored_before)),
+        key=lambda s: (*ranking_key(s), s.team),
     )
     stats = _uncertainty(r, ordered, draws, seed)
     rows = []
@@ -304,32 +302,8 @@ def final_leaderboard(
                 sub.score,
                 stat.score,
             )
-        rows.append(
-            {
-                "rank": rank,
-                "team": sub.team,
-                "score": sub.score,
-                "submission": sub.id,
-                "score_version": sub.score_version,
-                "scored_at": utc_iso(_scored_time(sub)),
-                "source": sub.source,
-                **stat.to_dict(),
-            }
-        )
+        rows.append({**board.row(rank, sub), "source": sub.source, **stat.to_dict()})
     return rows
-
-
-def _scored_time(sub: Submission) -> float:
-    return sub.scored_at if sub.scored_at is not None else sub.updated_at
-
-
-def _scored_final_uploads(r: redis.Redis, spec_name: str) -> list[Submission]:
-    ids = r.zrange(keys.submissions_index(), 0, -1)
-    pipe = r.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hget(keys.submission(sid), "state")
-    scored = [sid for sid, state in zip(ids, pipe.execute(), strict=True) if state == "scored"]
-    return [s for s in load_submissions(r, scored) if s.phase == FINAL and s.spec_name == spec_name]
 
 
 # The bootstrap of one set of (submission, version) entries never changes: keep the last few in memory,
@@ -369,7 +343,9 @@ def study_scores(r: redis.Redis, sub: Submission) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for problem in spec.phase(sub.phase).problems:
         found = read_studies(r, sub.id, sub.score_version, problem)
-        values = [versions.study_normalized(baselines, problem, found[i], spec.rounds) for i in sorted(found)]
+        values = [
+            versions.stored_or_computed(baselines, problem, found[i], spec.rounds) for i in sorted(found)
+        ]
         if not values or any(v is None for v in values):
             raise versions.ScoreError(
                 f"submission {sub.id} v{sub.score_version} has no study scores of {problem}"

@@ -10,20 +10,13 @@ from __future__ import annotations
 import redis
 
 from competition import audit
+from competition.errors import ModerationError, UnknownSubmission
 from queue_schema import keys
 from queue_schema.payloads import Submission
 from queue_schema.records import add_event, load_submission, load_submissions, update_record
 from queue_schema.states import RefundState, SubmissionState
 
 MAX_REASON_CHARS = 500
-
-
-class ModerationError(ValueError):
-    """A moderation command that cannot be done, with a message for the organizer."""
-
-
-class UnknownSubmission(ModerationError):
-    pass
 
 
 def _existing(r: redis.Redis, sid: str) -> Submission:

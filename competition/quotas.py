@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from competition import audit, teams
+from competition.errors import QuotaExceeded, TeamError, UnknownTeam
 from queue_schema import keys
 from queue_schema.payloads import utc_day as day_bounds
 from queue_schema.payloads import utc_iso
@@ -31,17 +32,6 @@ from runtime.spec import Spec
 # failed (a gateway crash, or the store down at that moment) blocks an upload slot until it expires, so
 # this stays short.
 HOLD_TTL_S = 60
-
-
-class QuotaExceeded(Exception):
-    """The team used its submissions for today; the message says when the quota resets."""
-
-    code = "quota_exceeded"
-
-    def __init__(self, message: str, resets_at: float, retry_after: int) -> None:
-        super().__init__(message)
-        self.resets_at = resets_at
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -110,13 +100,13 @@ def overrides(r: redis.Redis) -> dict[str, int]:
 def set_override(r: redis.Redis, team: str, limit: int | None, *, actor: str | None = None) -> None:
     """Give `team` its own daily limit (0 blocks its uploads); None goes back to the spec's."""
     if not teams.team_exists(r, team):
-        raise teams.UnknownTeam(f"no team {team!r}")
+        raise UnknownTeam(f"no team {team!r}")
     if limit is None:
         r.hdel(keys.quota_overrides(), team)
         audit.record(r, "quota_clear", team, actor=actor)
         return
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise teams.TeamError(f"a daily quota is a whole number of submissions, 0 or more, not {limit!r}")
+        raise TeamError(f"a daily quota is a whole number of submissions, 0 or more, not {limit!r}")
     r.hset(keys.quota_overrides(), team, str(limit))
     audit.record(r, "quota_override", team, actor=actor, daily_quota=limit)
 

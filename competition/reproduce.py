@@ -21,6 +21,7 @@ import redis
 
 from artifacts import archive
 from competition import audit
+from competition.errors import ReproduceError
 from queue_schema import keys
 from queue_schema.payloads import StudyResult
 from queue_schema.records import load_submission, read_studies
@@ -28,10 +29,6 @@ from queue_schema.settings import state_dir
 from runtime.spec import Spec, stored_spec
 
 Log = Callable[[str], None]
-
-
-class ReproduceError(ValueError):
-    """The study cannot be rerun as asked (unknown submission, problem, study, version), one line."""
 
 
 def reproduce(

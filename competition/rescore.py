@@ -16,12 +16,20 @@ import time
 from typing import Any
 
 import redis
+from rq.job import Job
 
 from competition import audit
-from competition.service import Conflict, NotFound
+from competition.errors import Conflict, NotFound
 from queue_schema import keys
+from queue_schema.connection import rq_connection
 from queue_schema.payloads import ScoredVersion, Submission
-from queue_schema.records import load_submission, load_submissions, start_score_version
+from queue_schema.records import (
+    load_submission,
+    load_submissions,
+    scored_ids,
+    scored_time,
+    start_score_version,
+)
 from queue_schema.states import ACTIVE_STATES, SubmissionState
 from runtime.enqueue import enqueue_jobs, phase_progress
 from runtime.spec import Spec, SpecError, load, stored_spec
@@ -75,10 +83,8 @@ def rescore(
     old = sub.score_version
     previous = _as_scored_version(sub) or sub.previous
     r.set(keys.spec(spec.hash), spec.to_json())
-    if previous is not None:
-        # The leaderboard's scan reads only hash fields: this one tells it to look at the record's
-        # `previous` while the state is not scored. Written first, so it is never missing when needed.
-        r.hset(keys.submission(sid), "previous_version", str(previous.version))
+    # The record keeps `previous` while the new version runs, so it stays in its phase's scored index
+    # (records.start_score_version moves the index entry in the same transaction).
     started = start_score_version(
         r,
         sid,
@@ -133,18 +139,12 @@ def rescore_all(
     reason: str = "",
     backend: str | None = None,
 ) -> tuple[list[Submission], list[tuple[str, str]]]:
-    """Rescore every scored submission of the competition (of one phase, if given): after new baselines
-    or a new image. Returns the rescored submissions and (id, why) of those that could not be."""
-    ids = r.zrange(keys.submissions_index(), 0, -1)
-    pipe = r.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hget(keys.submission(sid), "state")
-    scored = [sid for sid, state in zip(ids, pipe.execute(), strict=True) if state == "scored"]
-    chosen = [
-        sub.id
-        for sub in load_submissions(r, scored)
-        if sub.spec_name == spec.name and (phase is None or sub.phase == phase)
-    ]
+    """Rescore every scored submission of the competition (of one phase, if given; else of the spec's
+    phases): after new baselines or a new image. Returns the rescored submissions and (id, why) of those
+    that could not be. Reads the phases' scored indexes, never every submission."""
+    phases = [phase] if phase is not None else list(spec.phases)
+    candidates = [sid for name in phases for sid in scored_ids(r, spec.name, name)]
+    chosen = [sub.id for sub in load_submissions(r, candidates) if sub.state == SubmissionState.SCORED]
     done, skipped = [], []
     for sid in chosen:
         try:
@@ -180,7 +180,7 @@ def _as_scored_version(sub: Submission) -> ScoredVersion | None:
     return ScoredVersion(
         version=sub.score_version,
         score=sub.score,
-        scored_at=sub.scored_at if sub.scored_at is not None else sub.updated_at,
+        scored_at=scored_time(sub),
         spec_hash=sub.spec_hash,
         baseline_version=sub.baseline_version,
     )
@@ -206,10 +206,6 @@ def _close_version(r: redis.Redis, sub: Submission) -> None:
 
 def _previous_backend(r: redis.Redis, sub: Submission) -> str:
     """The sandbox the last version's jobs asked for (RQ keeps finished jobs for a week), else auto."""
-    from rq.job import Job
-
-    from queue_schema.connection import rq_connection
-
     conn = rq_connection()
     for job_id in r.smembers(keys.submission_jobs(sub.id, sub.score_version)):
         with contextlib.suppress(Exception):  # a job that expired or cannot be read tells nothing

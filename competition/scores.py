@@ -34,8 +34,10 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
     problems = []
     for problem, found in studies.items():
         clip, opt = versions.clip_opt(baselines, problem)
-        normalized = [versions.study_normalized(baselines, problem, s, spec.rounds) for s in found]
-        mean = sum(normalized) / len(normalized) if normalized else None
+        # Each study's normalized score as stored when it was written (computed for older records).
+        normalized = [versions.stored_or_computed(baselines, problem, s, spec.rounds) for s in found]
+        known = [v for v in normalized if v is not None]
+        mean = sum(known) / len(known) if known and len(known) == len(normalized) else None
         problems.append(
             {
                 "problem": problem,
@@ -47,10 +49,12 @@ def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, An
                     {
                         "study": s.study,
                         "state": s.state.value,
+                        "normalized": value,
+                        "score": None if value is None else scoring.leaderboard_score(value),
                         "losses": [[_finite_or_none(v) for v in round_] for round_ in s.losses],
                         "cut_off_reason": s.cut_off_reason,
                     }
-                    for s in found
+                    for s, value in zip(found, normalized, strict=True)
                 ],
             }
         )

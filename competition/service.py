@@ -16,14 +16,26 @@ from typing import Any
 import redis
 
 from artifacts.archive import InvalidSubmission
-from competition import audit, quotas, release, teams
-from competition.quotas import QuotaExceeded
+from autoscaler.daemon import read_status
+from competition import board, final, quotas, release, teams
+from competition.control import status, stop
+from competition.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    ServiceError,
+    ServiceUnavailable,
+    WindowClosed,
+)
+from competition.final import select, selection
+from competition.rescore import rescore
 from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.payloads import Submission, utc_iso
-from queue_schema.records import add_event, load_submission, load_submissions, transition
-from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, FailureCause, SubmissionState
-from runtime import lifecycle
+from queue_schema.records import failure_counts, load_submissions, state_counts, studies_done_total
+from queue_schema.states import SubmissionState
+from runtime import dispatch, recovery
 from runtime.spec import Spec, SpecError
 from runtime.versions import BaselineError
 
@@ -54,34 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("bbo.service")
-
-
-class ServiceError(Exception):
-    """A refused request; `code` is a stable machine-readable word, the message is for people."""
-
-    code = "error"
-
-
-class NotFound(ServiceError):
-    code = "not_found"
-
-
-class Forbidden(ServiceError):
-    code = "forbidden"
-
-
-class WindowClosed(Forbidden):
-    code = "window_closed"
-
-
-class Conflict(ServiceError):
-    code = "conflict"
-
-
-class ServiceUnavailable(ServiceError):
-    """Our side is not ready (missing baselines, Redis down): not the team's fault, try later."""
-
-    code = "unavailable"
 
 
 # -- views ------------------------------------------------------------------------------------------
@@ -215,15 +199,6 @@ def submit(
 # -- read -------------------------------------------------------------------------------------------
 
 
-def status(r: redis.Redis, team: str | None, sid: str) -> Submission:
-    """One submission; a team sees only its own (a foreign id looks exactly like an unknown one).
-    `team=None` is the organizers' view."""
-    sub = load_submission(r, sid) if isinstance(sid, str) and 0 < len(sid) <= 64 else None
-    if sub is None or (team is not None and sub.team != team):
-        raise NotFound(f"no submission {sid[:64]!r}" if isinstance(sid, str) else "no such submission")
-    return sub
-
-
 def list_submissions(r: redis.Redis, team: str, limit: int = 100) -> list[Submission]:
     """The team's submissions, newest first."""
     ids = r.zrevrange(keys.team_submissions(team), 0, max(1, limit) - 1)
@@ -233,35 +208,6 @@ def list_submissions(r: redis.Redis, team: str, limit: int = 100) -> list[Submis
 def latest(r: redis.Redis, team: str) -> Submission | None:
     found = list_submissions(r, team, limit=1)
     return found[0] if found else None
-
-
-# -- stop -------------------------------------------------------------------------------------------
-
-
-def stop(r: redis.Redis, sid: str, by_team: str | None = None, *, actor: str | None = None) -> Submission:
-    """Stop a queued or running submission: the state becomes `stopped` at once (running jobs see it
-    within a second and kill their sandboxes), queued jobs are cancelled, finished studies are kept.
-    A team may stop only its own (others' look unknown); `by_team=None` is an organizer (`actor`, audited)."""
-    sub = status(r, by_team, sid)
-    if by_team is not None and sub.source is not None:
-        # A final-phase run is the organizers' scoring of the team's pick; the team cannot end it.
-        raise Forbidden(f"submission {sid} is the organizers' final-phase run; only they can stop it")
-    if sub.state in TERMINAL_STATES:
-        raise Conflict(f"submission {sid} is already {sub.state.value}; only queued or running ones stop")
-    stopped = transition(r, sid, SubmissionState.STOPPED, version=sub.score_version, only_from=ACTIVE_STATES)
-    if stopped is None:
-        now = load_submission(r, sid)
-        state = now.state.value if now else "gone"
-        raise Conflict(f"submission {sid} is already {state}; only queued or running ones stop")
-    cancelled = lifecycle.cancel_queued_jobs(r, sid, stopped.score_version)
-    add_event(
-        r, "stop", sid, by=by_team or "organizers", cancelled_jobs=cancelled, version=stopped.score_version
-    )
-    if by_team is None:
-        audit.record(
-            r, "stop", sid, actor=actor, team=sub.team, cancelled=cancelled, version=stopped.score_version
-        )
-    return load_submission(r, sid) or stopped
 
 
 # -- leaderboard ------------------------------------------------------------------------------------
@@ -283,52 +229,12 @@ def leaderboard(
     The final phase's board is competition/final.py's: final entries with confidence intervals.
     """
     if phase == "final":
-        return _final_leaderboard(r, spec_name, registered_only, scored_before)
-    ids = r.zrange(keys.submissions_index(), 0, -1)
-    pipe = r.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hmget(keys.submission(sid), "state", "previous_version")
-    found = zip(ids, pipe.execute(), strict=True)
-    scored = [sid for sid, (state, previous) in found if state == "scored" or previous]
-    allowed: set[str] | None = None
-    if registered_only:
-        allowed = {t.name for t in teams.list_teams(r) if not t.disabled}
-    best: dict[str, Submission] = {}
-    for sub in filter(None, (s.last_scored() for s in load_submissions(r, scored))):
-        if sub.phase != phase or sub.spec_name != spec_name or sub.score is None:
-            continue
-        if allowed is not None and sub.team not in allowed:
-            continue
-        if sub.disqualified is not None or (scored_before is not None and scored_time(sub) > scored_before):
-            continue
-        current = best.get(sub.team)
-        if current is None or (sub.score, -sub.created_at) > (current.score, -current.created_at):
-            best[sub.team] = sub
-    ordered = sorted(best.values(), key=lambda s: (-s.score, s.created_at))
-    return [
-        {
-            "rank": rank,
-            "team": sub.team,
-            "score": sub.score,
-            "submission": sub.id,
-            "score_version": sub.score_version,
-            "scored_at": utc_iso(scored_time(sub)),
-        }
-        for rank, sub in enumerate(ordered, start=1)
-    ]
-
-
-def _final_leaderboard(
-    r: redis.Redis, spec_name: str, registered_only: bool, scored_before: float | None
-) -> list[dict[str, Any]]:
-    from competition import final
-
-    return final.final_leaderboard(r, spec_name, registered_only=registered_only, scored_before=scored_before)
-
-
-def scored_time(sub: Submission) -> float:
-    # Records scored before `scored_at` existed: their last update was the scoring.
-    return sub.scored_at if sub.scored_at is not None else sub.updated_at
+        return final.final_leaderboard(
+            r, spec_name, registered_only=registered_only, scored_before=scored_before
+        )
+    return board.phase_leaderboard(
+        r, phase, spec_name, registered_only=registered_only, scored_before=scored_before
+    )
 
 
 def leaderboard_view(
@@ -358,37 +264,8 @@ def leaderboard_view(
     return view | {"rows": leaderboard(r, phase, spec.name, scored_before=None if organizer else freeze)}
 
 
-# -- rescore and the final phase's selection (competition/rescore.py, competition/final.py) --------
-
-
-def rescore(
-    r: redis.Redis,
-    sid: str,
-    *,
-    actor: str | None = None,
-    spec: Spec | None = None,
-    reason: str = "",
-    backend: str | None = None,
-) -> Submission:
-    """Organizers: a new score version of a terminal submission's artifact (current spec and baselines
-    unless `spec` is given); old versions stay readable. Audited, never charged."""
-    from competition import rescore as rescoring
-
-    return rescoring.rescore(r, sid, actor=actor, spec=spec, reason=reason, backend=backend)
-
-
-def select(r: redis.Redis, team: str, sid: str, spec: Spec) -> dict[str, Any]:
-    """A team picks one of its scored feedback submissions for the final phase; returns `selection`."""
-    from competition import final
-
-    return final.select(r, team, sid, spec)
-
-
-def selection(r: redis.Redis, team: str, spec: Spec) -> dict[str, Any]:
-    """The submission a team enters the final phase with: its pick if still usable, else its best."""
-    from competition import final
-
-    return final.selection(r, team, spec)
+# -- stop, rescore and the final phase's selection: competition/control.py, rescore.py and final.py --
+# (`status`, `stop`, `rescore`, `select` and `selection` are imported above: the faces call them here.)
 
 
 # -- info -------------------------------------------------------------------------------------------
@@ -438,42 +315,22 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
 
 def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
-    workers, teams, studies done, each autoscaler fleet's last step. One pipelined pass over the
-    submission hashes (no job scans)."""
-    from autoscaler.daemon import read_status
-    from runtime import dispatch, recovery
-
+    workers, teams, studies done, each autoscaler fleet's last step. Counts come from the store's
+    indexes (queue_schema/records.py): no submission or job is scanned."""
     depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
-    ids = r.zrange(keys.submissions_index(), 0, -1)
-    pipe = r.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hmget(keys.submission(sid), "state", "studies_done")
-    states = dict.fromkeys((s.value for s in SubmissionState), 0)
-    studies_done = 0
-    failed = []
-    for sid, (state, done) in zip(ids, pipe.execute(), strict=True):
-        if state in states:
-            states[state] += 1
-        studies_done += int(done or 0)
-        if state == SubmissionState.FAILED.value:
-            failed.append(sid)
-    causes = dict.fromkeys((c.value for c in FailureCause), 0)
-    for sub in load_submissions(r, failed):
-        if sub.failure is not None:
-            causes[sub.failure.cause.value] += 1
     return {
         "queues": depths["per_queue"],
         "jobs": {"queued": depths["queued"], "running": depths["running"]},
-        "submissions": states,
-        "failures": causes,
+        "submissions": state_counts(r),
+        "failures": failure_counts(r),
         # Live heartbeats, not RQ's registry: a killed worker stays registered there for minutes.
         "workers": len(recovery.workers(r)),
         "teams": int(r.zcard(keys.teams_index())),
-        "studies_done": studies_done,
+        "studies_done": studies_done_total(r),
         # fleet -> its daemon's last step (read_status); a fleet with no status yet is left out.
         "autoscaler": {
-            fleet: status
+            fleet: step
             for fleet in sorted(r.smembers(keys.autoscaler_fleets()))
-            if (status := read_status(r, fleet))
+            if (step := read_status(r, fleet))
         },
     }

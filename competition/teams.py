@@ -20,24 +20,13 @@ from typing import Any
 import redis
 
 from competition import audit
+from competition.errors import TeamError, TeamExists, UnknownTeam
 from queue_schema import keys
 from queue_schema.records import add_event
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{2,40}$")
 TOKEN_PREFIX = "bbo_"
 MAX_TOKEN_LENGTH = 200
-
-
-class TeamError(ValueError):
-    """A team command that cannot be done, with a message for the organizer."""
-
-
-class TeamExists(TeamError):
-    pass
-
-
-class UnknownTeam(TeamError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,18 @@ from console.screens.leaderboard import LeaderboardScreen
 from console.screens.logs import LogsScreen
 from console.screens.submissions import SubmissionsScreen
 from console.widgets.confirm import ConfirmDialog
+from queue_schema.connection import connect
+from queue_schema.states import SubmissionState
 from queue_schema.untrusted import redact_urls_in, safe_text
+
+# Every state, in the order the submissions summary lists them (the states are queue_schema/states.py's).
+_SUMMARY_ORDER = (
+    SubmissionState.QUEUED,
+    SubmissionState.RUNNING,
+    SubmissionState.SCORED,
+    SubmissionState.FAILED,
+    SubmissionState.STOPPED,
+)
 
 VIEWS = ("submissions", "detail", "logs", "leaderboard", "fleet")
 QUEUE_HISTORY = 120  # sparkline points: two minutes at the default refresh
@@ -63,8 +74,6 @@ class ConsoleApp(App):
     ) -> None:
         super().__init__()
         if r is None:
-            from queue_schema.connection import connect
-
             r = connect()
         self.data = ConsoleData(r, clock=clock)
         self.readonly = readonly
@@ -203,7 +212,7 @@ class ConsoleApp(App):
 
     def state_counts(self) -> dict[str, int]:
         counts = Counter(row.state for row in self.rows.values())
-        return {state: counts.get(state, 0) for state in ("queued", "running", "scored", "failed", "stopped")}
+        return {state.value: counts.get(state.value, 0) for state in _SUMMARY_ORDER}
 
     def spec_name(self) -> str | None:
         """The competition the board shows: the one most submissions belong to."""

@@ -16,12 +16,15 @@ from typing import Any
 
 import redis
 
-from competition import audit, service
+from autoscaler.daemon import read_status
+from baselines import scoring
+from competition import audit, rescore, scores, service
 from queue_schema import keys
 from queue_schema.payloads import Event, Heartbeat, Submission
-from queue_schema.records import _from_hash, load_submission  # _from_hash: the one hash-layout reader
+from queue_schema.records import load_submission, submission_from_hash
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, SubmissionState
 from queue_schema.untrusted import safe_text
+from runtime import dispatch, recovery, versions
 from runtime.spec import LogSettings, stored_spec
 
 LOAD_BATCH = 500  # submissions per round trip
@@ -140,7 +143,7 @@ def _parse_row(raw: dict[str, str]) -> SubmissionRow | None:
     if not raw:
         return None
     try:
-        return SubmissionRow.of(_from_hash(raw))
+        return SubmissionRow.of(submission_from_hash(raw))
     except ValueError:
         return None  # a newer schema's record: not for this console to show
 
@@ -215,9 +218,6 @@ class ConsoleData:
         """The organizer report of a submission (problems, studies, provenance) plus its convergence:
         `curve` (mean normalized best-so-far per iteration over the finished studies) and `random` (the
         random-search baseline's mean normalized curve over the same problems)."""
-        from competition import scores
-        from runtime.versions import BaselineError, ScoreError
-
         sub = load_submission(self.r, sid)
         if sub is None:
             raise service.NotFound(f"no submission {sid}")
@@ -225,7 +225,7 @@ class ConsoleData:
         out["curve"], out["random"] = [], []
         try:
             report = scores.report(self.r, sid)
-        except (BaselineError, ScoreError) as exc:
+        except (versions.BaselineError, versions.ScoreError) as exc:
             out["error"] = safe_text(exc)
             return out
         out["problems"] = report["problems"]
@@ -235,9 +235,7 @@ class ConsoleData:
         return out
 
     def _convergence(self, sub: Submission, problems: list[dict[str, Any]]) -> tuple[list, list]:
-        from baselines import scoring
-        from runtime import versions
-
+        """The curves for the plot; each study's own score is the report's (stored when written)."""
         spec = stored_spec(self.r, sub.spec_hash)
         if spec is None:
             return [], []
@@ -248,11 +246,8 @@ class ConsoleData:
         for problem in problems:
             curves = []
             for study in problem["studies"]:
-                curve = scoring.study_normalized_curve(
-                    study["losses"], problem["clip"], problem["opt"], spec.rounds
-                )
-                study["normalized"] = curve[-1]  # the study's own score, for the studies table
-                curves.append(curve)
+                losses, clip, opt = study["losses"], problem["clip"], problem["opt"]
+                curves.append(scoring.study_normalized_curve(losses, clip, opt, spec.rounds))
             if not curves:
                 continue
             per_problem.append([sum(values) / len(values) for values in zip(*curves, strict=True)])
@@ -263,8 +258,6 @@ class ConsoleData:
         return _mean_curves(per_problem), _mean_curves(randoms)
 
     def versions(self, sid: str) -> list[dict[str, Any]]:
-        from competition import rescore
-
         return rescore.versions(self.r, sid)
 
     # -- logs -------------------------------------------------------------------------------------------
@@ -309,9 +302,6 @@ class ConsoleData:
 
     def fleet(self) -> dict[str, Any]:
         """Workers (last heartbeats, current job), queue depths, and each autoscaler fleet's status."""
-        from autoscaler.daemon import read_status
-        from runtime import dispatch, recovery
-
         workers: list[Heartbeat] = recovery.workers(self.r)
         depths = dispatch.queue_depths(self.r)
         fleets = {
@@ -350,8 +340,6 @@ class ConsoleData:
 
     def rescore_plan(self, sid: str) -> dict[str, Any]:
         """What a rescore would create (the next version, under the current spec), for the confirmation."""
-        from competition import rescore
-
         sub = service.status(self.r, None, sid)
         spec = rescore.current_spec(self.r, sub)
         return {
@@ -363,7 +351,7 @@ class ConsoleData:
         }
 
     def rescore(self, sid: str, reason: str = "from the organizer console") -> Submission:
-        return service.rescore(self.r, sid, actor=self.actor(), reason=reason)
+        return rescore.rescore(self.r, sid, actor=self.actor(), reason=reason)
 
 
 def _moves_board(event: Event) -> bool:

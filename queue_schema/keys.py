@@ -46,6 +46,40 @@ def submissions_index() -> str:
     return f"{PREFIX}:subs"
 
 
+# -- the store's indexes (queue_schema/records.py keeps them in the writers' transactions) ------------
+
+
+def state_index(state: str) -> str:
+    """Set: the ids of the submissions in `state` (a SubmissionState value)."""
+    return f"{PREFIX}:idx:state:{state}"
+
+
+def failure_index(cause: str) -> str:
+    """Set: the ids of the failed submissions whose failure has `cause` (a FailureCause value)."""
+    return f"{PREFIX}:idx:failed:{cause}"
+
+
+def scored_index(spec_name: str, phase: str) -> str:
+    """Sorted set: the submissions of a competition's phase with a scored version (as last scored,
+    disqualified ones included), each scored by that version's leaderboard score."""
+    return f"{PREFIX}:idx:scored:{spec_name}:{phase}"
+
+
+def scored_indexes() -> str:
+    """Set: the names of every `scored_index` key, so that a rebuild can clear them."""
+    return f"{PREFIX}:idx:scored-keys"
+
+
+def studies_done_total() -> str:
+    """String: the sum of every submission's `studies_done` counter."""
+    return f"{PREFIX}:idx:studies-done"
+
+
+def index_built() -> str:
+    """String: the index layout version the indexes were built with; missing, readers rebuild them."""
+    return f"{PREFIX}:idx:built"
+
+
 def team_submissions(team: str) -> str:
     """Sorted set: one team's submission ids by creation time."""
     return f"{PREFIX}:team:{team}:subs"

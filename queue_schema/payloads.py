@@ -183,6 +183,9 @@ class StudyResult(Payload):
     packages: dict[str, str] = Field(default_factory=dict)
     seeds: dict[str, Any] = Field(default_factory=dict)
     finished_at: float = Field(default_factory=time.time)
+    # The study's normalized score at its last iteration, stored when the study is written (the value the
+    # running score counted); None in records written before it was stored, or without baselines then.
+    normalized: float | None = None
 
     @staticmethod
     def encode_loss(value: float) -> float | None:
@@ -224,6 +227,12 @@ class JobHeartbeat(Payload):
 
 
 DAY_S = 86_400
+
+
+def leaderboard_score(normalized_mean: float) -> float:
+    """The one score scale: 100 x (1 - mean normalized score); 100 is the best-known loss everywhere, 0
+    the random-search median. `Submission.score` and `partial_score` are on it."""
+    return 100.0 * (1.0 - normalized_mean)
 
 
 def utc_day(ts: float) -> tuple[float, float]:

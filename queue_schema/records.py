@@ -1,8 +1,20 @@
-"""Redis helpers for the shared records: submissions, transitions, study results, events, job logs.
+"""The store's one owner: every read and write of submissions, transitions, study results, events, job
+logs, and the indexes that spare readers a scan of every submission.
 
 Every writer goes through these, so the invariants live in one place: a transition follows the state
 machine and is atomic (WATCH/MULTI); a study result is written once and counted once (one Lua script);
 streams are capped.
+
+The indexes (keys.state_index, failure_index, scored_index, studies_done_total) are written in the same
+transaction as the record they describe: every change of a submission goes through `_atomic_update` or
+`save_new_submission`, which work out the record's index entries before and after the change and write the
+difference. So the leaderboard, the final board, `rescore_all` and the metrics read a phase's scored
+submissions or a few counts, never every submission. A store written before the indexes (or by a writer
+that bypassed these functions, such as bench/seed_data.py's bulk load) has no `keys.index_built()` marker:
+the first reader rebuilds them in one Lua script (`rebuild_indexes`), atomic with every writer.
+
+The index lives here rather than in a module of its own because its writes must share the record's
+transaction, which this module owns; a second module would have to reach into `_atomic_update`.
 """
 
 from __future__ import annotations
@@ -14,7 +26,16 @@ from typing import Any
 import redis
 
 from queue_schema import keys
-from queue_schema.payloads import DAY_S, Event, Failure, Progress, StudyResult, Submission, utc_day
+from queue_schema.payloads import (
+    DAY_S,
+    Event,
+    Failure,
+    Progress,
+    StudyResult,
+    Submission,
+    leaderboard_score,
+    utc_day,
+)
 from queue_schema.states import TERMINAL_STATES, FailureCause, RefundState, SubmissionState, can_transition
 
 EVENTS_MAXLEN = 100_000
@@ -27,13 +48,14 @@ _COUNTERS = ("studies_done", "evals_done", "norm_sum", "norm_count")
 # Write the study once; count it and announce it (its `study` event) only if this call wrote it, all in one
 # script: a worker killed between two separate commands would leave a stored study with no event, and the
 # retried job skips stored studies, so the event would never come. KEYS: results, submission, events,
-# submission events. ARGV: index, json, evals, normalized score (or "" when no baseline), score version,
-# event json (or "" for none), events cap, submission events cap.
+# submission events, studies-done total. ARGV: index, json, evals, normalized score (or "" when no
+# baseline), score version, event json (or "" for none), events cap, submission events cap.
 _WRITE_STUDY = """
 local cur = redis.call('HGET', KEYS[2], 'score_version')
 if cur and cur ~= ARGV[5] then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], 'studies_done', 1)
+redis.call('INCRBY', KEYS[5], 1)
 redis.call('HINCRBY', KEYS[2], 'evals_done', tonumber(ARGV[3]))
 if ARGV[4] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'norm_sum', ARGV[4])
@@ -49,6 +71,7 @@ return 1
 
 def save_new_submission(r: redis.Redis, sub: Submission) -> None:
     pipe = r.pipeline()
+    _index_writes(sub.id, None, _index_entry(sub), 0)(pipe)
     pipe.hset(
         keys.submission(sub.id),
         mapping={
@@ -65,7 +88,7 @@ def save_new_submission(r: redis.Redis, sub: Submission) -> None:
 
 def load_submission(r: redis.Redis, sid: str) -> Submission | None:
     raw = r.hgetall(keys.submission(sid))
-    return _from_hash(raw) if raw else None
+    return submission_from_hash(raw) if raw else None
 
 
 def load_submissions(r: redis.Redis, ids: Iterable[str]) -> list[Submission]:
@@ -73,10 +96,12 @@ def load_submissions(r: redis.Redis, ids: Iterable[str]) -> list[Submission]:
     ids = list(ids)
     for sid in ids:
         pipe.hgetall(keys.submission(sid))
-    return [_from_hash(raw) for raw in pipe.execute() if raw]
+    return [submission_from_hash(raw) for raw in pipe.execute() if raw]
 
 
-def _from_hash(raw: dict[str, str]) -> Submission:
+def submission_from_hash(raw: dict[str, str]) -> Submission:
+    """A submission from its hash's fields (as HGETALL returns them): the one reader of that layout, for
+    a reader that fetched the hashes its own way (the console's batched load)."""
     sub = Submission.from_json(raw["record"])
     # The hash field is what the write-once script and the stop watcher compare against: it rules.
     sub.score_version = int(raw.get("score_version", sub.score_version))
@@ -89,7 +114,7 @@ def _from_hash(raw: dict[str, str]) -> Submission:
     count = int(raw.get("norm_count", 0) or 0)
     if count and sub.score is None:
         # The running score: mean normalized score of the studies finished so far, on the leaderboard scale.
-        sub.partial_score = 100.0 * (1.0 - float(raw.get("norm_sum", 0.0)) / count)
+        sub.partial_score = leaderboard_score(float(raw.get("norm_sum", 0.0)) / count)
     return sub
 
 
@@ -113,18 +138,22 @@ def _atomic_update(
                 if not raw:
                     pipe.unwatch()
                     return None
-                sub = _from_hash(raw)
+                sub = submission_from_hash(raw)
+                before, done_before = _index_entry(sub), sub.progress.studies_done
                 planned = change(sub, pipe)
                 if planned is None:
                     pipe.unwatch()
                     return None
                 fields, events, extra = planned
+                done_after = int(fields.get("studies_done", done_before))
+                index = _index_writes(sid, before, _index_entry(sub), done_after - done_before)
                 pipe.multi()
                 pipe.hset(key, mapping=fields)
                 for event in events:
                     _event_into(pipe, event)
                 for write in extra:
                     write(pipe)
+                index(pipe)
                 pipe.execute()
                 return sub
             except redis.WatchError:
@@ -258,6 +287,185 @@ def update_record(r: redis.Redis, sid: str, **updates: Any) -> Submission | None
     return _atomic_update(r, sid, change)
 
 
+# -- the indexes ---------------------------------------------------------------------------------------
+
+# Bump when the index layout changes: every reader then rebuilds once.
+INDEX_LAYOUT = "1"
+# What a record puts in the indexes: its state, its failure cause (failed only), and its scored index key
+# with the leaderboard score of its last scored version (None when no version was ever scored).
+_Entry = tuple[str, str | None, str | None, float | None]
+
+
+def _index_entry(sub: Submission) -> _Entry:
+    shown = sub.last_scored()
+    failed = sub.state == SubmissionState.FAILED and sub.failure is not None
+    return (
+        sub.state.value,
+        sub.failure.cause.value if failed and sub.failure is not None else None,
+        keys.scored_index(sub.spec_name, sub.phase) if shown is not None else None,
+        shown.score if shown is not None else None,
+    )
+
+
+def _index_writes(sid: str, before: _Entry | None, after: _Entry, studies_delta: int) -> _Write:
+    """The index commands of one record's change from `before` (None: a new record) to `after`."""
+
+    def write(pipe: Any) -> None:
+        old_state, old_cause, old_key, _ = before if before is not None else (None, None, None, None)
+        state, cause, scored_key, score = after
+        if old_state is not None and old_state != state:
+            pipe.srem(keys.state_index(old_state), sid)
+        pipe.sadd(keys.state_index(state), sid)
+        if old_cause is not None and old_cause != cause:
+            pipe.srem(keys.failure_index(old_cause), sid)
+        if cause is not None:
+            pipe.sadd(keys.failure_index(cause), sid)
+        if old_key is not None and old_key != scored_key:
+            pipe.zrem(old_key, sid)
+        if scored_key is not None:
+            pipe.zadd(scored_key, {sid: float(score)})
+            pipe.sadd(keys.scored_indexes(), scored_key)
+        if studies_delta:
+            pipe.incrby(keys.studies_done_total(), studies_delta)
+
+    return write
+
+
+# Every index from the records, in one script so that no writer interleaves: the old index keys are
+# cleared, then each submission's entries are added as `_index_entry` computes them (the record's state,
+# its failure's cause when failed, its last scored version's score). KEYS: submissions index, scored
+# index registry, studies-done total, built marker, then every state and failure set. ARGV: layout,
+# submission key prefix, state set prefix, failure set prefix, scored index prefix.
+_REBUILD_INDEXES = """
+local function value(x) if x == cjson.null then return nil end return x end
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('DEL', key) end
+redis.call('DEL', KEYS[2])
+local total, count = 0, 0
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[2] .. sid, 'record', 'studies_done')
+  local ok, rec = false, nil
+  if f[1] then ok, rec = pcall(cjson.decode, f[1]) end
+  if ok and type(rec) == 'table' then
+    count = count + 1
+    local state = value(rec.state) or 'queued'
+    total = total + (tonumber(f[2] or '0') or 0)
+    redis.call('SADD', ARGV[3] .. state, sid)
+    local failure = value(rec.failure)
+    if state == 'failed' and type(failure) == 'table' then
+      redis.call('SADD', ARGV[4] .. failure.cause, sid)
+    end
+    local score = nil
+    if state == 'scored' and value(rec.score) then
+      score = rec.score
+    elseif type(value(rec.previous)) == 'table' then
+      score = rec.previous.score
+    end
+    if score then
+      local key = ARGV[5] .. rec.spec_name .. ':' .. rec.phase
+      redis.call('ZADD', key, string.format('%.17g', score), sid)
+      redis.call('SADD', KEYS[2], key)
+    end
+  end
+end
+redis.call('SET', KEYS[3], total)
+redis.call('SET', KEYS[4], ARGV[1])
+return count
+"""
+
+
+def rebuild_indexes(r: redis.Redis) -> int:
+    """Build every index from the submission records (a store from before them, or bulk-loaded past the
+    writers), atomically; returns how many records it indexed. Readers call `ensure_indexes`."""
+    sets = [keys.state_index(s.value) for s in SubmissionState]
+    sets += [keys.failure_index(c.value) for c in FailureCause]
+    return int(
+        r.eval(
+            _REBUILD_INDEXES,
+            4 + len(sets),
+            keys.submissions_index(),
+            keys.scored_indexes(),
+            keys.studies_done_total(),
+            keys.index_built(),
+            *sets,
+            INDEX_LAYOUT,
+            keys.submission(""),
+            keys.state_index(""),
+            keys.failure_index(""),
+            keys.scored_index("", "")[:-1],
+        )
+    )
+
+
+def ensure_indexes(r: redis.Redis) -> None:
+    """Rebuild the indexes if this store has none yet (or of an older layout): one GET otherwise."""
+    if r.get(keys.index_built()) != INDEX_LAYOUT:
+        rebuild_indexes(r)
+
+
+def scored_ids(r: redis.Redis, spec_name: str, phase: str) -> list[str]:
+    """Ids of the competition phase's submissions that have a scored version (disqualified included)."""
+    ensure_indexes(r)
+    return r.zrange(keys.scored_index(spec_name, phase), 0, -1)
+
+
+def scored_submissions(r: redis.Redis, spec_name: str, phase: str) -> list[Submission]:
+    """The phase's submissions with a scored version, each as last scored (`Submission.last_scored`):
+    the leaderboards' candidates, read from the scored index, never from a scan of every submission.
+    Disqualified ones are included; the caller decides (the boards skip them)."""
+    subs = load_submissions(r, scored_ids(r, spec_name, phase))
+    return [shown for sub in subs if (shown := sub.last_scored()) is not None]
+
+
+def state_counts(r: redis.Redis) -> dict[str, int]:
+    """Submissions by state (every state, zero included), from the state index."""
+    ensure_indexes(r)
+    pipe = r.pipeline(transaction=False)
+    for state in SubmissionState:
+        pipe.scard(keys.state_index(state.value))
+    return {s.value: int(n) for s, n in zip(SubmissionState, pipe.execute(), strict=True)}
+
+
+def failure_counts(r: redis.Redis) -> dict[str, int]:
+    """Failed submissions by failure cause (every cause, zero included), from the failure index."""
+    ensure_indexes(r)
+    pipe = r.pipeline(transaction=False)
+    for cause in FailureCause:
+        pipe.scard(keys.failure_index(cause.value))
+    return {c.value: int(n) for c, n in zip(FailureCause, pipe.execute(), strict=True)}
+
+
+def studies_done_total(r: redis.Redis) -> int:
+    """The studies of every submission's current score version finished so far."""
+    ensure_indexes(r)
+    return int(r.get(keys.studies_done_total()) or 0)
+
+
+def scored_time(sub: Submission) -> float:
+    """When the submission's (last scored) version was scored; records from before `scored_at` existed
+    were last updated by their scoring. The leaderboard freeze compares against this."""
+    return sub.scored_at if sub.scored_at is not None else sub.updated_at
+
+
+def ranking_key(sub: Submission) -> tuple[float, float]:
+    """The boards' order: the higher score first; a tie goes to the earlier upload."""
+    assert sub.score is not None
+    return (-sub.score, sub.created_at)
+
+
+def best_of_team(subs: Iterable[Submission]) -> Submission | None:
+    """The best of one team's scored submissions (pass them as last scored) by `ranking_key`."""
+    return min((s for s in subs if s.score is not None), key=ranking_key, default=None)
+
+
+def best_by_team(subs: Iterable[Submission]) -> dict[str, Submission]:
+    """Each team's `best_of_team` among scored submissions of several teams."""
+    by_team: dict[str, list[Submission]] = {}
+    for sub in subs:
+        by_team.setdefault(sub.team, []).append(sub)
+    return {team: best for team, found in by_team.items() if (best := best_of_team(found)) is not None}
+
+
 def write_study(
     r: redis.Redis,
     sid: str,
@@ -269,8 +477,11 @@ def write_study(
     announce: bool = True,
 ) -> int:
     """1 if written now (with its `study` event), 0 if it was already there (a retried job), -1 if the
-    score version moved on. `announce=False` leaves the event out, for a writer that lays down its own
-    timeline of events (bench/seed_data.py)."""
+    score version moved on. `normalized` (the study's normalized score, None without baselines) is counted
+    into the running score and stored in the result, so readers need not recompute it. `announce=False`
+    leaves the event out, for a writer that lays down its own timeline of events (bench/seed_data.py)."""
+    if normalized is not None and result.normalized is None:
+        result = result.model_copy(update={"normalized": float(normalized)})
     evals = sum(len(round_) for round_ in result.losses)
     event = Event(
         kind="study",
@@ -280,11 +491,12 @@ def write_study(
     return int(
         r.eval(
             _WRITE_STUDY,
-            4,
+            5,
             keys.study_results(sid, version, problem),
             keys.submission(sid),
             keys.events(),
             keys.submission_events(sid),
+            keys.studies_done_total(),
             str(result.study),
             result.to_json(),
             str(evals),

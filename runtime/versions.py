@@ -63,6 +63,14 @@ def study_normalized(baselines: Any, problem: str, result: StudyResult, rounds: 
     return scoring.study_normalized_curve(losses, clip, opt, rounds)[-1]
 
 
+def stored_or_computed(baselines: Any, problem: str, result: StudyResult, rounds: int) -> float | None:
+    """The study's normalized score as stored when it was written (`StudyResult.normalized`); computed
+    with `baselines` for a record written before it was stored (or written without baselines)."""
+    if result.normalized is not None:
+        return result.normalized
+    return study_normalized(baselines, problem, result, rounds)
+
+
 def spec_of_version(r: redis.Redis, sub: Submission, version: int | None = None) -> Spec:
     """The spec a score version was computed under: a rescore may have moved the submission to a newer
     spec, and an old version must still read with its own problems and rounds."""

@@ -104,12 +104,11 @@ class DetailScreen(Screen):
                 state = study["state"] + (
                     f" ({study['cut_off_reason']})" if study.get("cut_off_reason") else ""
                 )
-                normalized = study.get("normalized")
                 table.add_row(
                     f"  study {study['study']}",
                     safe_cell(state),  # a DataTable reads a str cell as markup
-                    _score(None if normalized is None else 100.0 * (1.0 - normalized)),
-                    _score(normalized),
+                    _score(study.get("score")),
+                    _score(study.get("normalized")),
                     str(rounds),
                     key=f"{key}#{study['study']}",
                 )

@@ -38,6 +38,7 @@ class LogsScreen(Screen):
         self._last_id = "-"
         self._generation = 0  # bumps when the job changes: late reads of the previous job are dropped
         self._reading = False
+        self._noticed = -1  # the generation whose missing-log notice is shown (each follow read finds it)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -123,7 +124,8 @@ class LogsScreen(Screen):
         self._set_title()
 
     def _notice(self, generation: int, notice: str) -> None:
-        if generation == self._generation and not self.lines:
+        if generation == self._generation and not self.lines and self._noticed != generation:
+            self._noticed = generation
             self.query_one("#logs-log", Log).write_line(f"[console] {notice}")
 
     def _set_title(self, text: str | None = None) -> None:

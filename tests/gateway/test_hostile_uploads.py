@@ -24,6 +24,8 @@ from competition import quotas, teams
 from gateway.app import create_app
 from gateway.http_limits import GuardedHttpToolsProtocol
 from queue_schema import keys
+from queue_schema.payloads import Submission
+from queue_schema.states import SubmissionState
 from runtime.spec import load
 from tests.artifacts.test_bundled_wheels import make_wheel
 from tests.live_server import ServedGateway, free_port, push_until_answered, served_gateway
@@ -300,13 +302,28 @@ def test_a_closed_window_is_answered_before_the_body(redis_server, r):
 
 
 def _seed_submissions(r, count: int) -> None:
+    """Scored records written in bulk past the store's writers (as an older release left its store): the
+    marker is dropped, so the next reader rebuilds the indexes from the records, once."""
     pipe = r.pipeline(transaction=False)
     for i in range(count):
         sid = f"s{i:018d}"
+        sub = Submission(
+            id=sid,
+            team="bulk",
+            artifact_sha256="0" * 64,
+            spec_name="demo",
+            spec_hash="0" * 16,
+            phase="feedback",
+            state=SubmissionState.SCORED,
+            score=90.0,
+        )
         pipe.zadd(keys.submissions_index(), {sid: i})
-        pipe.hset(keys.submission(sid), mapping={"state": "scored", "studies_done": "8"})
+        pipe.hset(
+            keys.submission(sid), mapping={"record": sub.to_json(), "state": "scored", "studies_done": "8"}
+        )
         if i % 1000 == 999:
             pipe.execute()
+    pipe.delete(keys.index_built())
     pipe.execute()
 
 
