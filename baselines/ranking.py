@@ -78,7 +78,7 @@ def bootstrap(
                 scores = entry[problem]
                 totals[t] += scores[picks[scores.size]].mean(axis=1)
     problems = np.array([len(entry) for entry in values], dtype=float)
-    boot = 100.0 * (1.0 - totals / problems[:, None])
+    boot = leaderboard_score(totals / problems[:, None])  # the same scale, over every draw at once
     stability = _rank_stability(boot, rng)
     tail = 100.0 * (1.0 - level) / 2.0
     lows, highs = np.percentile(boot, [tail, 100.0 - tail], axis=1)

@@ -47,10 +47,6 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.executions import Execution
-from rq.job import JobStatus
-from rq.registry import FinishedJobRegistry
-from rq.results import Result
 from rq.utils import utcformat
 
 from artifacts import archive
@@ -73,7 +69,7 @@ from queue_schema.payloads import (
 )
 from queue_schema.records import _event_into, append_job_log, save_new_submission, write_study
 from queue_schema.states import FailureCause, StudyState, SubmissionState
-from runtime import dispatch, recovery, versions
+from runtime import dispatch, recovery, rq_adapter, versions
 from runtime import enqueue as enqueue_module
 from runtime.provenance import score_provenance, scoring_packages, study_seeds
 from runtime.spec import Spec, load
@@ -599,17 +595,8 @@ def seed_active(s: Seeder, p: Plan) -> None:
     pipe = s.rq.raw
     ended = utcformat(datetime.fromtimestamp(s.now - 60, UTC))
     for job, (problem, chunk, studies) in zip(jobs[: p.jobs_done], s.jobs, strict=False):
-        queue = Queue(job.origin, connection=rq_connection())
-        queue.remove(job, pipeline=pipe)
-        job.set_status(JobStatus.FINISHED, pipeline=pipe)
-        pipe.hset(job.key, "ended_at", ended)
-        FinishedJobRegistry(queue.name, connection=rq_connection()).add(job, ttl=RESULT_TTL_S, pipeline=pipe)
-        Result.create(
-            job,
-            Result.Type.SUCCESSFUL,
-            RESULT_TTL_S,
-            return_value={"status": "done", "finalized": False},
-            pipeline=pipe,
+        rq_adapter.record_finished(
+            rq_connection(), pipe, job, ended, RESULT_TTL_S, {"status": "done", "finalized": False}
         )
         s.out.sadd(keys.problems_done(p.sid, 1), f"{problem}#{chunk}")
         s.job_log(p, job.id, problem, studies, p.workers[0] if p.workers else "worker-00", len(studies))
@@ -618,10 +605,7 @@ def seed_active(s: Seeder, p: Plan) -> None:
         index = p.jobs_done + offset
         job = jobs[index]
         problem, _, studies = s.jobs[index]
-        queue = Queue(job.origin, connection=rq_connection())
-        queue.remove(job, pipeline=pipe)
-        job.prepare_for_execution(worker, pipeline=pipe)
-        Execution.create(job, ttl=EXECUTION_TTL_S, pipeline=pipe, worker_name=worker)
+        rq_adapter.record_started(rq_connection(), pipe, job, worker, EXECUTION_TTL_S)
         beat_worker(s.out, worker, job.id, studies[0], s.now)
         extra: list[str] = []
         if not s.figures.get("full_logs"):
@@ -770,6 +754,8 @@ def seed(
     for event in sorted(s.events, key=lambda e: e.ts):
         _event_into(s.out, event)
     s.out.flush()
+    # Records were written in bulk, past the store's indexes: the first read rebuilds them.
+    s.out.delete(keys.index_built())
     return {
         "submissions": len(plans),
         "teams": len(names),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def embedded_redis_socket() -> Path:
     path = embedded_redis_dir() / "redis.sock"
     # Unix socket paths are limited to 107 bytes; a deep state dir gets a short name derived from it.
     if len(str(path)) > 100:
-        import hashlib
-
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
         return Path("/tmp") / f"bbo-redis-{digest}.sock"
     return path

