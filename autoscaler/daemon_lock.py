@@ -15,7 +15,7 @@ import socket
 
 import redis
 
-from runtime.recovery import process_alive
+from runtime.processes import process_alive
 
 log = logging.getLogger("bbo.autoscaler")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -120,17 +119,6 @@ class _Started:
 
 
 # -- the fleet --------------------------------------------------------------------------------------
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this PID namespace runs under `pid` (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def workers(r: redis.Redis) -> list[Heartbeat]:

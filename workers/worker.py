@@ -16,7 +16,7 @@ from queue_schema.connection import rq_connection
 from queue_schema.errors import store_refusal
 from queue_schema.settings import pin_threads
 from runtime import rq_adapter
-from runtime.recovery import process_alive
+from runtime.processes import process_alive
 from workers.fair_worker import FairWorker
 from workers.heartbeat import WorkerHeartbeat, horses_die_with_worker
 from workers.sandbox import docker

@@ -126,7 +126,7 @@ from pathlib import Path
 from queue_schema import protocol
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
-from runtime.recovery import process_alive
+from runtime.processes import process_alive
 from runtime.spec import Limits
 from sandbox_image import host as sandbox_host
 from sandbox_image.build import sandbox_python

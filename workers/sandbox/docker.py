@@ -68,7 +68,7 @@ from typing import Any
 
 from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause
-from runtime.recovery import process_alive
+from runtime.processes import process_alive
 from runtime.spec import Limits
 from sandbox_image.build import image_tag
 from sandbox_image.labels import ARTIFACT_LABEL, ROLE_LABEL, STUDY_LABEL, WORKER_LABEL
