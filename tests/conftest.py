@@ -86,3 +86,14 @@ def small_spec():
     spec = load("demo")
     limits = dataclasses.replace(spec.limits, suggest_budget_s=30.0, call_timeout_s=10.0)
     return dataclasses.replace(spec, rounds=3, batch=3, limits=limits)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests run only when the -m expression names them: `-m system` is the system tier without
+    the slow suites, as the default run is the rest without them."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

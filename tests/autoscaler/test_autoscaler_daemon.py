@@ -41,6 +41,8 @@ from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.system
+
 CAP = 2
 FAST = PolicyConfig(
     min_workers=0,

@@ -61,6 +61,7 @@ if _REASON and os.environ.get("BBO_REQUIRE_DOCKER") == "1":
 pytestmark = [
     pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
     pytest.mark.timeout(1200),  # the first test builds the image when it is missing: minutes on 2 cores
+    pytest.mark.system,
 ]
 
 CAP = 2

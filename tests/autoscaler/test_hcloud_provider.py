@@ -345,6 +345,7 @@ def real_worker(name: str, r, redis_server: str):
         worker.stderr.close()
 
 
+@pytest.mark.system
 def test_drain_stops_a_real_worker_warmly_and_labels_the_server(make_provider, fake, fleet, r, redis_server):
     provider = make_provider()
     (name,) = provider.create(1)
@@ -365,6 +366,7 @@ def test_drain_stops_a_real_worker_warmly_and_labels_the_server(make_provider, f
         assert [m.state for m in provider.list()] == ["draining"]
 
 
+@pytest.mark.system
 def test_a_lost_shutdown_command_is_sent_again_later(make_provider, fake, fleet, r, redis_server):
     provider = make_provider()
     (name,) = provider.create(1)
@@ -418,6 +420,7 @@ def test_the_daemon_deletes_servers_that_never_join(make_provider, fake, fleet, 
     assert report.decision.add == 0  # nothing queued: nothing made again
 
 
+@pytest.mark.system
 def test_the_daemon_drains_an_idle_server_and_deletes_it_once_its_worker_left(
     make_provider, fake, fleet, r, redis_server
 ):

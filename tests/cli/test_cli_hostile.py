@@ -103,6 +103,7 @@ def bbo(*args: str, state: Path, timeout: float = 600) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.system
 def test_score_json_is_one_object_on_stdout_when_suggest_raises(tmp_path):
     # bayesmark prints {"optimizer_suggest_exception": ...} from inside the study loop, in the worker.
     done = bbo(
@@ -125,6 +126,7 @@ def test_score_json_is_one_object_on_stdout_when_suggest_raises(tmp_path):
     assert report["state"] == "scored" and [p["problem"] for p in report["problems"]] == [PROBLEM]
 
 
+@pytest.mark.system
 def test_score_shows_a_failure_message_with_markup_and_escapes_as_text(tmp_path):
     done = bbo(
         "admin",

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_TEAMS = {"random-search", "evolution", "sobol"}

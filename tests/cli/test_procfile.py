@@ -22,6 +22,8 @@ from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEMO = SPECS_DIR / "demo.toml"

@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import SUBMISSIONS
 from tests.scoring_helpers import recompute
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 RANDOM_SEARCH = ROOT / "baselines" / "optimizers" / "random_search"
 

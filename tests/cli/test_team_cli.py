@@ -225,6 +225,7 @@ def test_a_rejected_upload_is_a_one_line_error(logged_in, tmp_path):
     assert "no optimizer.py" in one_line_error(run("submit", str(empty)))
 
 
+@pytest.mark.system
 def test_submit_wait_follows_a_real_worker_to_the_score(logged_in, redis_server):
     env = {**os.environ, "BBO_REDIS_URL": redis_server, "BBO_ALLOW_UNSAFE_SANDBOX": "1"}
     worker = subprocess.Popen(

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port
 from tests.waiting import wait_for
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -205,6 +205,7 @@ DOCKER_MISSING = _docker_missing()
 
 
 @pytest.mark.skipif(DOCKER_MISSING is not None, reason=DOCKER_MISSING or "")
+@pytest.mark.system
 def test_an_unbundled_requirement_fails_the_install_in_the_docker_sandbox(tmp_path):
     folder = optimizer(tmp_path, "unbundled", (SUBMISSIONS / "random_search" / "optimizer.py").read_text())
     (folder / "requirements.txt").write_text("bbo-tiny-dep==0.1.0\n")  # no wheel bundled, no network

@@ -26,6 +26,8 @@ from tests.competition.test_rescore import ROOT, burst_worker, quick_spec
 from tests.conftest import SUBMISSIONS
 from tests.live_server import serving
 
+pytestmark = pytest.mark.system
+
 
 def final_spec() -> Spec:
     """quick_spec cut to one problem per phase (one feedback study; 4 final studies, 2 per job): the

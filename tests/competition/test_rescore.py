@@ -22,6 +22,8 @@ from queue_schema.states import StudyState, SubmissionState
 from runtime.spec import Spec, load
 from tests.conftest import SUBMISSIONS
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -26,7 +26,10 @@ from tests.waiting import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_TEAMS = ("random-search", "evolution", "sobol")
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup)"),
+    pytest.mark.system,
+]
 
 
 class Terminal:

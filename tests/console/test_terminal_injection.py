@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from bench.terminal_scan import CLIPBOARD, PtyProgram, count_hostile, hostile, measure
 from queue_schema.untrusted import safe_text
 
@@ -50,6 +52,7 @@ def test_up_relays_its_childrens_output_made_safe(tmp_path):
     assert count_hostile(relayed.output) == 0
 
 
+@pytest.mark.system
 def test_no_hostile_escape_reaches_the_terminal_of_up_or_the_console(r, redis_server, state_dir):
     outputs: dict[str, bytes] = {}
     figures = measure(redis_server, backend="process", timeout=300, outputs=outputs)

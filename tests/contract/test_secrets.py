@@ -24,6 +24,8 @@ import redis
 from runtime.redis_server import redis_server_binary
 from tests.live_server import free_port
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Pw-s3cret-9f2c41e7"
 WRONG = "Wr0ng-pw-77aa13"

@@ -30,6 +30,8 @@ from tests.conftest import SUBMISSIONS
 from tests.live_server import free_port, push_until_answered, read_all, served_gateway
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.system
+
 MAX_ZIP_MB = 2
 MIB = 1024 * 1024
 UNKNOWN_ID = "s00000000aaaaaaaaaa"

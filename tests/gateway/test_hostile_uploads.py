@@ -32,6 +32,8 @@ from tests.live_server import ServedGateway, free_port, push_until_answered, ser
 from tests.waiting import wait_for
 from tests.zip_helpers import Raw, raw_zip
 
+pytestmark = pytest.mark.system
+
 MAX_ZIP_MB = 24  # a 20 MiB upload is within the limit: only the quota can refuse it
 MIB = 1024 * 1024
 GOOD = b"import numpy as np\n\nclass Optimizer:\n    pass\n"

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from rq import Queue, Worker
 
 from artifacts import archive
@@ -94,6 +95,7 @@ def test_a_team_queue_created_after_the_worker_started_is_served(r):
     assert keys.team_queue("newcomer") in worker.queue_names()
 
 
+@pytest.mark.system
 def test_the_worker_command_serves_new_team_queues_and_stops_warmly(r, redis_server):
     env = {**os.environ, "BBO_REDIS_URL": redis_server}
     cmd = [sys.executable, "-m", "cli", "admin", "worker", "--name", "fair-test"]

@@ -336,6 +336,7 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
+@pytest.mark.system
 def test_a_worker_killed_mid_job_is_noticed_and_its_job_resumes(r, redis_server, state_dir, tmp_path):
     spec = crash_spec()
     studies = spec.phases["feedback"].studies

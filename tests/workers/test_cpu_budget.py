@@ -44,6 +44,8 @@ class Optimizer(AbstractOptimizer):
 if __name__ == "__main__":
     experiment_main(Optimizer)
 """
+pytestmark = pytest.mark.system
+
 IDLE_S = 3.0
 
 

@@ -36,6 +36,7 @@ if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
 pytestmark = [
     pytest.mark.skipif(_REASON is not None, reason=f"bwrap backend unavailable: {_REASON}"),
     pytest.mark.usefixtures("state_dir"),
+    pytest.mark.system,
 ]
 
 STUDY_ENV_KEYS = set(bwrap.STUDY_ENV) | {"PWD", "LC_CTYPE"}  # the last two: set by Python or the shell

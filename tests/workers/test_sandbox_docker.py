@@ -45,6 +45,7 @@ if _REASON and os.environ.get("BBO_REQUIRE_DOCKER") == "1":
 pytestmark = [
     pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
     pytest.mark.usefixtures("state_dir"),
+    pytest.mark.system,
 ]
 
 STUDY_ENV_KEYS = {

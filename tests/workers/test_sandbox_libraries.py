@@ -9,6 +9,8 @@ from tests.conftest import SUBMISSIONS
 from workers.harness import run_one_study
 from workers.optimizer_process import OptimizerProcess
 
+pytestmark = pytest.mark.system
+
 
 def backend(name: str):
     from workers.sandbox import SandboxUnavailable, select

@@ -31,7 +31,7 @@ _REASON = bwrap.unavailable_reason()
 if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
     raise RuntimeError(f"BBO_REQUIRE_BWRAP=1 but the bwrap backend is unavailable: {_REASON}")
 needs_bwrap = pytest.mark.skipif(_REASON is not None, reason=f"bwrap backend unavailable: {_REASON}")
-pytestmark = [pytest.mark.usefixtures("state_dir")]
+pytestmark = [pytest.mark.usefixtures("state_dir"), pytest.mark.system]
 
 
 def marked_copy(tmp_path: Path, name: str, marker: str) -> Path:

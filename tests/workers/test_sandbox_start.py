@@ -26,7 +26,7 @@ _REASON = bwrap.unavailable_reason()
 if _REASON and os.environ.get("BBO_REQUIRE_BWRAP") == "1":
     raise RuntimeError(f"BBO_REQUIRE_BWRAP=1 but the bwrap backend is unavailable: {_REASON}")
 needs_bwrap = pytest.mark.skipif(_REASON is not None, reason=f"bwrap backend unavailable: {_REASON}")
-pytestmark = [pytest.mark.usefixtures("state_dir")]
+pytestmark = [pytest.mark.usefixtures("state_dir"), pytest.mark.system]
 
 # An optimizer that fakes a failed start: it prints what the sandbox prints when its seccomp filter does
 # not install, and the start marker itself, lists its open descriptors and writes the marker to every one

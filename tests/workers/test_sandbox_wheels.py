@@ -26,7 +26,7 @@ from workers.optimizer_process import OptimizerProcess
 from workers.sandbox import install
 from workers.sandbox.base import InstallFailed
 
-pytestmark = [pytest.mark.usefixtures("state_dir")]
+pytestmark = [pytest.mark.usefixtures("state_dir"), pytest.mark.system]
 
 BACKENDS = ["bwrap", "docker"]
 

@@ -327,6 +327,7 @@ def _launch(sandbox, submission: Path, spec):
     return sandbox.launch(submission, spec.limits)
 
 
+@pytest.mark.system
 def test_nested_json_reply_from_a_real_sandbox(sandbox, spec, tmp_path):
     from tests.sandbox_helpers import run_launched
 
@@ -337,6 +338,7 @@ def test_nested_json_reply_from_a_real_sandbox(sandbox, spec, tmp_path):
     assert time.monotonic() - started < 30, lines[-10:]
 
 
+@pytest.mark.system
 def test_flood_from_a_real_sandbox_idle_and_in_a_study(sandbox, small_spec):
     """The flooder pre-started and left idle after its hello is killed by the reader at once (its
     container or namespace gone); in a study it is the team's optimizer_crashed."""
