@@ -12,6 +12,7 @@ import typer
 
 from cli import (
     admin_team,
+    archive_cmd,
     audit_cmd,
     autoscaler_cmd,
     baselines_cmd,
@@ -49,6 +50,7 @@ app.command("final")(final_cmd.final_command)
 app.command("submissions")(submissions_cmd.submissions_command)
 app.command("stop")(submissions_cmd.stop_command)
 app.command("console")(console_cmd.console_command)
+app.command("archive")(archive_cmd.archive_command)
 
 PhaseOpt = typer.Option("feedback", "--phase", help="Which phase's problems to score: feedback or final.")
 

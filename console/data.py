@@ -19,7 +19,7 @@ import redis
 from autoscaler.daemon import read_status
 from baselines import scoring
 from competition import audit, rescore, scores, service
-from queue_schema import keys
+from queue_schema import keys, records
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import load_submission, submission_from_hash
 from queue_schema.states import ACTIVE_STATES, TERMINAL_STATES, SubmissionState
@@ -269,27 +269,38 @@ class ConsoleData:
         return sorted(self.r.smembers(keys.submission_jobs(sid, sub.score_version)))
 
     def log_notice(self, sid: str, job_id: str) -> str | None:
-        """Why a job shows no log, when its log is gone: expired after the spec's retention (logs.
-        retention_days after its last line), or never written; None when there is one."""
+        """What to say about a job's log beside (or instead of) its lines: archived with its score version
+        (shown from the archive), expired after the spec's retention (logs.retention_days after its last
+        line), or never written; None for a live log in Redis."""
         if self.r.exists(keys.job_log(job_id)):
             return None
+        archived = records.archived_job_log(self.r, job_id)
+        if archived is not None:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(archived.archived_at))
+            if not archived.expired(self.clock()):
+                return f"this job's log was archived on {when}: shown from the archive"
+            days = self._retention_days(load_submission(self.r, sid))
+            return f"this job's log is gone: archived on {when}, kept {days:g} days after its last line"
         sub = load_submission(self.r, sid)
         if sub is None or sub.state in ACTIVE_STATES:
             return None  # not started yet: its lines will come
-        spec = stored_spec(self.r, sub.spec_hash)
-        days = (spec.logs if spec is not None else LogSettings()).retention_days
+        days = self._retention_days(sub)
         if self.clock() - sub.updated_at >= days * 86_400 - 60:
             return f"this job's log is gone: logs are kept {days:g} days after their last line"
         return "this job wrote no log (it did not run: the submission ended before it started)"
 
+    def _retention_days(self, sub: Submission | None) -> float:
+        spec = stored_spec(self.r, sub.spec_hash) if sub is not None else None
+        return (spec.logs if spec is not None else LogSettings()).retention_days
+
     def log_lines(self, job_id: str, after: str = "-", count: int = 10_000) -> tuple[list[str], str]:
-        """Lines of a job's log after stream id `after` ("-": from the start), and the last id read. The
-        optimizer's stderr is in them: each line made safe (an escape sequence shown, never sent)."""
-        start = after if after == "-" else f"({after}"
-        entries = self.r.xrange(keys.job_log(job_id), min=start, count=count)
+        """Lines of a job's log after stream id `after` ("-": from the start), and the last id read: from
+        Redis, or from its score version's archive (records.read_job_log_entries). The optimizer's stderr
+        is in them: each line made safe (an escape sequence shown, never sent)."""
+        entries = records.read_job_log_entries(self.r, job_id, after, count, now=self.clock())
         if not entries:
             return [], after
-        return [safe_text(fields.get("line", "")) for _, fields in entries], entries[-1][0]
+        return [safe_text(line) for _, line in entries], entries[-1][0]
 
     # -- leaderboard ------------------------------------------------------------------------------------
 

@@ -226,6 +226,20 @@ def final_launches(spec_name: str) -> str:
     return f"{PREFIX}:final:{spec_name}:launches"
 
 
+# -- the archive (runtime/archiver.py moves a complete score version's data to queue_schema/archive_store) -
+
+
+def archive_pending() -> str:
+    """Sorted set: "sid:version" of score versions that ended -> when they ended; the archiver takes them
+    once their grace period is over."""
+    return f"{PREFIX}:archive:pending"
+
+
+def archive_cursor() -> str:
+    """String: the id of the last event of `events()` the archiver looked at for versions that ended."""
+    return f"{PREFIX}:archive:cursor"
+
+
 def lock(name: str) -> str:
     return f"{PREFIX}:lock:{name}"
 

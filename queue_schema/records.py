@@ -19,13 +19,17 @@ transaction, which this module owns; a second module would have to reach into `_
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
-from queue_schema import keys
+from queue_schema import archive_store, keys
 from queue_schema.payloads import (
     DAY_S,
     Event,
@@ -510,11 +514,17 @@ def write_study(
 
 
 def read_studies(r: redis.Redis, sid: str, version: int, problem: str) -> dict[int, StudyResult]:
+    if (archived := _archived_studies(r, sid, version, problem)) is not None:
+        return archived
     raw = r.hgetall(keys.study_results(sid, version, problem))
+    if not raw and (archived := _archived_studies(r, sid, version, problem)) is not None:
+        return archived  # archived between the two reads
     return {int(k): StudyResult.from_json(v) for k, v in raw.items()}
 
 
 def finished_study_indices(r: redis.Redis, sid: str, version: int, problem: str) -> set[int]:
+    if (archived := _archived_studies(r, sid, version, problem)) is not None:
+        return set(archived)
     return {int(k) for k in r.hkeys(keys.study_results(sid, version, problem))}
 
 
@@ -594,4 +604,291 @@ def append_job_log(
 
 
 def read_job_log(r: redis.Redis, job_id: str, count: int = 1000) -> list[str]:
-    return [fields["line"] for _, fields in r.xrange(keys.job_log(job_id), count=count)]
+    return [line for _, line in read_job_log_entries(r, job_id, count=count)]
+
+
+def read_job_log_entries(
+    r: redis.Redis, job_id: str, after: str = "-", count: int = 1000, *, now: float | None = None
+) -> list[tuple[str, str]]:
+    """(stream id, line) of a job's log after stream id `after` ("-": from the start): from Redis while
+    the log is there, else from its score version's archive until the log's retention is over."""
+    start = after if after == "-" else f"({after}"
+    entries = r.xrange(keys.job_log(job_id), min=start, count=count)
+    if entries:
+        return [(entry_id, fields.get("line", "")) for entry_id, fields in entries]
+    archived = archived_job_log(r, job_id)
+    if archived is None or archived.expired(now):
+        return []
+    floor = _stream_id(after) if after != "-" else None
+    return [(i, line) for i, line in archived.entries if floor is None or _stream_id(i) > floor][:count]
+
+
+# -- the archive: a complete score version's data, moved out of Redis ----------------------------------
+#
+# runtime/archiver.py decides when a version may go (complete, no job of it running, past a grace period)
+# and writes and verifies its object (queue_schema/archive_store.py); the reads and writes of Redis are
+# here: the snapshot and the one transaction that marks the version archived and drops its keys
+# (`archive_version_data`), the readers' archive branch (`read_studies`, `finished_study_indices`,
+# `read_job_log_entries`), and the queue of versions that ended (`note_ended_versions`).
+
+ARCHIVED_FIELD = "archived"  # in keys.score_version: the ArchiveMark's JSON, once archived
+ARCHIVES_CACHED = 16  # decoded archive objects kept per process (each a score version's data)
+_ENDED_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class ArchiveMark:
+    """Where a score version's data went: the object, its bytes' sha256, the store it was written to."""
+
+    object: str
+    sha256: str
+    store: str
+    size: int
+    archived_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> ArchiveMark:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class ArchivedLog:
+    """A job's log as archived: its entries, and when it would have expired in Redis (None: never)."""
+
+    entries: list[tuple[str, str]]
+    archived_at: float
+    expires_at: float | None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+
+def archive_mark(r: redis.Redis, sid: str, version: int) -> ArchiveMark | None:
+    raw = r.hget(keys.score_version(sid, version), ARCHIVED_FIELD)
+    return ArchiveMark.from_json(raw) if raw else None
+
+
+def load_archive(mark: ArchiveMark) -> dict[str, Any]:
+    """The decoded object a mark names, checked against its sha256; cached (bounded LRU) per process."""
+    return _load_archive(mark.store, mark.object, mark.sha256)
+
+
+@functools.lru_cache(maxsize=ARCHIVES_CACHED)
+def _load_archive(store_url: str, name: str, sha256: str) -> dict[str, Any]:
+    try:
+        return archive_store.open_store(store_url).load(name, sha256)
+    except archive_store.ArchiveError:
+        configured = archive_store.configured_url()
+        if configured == store_url:
+            raise
+        # The archive was moved (a new BBO_ARCHIVE_URL): the same object, found by its name.
+        return archive_store.open_store(configured).load(name, sha256)
+
+
+def archived_studies_of(
+    payload: dict[str, Any], sid: str, version: int, problem: str
+) -> dict[int, StudyResult]:
+    """One problem's studies from an archive object's snapshot, decoded as `read_studies` decodes Redis
+    (`decode_study_hash`, with the version's provenance hash from the same snapshot)."""
+    entry = payload["keys"].get(keys.study_results(sid, version, problem))
+    provenance = payload["keys"].get(keys.version_provenance(sid, version))
+    return decode_study_hash(entry["value"] if entry else {}, provenance["value"] if provenance else {})
+
+
+def _archived_studies(r: redis.Redis, sid: str, version: int, problem: str) -> dict[int, StudyResult] | None:
+    mark = archive_mark(r, sid, version)
+    if mark is None:
+        return None
+    return archived_studies_of(load_archive(mark), sid, version, problem)
+
+
+_JOB_VERSION = re.compile(r"-v([0-9]+)-")
+
+
+def archived_job_log(r: redis.Redis, job_id: str) -> ArchivedLog | None:
+    """A job's log from its score version's archive; None when that version is not archived (or the
+    archive has no log of the job). The version is read from the job's id (queue_schema/ids.job_id)."""
+    for match in _JOB_VERSION.finditer(job_id):
+        sid, version = job_id[: match.start()], int(match.group(1))
+        if not sid or (mark := archive_mark(r, sid, version)) is None:
+            continue
+        found = load_archive(mark)["logs"].get(job_id)
+        if found is not None:
+            entries = [(str(entry_id), str(line)) for entry_id, line in found["entries"]]
+            return ArchivedLog(entries, mark.archived_at, found.get("expires_at"))
+    return None
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def archive_version_data(
+    r: redis.Redis,
+    sid: str,
+    version: int,
+    problems: Iterable[str] | None,
+    store_object: Callable[[dict[str, Any]], ArchiveMark],
+    *,
+    study_scores: str | None = None,
+) -> tuple[str, ArchiveMark | None]:
+    """Move a score version's data out of Redis, in one WATCHed read-write:
+    1. snapshot the version's study keys, its job logs and its study scores (the archive's payload);
+    2. `store_object(payload)` writes the object and verifies it (it raises if it cannot), returning
+       the mark;
+    3. in one MULTI/EXEC: the mark in the version's record, the study scores kept (`study_scores` unless
+       there are some already), the study keys, archived logs and the version's scratch (problems done,
+       log budget) deleted.
+    A write to any watched key meanwhile (a late study or log line) aborts step 3: ("raced", None), and
+    the caller tries later. ("already", mark) when the version was archived before; ("archived", mark).
+    A crash anywhere before EXEC leaves Redis as it was (an object maybe written, never marked)."""
+    # The keys that hold data now, and those a late study would create (watched, so that it aborts us).
+    expected = [keys.study_results(sid, version, problem) for problem in problems or ()]
+    expected += [keys.version_provenance(sid, version), keys.version_study_problems(sid, version)]
+    data_keys = sorted({*version_data_keys(r, sid, version), *expected})
+    jobs = sorted(r.smembers(keys.submission_jobs(sid, version)))
+    record, scores_key = keys.score_version(sid, version), keys.study_scores(sid, version)
+    logs = [keys.job_log(job) for job in jobs]
+    with r.pipeline() as pipe:
+        try:
+            pipe.watch(record, scores_key, *data_keys, *logs)
+            if raw := pipe.hget(record, ARCHIVED_FIELD):
+                pipe.unwatch()
+                return "already", ArchiveMark.from_json(raw)
+            payload = _snapshot(pipe, sid, version, data_keys, jobs)
+            kept = pipe.get(scores_key)
+            payload["study_scores"] = kept if kept is not None else study_scores
+            mark = store_object(payload)
+            pipe.multi()
+            pipe.hset(record, ARCHIVED_FIELD, mark.to_json())
+            if kept is None and study_scores is not None:
+                pipe.set(scores_key, study_scores)
+            pipe.delete(
+                *data_keys,
+                *(keys.job_log(job) for job in payload["logs"]),
+                keys.problems_done(sid, version),
+                keys.log_budget(sid, version),
+            )
+            pipe.execute()
+            return "archived", mark
+        except redis.WatchError:
+            return "raced", None
+
+
+def _snapshot(pipe: Any, sid: str, version: int, data_keys: list[str], jobs: list[str]) -> dict[str, Any]:
+    """The raw contents of the version's keys and logs, read through a WATCHing pipeline (immediate)."""
+    now = time.time()
+    snapshot: dict[str, Any] = {}
+    for key in data_keys:
+        kind = pipe.type(key)
+        if kind == "none":
+            continue
+        if kind == "hash":
+            snapshot[key] = {"type": "hash", "value": pipe.hgetall(key)}
+        elif kind == "string":
+            snapshot[key] = {"type": "string", "value": pipe.get(key)}
+        elif kind == "set":
+            snapshot[key] = {"type": "set", "value": sorted(pipe.smembers(key))}
+        else:
+            raise ValueError(f"{key}: a {kind} is not a kind of key the archive keeps")
+    logs: dict[str, Any] = {}
+    for job in jobs:
+        entries = pipe.xrange(keys.job_log(job))
+        if not entries:
+            continue
+        ttl_ms = pipe.pttl(keys.job_log(job))
+        logs[job] = {
+            "entries": [[entry_id, fields.get("line", "")] for entry_id, fields in entries],
+            "expires_at": now + ttl_ms / 1000 if ttl_ms and ttl_ms > 0 else None,
+        }
+    return {"submission": sid, "version": version, "created_at": now, "keys": snapshot, "logs": logs}
+
+
+def note_ended_versions(r: redis.Redis, *, batch: int = _ENDED_BATCH) -> int:
+    """Queue for the archiver (keys.archive_pending, by when each ended) the score versions that ended
+    since the last call, read from the event stream after keys.archive_cursor; returns how many events
+    were read. With no cursor yet, or one the capped stream has trimmed past, every version that ended
+    is found from the records instead (`queue_ended_versions`)."""
+    cursor = r.get(keys.archive_cursor())
+    first = r.xrange(keys.events(), count=1)
+    if cursor is None or (first and _stream_id(first[0][0]) > _stream_id(cursor) and cursor != "0-0"):
+        newest = r.xrevrange(keys.events(), count=1)
+        queue_ended_versions(r)
+        r.set(keys.archive_cursor(), newest[0][0] if newest else "0-0")
+        return 0
+    found = r.xread({keys.events(): cursor}, count=batch)
+    entries = found[0][1] if found else []
+    if not entries:
+        return 0
+    terminal = {state.value for state in TERMINAL_STATES}
+    ended: dict[str, float] = {}
+    for _, fields in entries:
+        raw = fields.get("json", "")
+        if '"state"' not in raw:
+            continue  # cheap pre-check: most events are studies
+        try:
+            event = Event.from_json(raw)
+        except ValueError:
+            continue
+        if event.kind == "state" and event.submission_id and event.data.get("to") in terminal:
+            ended[f"{event.submission_id}:{int(event.data.get('version', 0))}"] = event.ts
+    pipe = r.pipeline()
+    if ended:
+        pipe.zadd(keys.archive_pending(), ended, nx=True)
+    pipe.set(keys.archive_cursor(), entries[-1][0])
+    pipe.execute()
+    return len(entries)
+
+
+def queue_ended_versions(r: redis.Redis) -> int:
+    """Queue every score version that ended and is not archived, from the records: each submission's
+    versions before its current one, and its current one when terminal. One pass over every submission:
+    for the first run and for `bbo admin archive --all`."""
+    ids = r.zrange(keys.submissions_index(), 0, -1)
+    queued = 0
+    for start in range(0, len(ids), 500):
+        subs = load_submissions(r, ids[start : start + 500])
+        pipe = r.pipeline(transaction=False)
+        wanted: list[tuple[str, float]] = []
+        for sub in subs:
+            last = sub.score_version if sub.state in TERMINAL_STATES else sub.score_version - 1
+            for version in range(1, last + 1):
+                ended = sub.updated_at if version == sub.score_version else 0.0
+                wanted.append((f"{sub.id}:{version}", ended))
+                pipe.hmget(keys.score_version(sub.id, version), ARCHIVED_FIELD, "closed_at")
+        found = pipe.execute()
+        ended_at = {
+            member: float(closed or when)
+            for (member, when), (archived, closed) in zip(wanted, found, strict=True)
+            if not archived
+        }
+        if ended_at:
+            queued += int(r.zadd(keys.archive_pending(), ended_at, nx=True))
+    return queued
+
+
+def due_versions(r: redis.Redis, before: float, limit: int) -> list[tuple[str, int]]:
+    """Queued versions that ended before `before`, oldest first."""
+    out = []
+    for member in r.zrangebyscore(keys.archive_pending(), "-inf", before, start=0, num=max(0, limit)):
+        sid, _, version = member.rpartition(":")
+        out.append((sid, int(version)))
+    return out
+
+
+def pending_versions(r: redis.Redis) -> int:
+    return int(r.zcard(keys.archive_pending()))
+
+
+def version_archived_or_dropped(r: redis.Redis, sid: str, version: int) -> None:
+    """Off the archiver's queue."""
+    r.zrem(keys.archive_pending(), f"{sid}:{version}")
+
+
+def retry_version_at(r: redis.Redis, sid: str, version: int, when: float) -> None:
+    """Leave a queued version for later: due again at `when` (the queue is ordered by end time)."""
+    r.zadd(keys.archive_pending(), {f"{sid}:{version}": when}, xx=True)

@@ -43,7 +43,7 @@ from queue_schema.connection import rq_connection
 from queue_schema.payloads import Heartbeat, ScoreJob
 from queue_schema.records import add_event, load_submission
 from queue_schema.states import ACTIVE_STATES, FailureCause
-from runtime import lifecycle, rq_adapter
+from runtime import archiver, lifecycle, rq_adapter
 from runtime.enqueue import enqueue_jobs, expected_jobs
 from runtime.spec import stored_spec
 
@@ -316,7 +316,9 @@ def reap_if_due(
     to expire, so it also paces the fleet); None when it was not this caller's turn."""
     if not r.set(keys.lock(REAPER_LOCK), holder, nx=True, ex=max(1, int(interval) - 1)):
         return None
-    return reap(r, rq_conn=rq_conn)
+    report = reap(r, rq_conn=rq_conn)
+    archiver.archive_tick(r, rq_conn=rq_conn)  # scored data leaves Redis, a few versions per tick
+    return report
 
 
 def _payload(job: Job) -> ScoreJob | None:

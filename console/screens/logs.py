@@ -1,7 +1,8 @@
 """View 3: a job's organizer-only log (sandbox stderr, harness events), with follow mode and search.
 
 Textual's `Log` renders only the lines on screen, so it stays fast with 100k lines; lines are read from the
-job's Redis stream in batches, then followed from the last stream id read.
+job's Redis stream in batches, then followed from the last stream id read. A log archived with its score
+version is read from the archive, under a notice saying so; an expired one shows only a notice.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ class LogsScreen(Screen):
     @work(thread=True, group="log-read")
     def _read(self, job: str, generation: int, after: str) -> None:
         try:
+            if after == "-" and self.sid is not None:
+                # Said before the lines: an archived log is shown (from the archive) with its notice; an
+                # expired or unwritten one has only the notice.
+                notice = self.app.data.log_notice(self.sid, job)
+                if notice is not None:
+                    self.app.deliver(self._notice, generation, notice)
             while generation == self._generation:
                 lines, last = self.app.data.log_lines(job, after)
                 if not lines:
-                    if after == "-" and self.sid is not None:
-                        notice = self.app.data.log_notice(self.sid, job)
-                        if notice is not None:
-                            self.app.deliver(self._notice, generation, notice)
                     return
                 self.app.deliver(self._append, generation, after, lines, last)
                 after = last
@@ -124,7 +127,7 @@ class LogsScreen(Screen):
         self._set_title()
 
     def _notice(self, generation: int, notice: str) -> None:
-        if generation == self._generation and not self.lines and self._noticed != generation:
+        if generation == self._generation and self._noticed != generation:
             self._noticed = generation
             self.query_one("#logs-log", Log).write_line(f"[console] {notice}")
 
