@@ -14,6 +14,7 @@ BENCHMARKS = {
     "seed-data": "bench.seed_data",
     "service": "bench.service",
     "soak": "bench.soak",
+    "store": "bench.store",
 }
 
 
