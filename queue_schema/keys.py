@@ -101,8 +101,21 @@ def spec(spec_hash: str) -> str:
 
 
 def study_results(sid: str, version: int, problem: str) -> str:
-    """Hash: study index -> StudyResult JSON, written once per study (HSETNX)."""
+    """Hash: study index -> the study's stored record (queue_schema/study_codec.py: the compact form, or
+    the StudyResult JSON of older writers), written once per study (HSETNX)."""
     return f"{PREFIX}:studies:{sid}:v{version}:{problem}"
+
+
+def version_provenance(sid: str, version: int) -> str:
+    """Hash: provenance id -> provenance JSON (study_codec.provenance_json: worker, sandbox, packages,
+    seed schemes), once per score version for all the studies that name it; written with the study."""
+    return f"{PREFIX}:provenance:{sid}:v{version}"
+
+
+def version_study_problems(sid: str, version: int) -> str:
+    """Set: the problems of a score version with a study written by the compact writer (with the study),
+    so that its study data is found without a scan (records.version_data_keys)."""
+    return f"{PREFIX}:studyproblems:{sid}:v{version}"
 
 
 def problems_done(sid: str, version: int) -> str:

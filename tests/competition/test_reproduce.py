@@ -68,10 +68,10 @@ def test_reproduce_reruns_a_study_and_its_losses_match(r, scored):
 
 def test_a_tampered_stored_loss_is_reported_as_the_first_mismatch(r, scored):
     key = keys.study_results(scored.id, 1, PROBLEM)
-    study = json.loads(r.hget(key, "0"))
-    original = study["losses"][2][1]
-    study["losses"][2][1] = original + 0.125
-    r.hset(key, "0", json.dumps(study))
+    study = read_studies(r, scored.id, 1, PROBLEM)[0]
+    original = study.losses[2][1]
+    study.losses[2][1] = original + 0.125
+    r.hset(key, "0", study.to_json())  # tampered, in the older form of a record (which still reads)
 
     outcome = reproduce(r, scored.id, PROBLEM, 0)
     assert outcome["match"] is False
@@ -105,9 +105,9 @@ def test_the_reproduce_command_prints_a_verdict_and_exits_by_the_contract(r, sco
     assert result.stdout.startswith("MATCH: study 0 of DT-iris-acc")
 
     key = keys.study_results(scored.id, 1, PROBLEM)
-    study = json.loads(r.hget(key, "0"))
-    study["losses"][0][0] = -1.0
-    r.hset(key, "0", json.dumps(study))
+    study = read_studies(r, scored.id, 1, PROBLEM)[0]
+    study.losses[0][0] = -1.0
+    r.hset(key, "0", study.to_json())
     mismatch = runner.invoke(app, ["admin", "reproduce", scored.id, PROBLEM, "0"])
     assert mismatch.exit_code == 0, mismatch.output  # it ran: a mismatch is a finding, not an error
     assert mismatch.stdout.startswith("MISMATCH:") and "round 0, suggestion 0" in mismatch.stdout
