@@ -37,7 +37,7 @@ file byte for byte.
   STATE/archive/ and the seconds it took, per feedback submission (finalists apart).
 - export_identical: every file of every export after archiving equals the one taken before.
 
-    python -m bench store --json [--submissions 20] [--finalists 10] [--problems 30] [--studies 10]
+    python -m bench store --json [--submissions 20] [--finalists 3] [--problems 30] [--studies 10]
         [--final-studies 100] [--export-checks 1] [--seed 0] [--keep]
 """
 
@@ -723,7 +723,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench store", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--submissions", type=int, default=20, help="scored feedback submissions")
-    parser.add_argument("--finalists", type=int, default=10, help="scored final-phase submissions")
+    parser.add_argument(
+        "--finalists",
+        type=int,
+        default=3,
+        help="scored final-phase submissions (the seed has 10: extrapolated)",
+    )
     parser.add_argument("--problems", type=int, default=None, help="only the first N problems of each phase")
     parser.add_argument("--studies", type=int, default=None, help="feedback studies per problem (spec: 10)")
     parser.add_argument(
