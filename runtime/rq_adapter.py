@@ -260,6 +260,23 @@ class WorkerHooks:
         super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc]
         self.job_started(job)
 
+    def unsubscribe(self) -> None:
+        """RQ's own, with the wait for the command thread bounded.
+
+        RQ starts the thread with `pubsub.run_in_thread(sleep_time=60)` and stops it with
+        `thread.stop()`, which in redis-py 8 joins it with no limit. A thread caught between the
+        unsubscribe and its next `get_message` waits up to `sleep_time` to be subscribed again, so about
+        one worker stop in 30 took exactly 60 s (tests/runtime/test_rq_adapter.py reproduces it). Relies on
+        the worker's `pubsub` and `pubsub_thread` attributes and `PubSubWorkerThread.stop(timeout)`."""
+        thread = getattr(self, "pubsub_thread", None)
+        if thread is None:
+            return
+        self.pubsub.unsubscribe()  # type: ignore[attr-defined]
+        # A thread still waiting is a daemon: it notices the cleared flag within sleep_time, then closes.
+        thread.stop(timeout=1)
+        if not thread.is_alive():
+            self.pubsub.close()  # type: ignore[attr-defined]
+
 
 def make_queue(worker: Any, name: str) -> Queue:
     """A queue built the way RQ's worker builds the queues it is given by name.

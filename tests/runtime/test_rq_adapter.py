@@ -489,3 +489,20 @@ def test_a_job_past_its_timeout_raises_job_timeout(conn):
     with relies("the exception a job's time limit raises (rq.timeouts.BaseTimeoutException)", "JobTimeout"):
         worker.work(burst=True, logging_level="WARNING")
         assert len(raised) == 1 and isinstance(raised[0], rq_adapter.JobTimeout)
+
+
+def test_a_worker_stops_its_command_thread_without_waiting_out_rq_s_sleep(conn):
+    """The stall RQ 3.0 and redis-py 8 make: a command thread left unsubscribed waits `sleep_time` (60 s)
+    in get_message, and RQ's unsubscribe joins it without a limit. WorkerHooks bounds that join."""
+    worker = HookedWorker([QUEUE], connection=conn)
+    with relies("PubSubWorkerThread.stop(timeout) and the worker's pubsub/pubsub_thread", "unsubscribe"):
+        worker.subscribe()
+        worker.pubsub.unsubscribe()  # the thread reads the confirmation, then waits to be subscribed again
+        deadline = time.monotonic() + 5
+        while worker.pubsub.subscribed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        started = time.monotonic()
+        worker.unsubscribe()
+        # RQ's own unsubscribe takes the whole 60 s here; a bound of 10 s tells the two apart on any machine.
+        assert time.monotonic() - started < 10
