@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from artifacts.errors import InvalidSubmission  # noqa: F401 - re-exported for callers
 from queue_schema.untrusted import safe_text
 
 MIB = 1024 * 1024
@@ -61,10 +62,6 @@ _EOCD64 = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entri
 _EOCD64_SIG = b"PK\x06\x06"
 _LOCAL = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, lengths
 _LOCAL_SIG = b"PK\x03\x04"
-
-
-class InvalidSubmission(ValueError):
-    """Rejected at intake (or at extraction); the message is safe to show the team."""
 
 
 @dataclass(frozen=True)

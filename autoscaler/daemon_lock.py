@@ -15,13 +15,10 @@ import socket
 
 import redis
 
+from autoscaler.errors import AnotherDaemonRuns  # noqa: F401 - re-exported for callers
 from runtime.processes import process_alive
 
 log = logging.getLogger("bbo.autoscaler")
-
-
-class AnotherDaemonRuns(RuntimeError):
-    pass
 
 
 def _pid_namespace() -> str:

@@ -11,6 +11,8 @@ from functools import cache
 
 from bayesmark.constants import DATA_LOADER_NAMES, MODEL_NAMES, SCORERS_CLF, SCORERS_REG
 
+from baselines.errors import UnknownProblem  # noqa: F401 - re-exported for callers
+
 # bayesmark.data.DATA_LOADERS' task of each built-in dataset.
 _REGRESSION_DATASETS = frozenset({"boston", "diabetes"})
 
@@ -56,10 +58,6 @@ def all_problems() -> tuple[Problem, ...]:
 @cache
 def by_name() -> dict[str, Problem]:
     return {p.name: p for p in all_problems()}
-
-
-class UnknownProblem(ValueError):
-    pass
 
 
 def parse(name: str) -> Problem:

@@ -18,6 +18,7 @@ import xarray as xr
 from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED, TEST_CASE, VISIBLE_TO_OPT
 
 from baselines.catalogue import parse
+from baselines.errors import BaselineError, MissingBaseline  # noqa: F401 - re-exported for callers
 
 DATA_DIR = Path(__file__).parent / "data"
 FORMAT = 1
@@ -37,14 +38,6 @@ class BaselinePlan:
     random_studies: int
     strong_rounds: int  # as the spec sets it: 0 means 4 x rounds
     seed: int
-
-
-class BaselineError(RuntimeError):
-    """A baseline file that cannot be used for what was asked, with a one-line reason."""
-
-
-class MissingBaseline(BaselineError, LookupError):
-    """No baseline for a spec or one of its problems; the message says how to build it."""
 
 
 def build_command(spec_name: str) -> str:

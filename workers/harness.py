@@ -38,47 +38,21 @@ from queue_schema.suggestions import OutOfSpace, Space, SpaceError, check_batch,
 from queue_schema.untrusted import safe_text
 from runtime.provenance import scoring_packages, study_seeds
 from runtime.spec import Spec
+from workers.errors import (  # noqa: F401 - re-exported for callers
+    TEAM_TEXT_CHARS,
+    FatalOptimizerError,
+    HarnessFault,
+    OptimizerRaised,
+    SandboxInfrastructureError,
+    StudyCutOff,
+)
 from workers.optimizer_process import CallTimeout, OptimizerDied, OptimizerProcess, ProtocolViolation
 
 # A killed process reports -SIGKILL (137 through a container runtime); when we did not kill it, the
 # kernel's OOM killer or a cgroup did.
 _SIGKILL = -9
-# The team's own words (an exception's message) inside a failure message or the log: at most this long.
-TEAM_TEXT_CHARS = 500
 # Lines the study loop may print into the organizer log per study (bayesmark prints one per failing call).
 STUDY_STDOUT_LINES = 1000
-
-
-class StudyCutOff(BaseException):  # noqa: N818 - a control-flow signal, not an error
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class FatalOptimizerError(BaseException):
-    """The submission cannot be scored: stop the whole batch with this cause."""
-
-    def __init__(self, cause: FailureCause, message: str) -> None:
-        self.cause = cause
-        self.message = message
-        super().__init__(f"{cause.value}: {message}")
-
-
-class SandboxInfrastructureError(BaseException):
-    """Our infrastructure lost the sandbox (engine gone, container vanished): retried, not charged."""
-
-
-class HarnessFault(SandboxInfrastructureError):
-    """The harness itself failed (our bug, our problem definition): never the team's failure."""
-
-
-class OptimizerRaised(Exception):
-    """The optimizer's own suggest/observe raised: bayesmark falls back (random batch) or ignores it.
-
-    bayesmark logs it (message and traceback): the message is the team's, so it is made safe first."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(safe_text(message, limit=TEAM_TEXT_CHARS))
 
 
 def _team_text(text: str) -> str:

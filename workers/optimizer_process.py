@@ -35,26 +35,12 @@ import psutil
 from queue_schema import protocol
 from queue_schema.suggestions import suggest_reply_cap
 from queue_schema.untrusted import safe_text
+from workers.errors import CallTimeout, OptimizerDied, ProtocolViolation  # noqa: F401 - re-exported for callers
 
 LogSink = Callable[[str], None]
 STDERR_CAP_BYTES = 256 * 1024  # per study, unless the spec says otherwise; beyond it lines are counted
 READ_CHUNK = 64 * 1024  # the stdout reader's one read: the most it holds beyond the reply it is assembling
 STDERR_LINE = 8192
-
-
-class CallTimeout(Exception):
-    """The optimizer did not answer within the call's deadline; it has been killed."""
-
-
-class OptimizerDied(Exception):
-    def __init__(self, returncode: int | None, during: str) -> None:
-        self.returncode = returncode
-        self.during = during
-        super().__init__(f"optimizer process exited (code {returncode}) during {during}")
-
-
-class ProtocolViolation(Exception):
-    """The sandbox broke the protocol (malformed, oversized or unsolicited output); it has been killed."""
 
 
 @dataclass

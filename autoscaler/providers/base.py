@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 import redis
 
+from autoscaler.errors import CapacityExceeded, ProviderError  # noqa: F401 - re-exported for callers
 from queue_schema import keys
 
 MachineState = Literal["running", "draining"]
@@ -28,20 +29,6 @@ class Machine:
     created_at: float
     state: MachineState = "running"  # draining: asked to stop warmly, not gone yet
     labels: dict[str, str] = field(default_factory=dict)
-
-
-class ProviderError(Exception):
-    """The provider could not do what was asked (API down, process failed to start); one line for people."""
-
-
-class CapacityExceeded(ProviderError):
-    """The provider refused more machines: its cap, or a cloud project's quota (not a team's daily quota,
-    competition.quotas.QuotaExceeded). `created` lists the ones it did make before refusing, so a partial
-    success is not lost."""
-
-    def __init__(self, message: str, created: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.created = list(created or [])
 
 
 def machines_key(provider: str, fleet: str) -> str:

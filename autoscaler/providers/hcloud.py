@@ -30,6 +30,7 @@ import httpx
 import redis
 from rq.command import send_shutdown_command
 
+from autoscaler.errors import ApiError  # noqa: F401 - re-exported for callers
 from autoscaler.providers.base import CapacityExceeded, Machine, ProviderError
 from autoscaler.providers.cloud_init import MACHINE_NAME, check_redis_url, check_wheel_url, user_data
 from queue_schema import keys
@@ -49,16 +50,6 @@ _MAX_PAGES = 200
 _NAME_ATTEMPTS = 5
 # A draining worker still beating as not draining this long after its shutdown command lost it.
 DRAIN_RESEND_S = 120.0
-
-
-class ApiError(ProviderError):
-    """An error answer of the API: its HTTP status, error code and message."""
-
-    def __init__(self, message: str, *, status: int, code: str, api_message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.api_message = api_message
 
 
 def store_hash(redis_url: str) -> str:

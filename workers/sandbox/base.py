@@ -8,6 +8,7 @@ from typing import Protocol
 
 from queue_schema.settings import THREAD_ENV  # noqa: F401 - the backends take it from here
 from runtime.spec import Limits
+from workers.errors import InstallFailed, SandboxRefused, SandboxUnavailable  # noqa: F401 - re-exported for callers
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import uids
 
@@ -22,14 +23,6 @@ def cpu_backstop_s(limits: Limits) -> int:
     return math.ceil(max(1.0, limits.cpus) * per_call) + CPU_SLACK_S
 
 
-class SandboxUnavailable(RuntimeError):
-    """The backend cannot run here (no engine, no image, unknown name): an infrastructure problem."""
-
-
-class InstallFailed(RuntimeError):
-    """The submission's bundled requirements did not install; the message is safe to show the team."""
-
-
 def sandbox_uid_slot(backend: str, per_sandbox_uids: bool) -> uids.Slot | None:
     """A uid of the sandbox's own (held until released), or None where the backend's sandboxes share one
     uid (cgroups keep them apart, or the operator opted in); no free uid is ours: SandboxUnavailable."""
@@ -39,10 +32,6 @@ def sandbox_uid_slot(backend: str, per_sandbox_uids: bool) -> uids.Slot | None:
         return uids.acquire()
     except uids.NoSlot as exc:
         raise SandboxUnavailable(f"{backend} backend: no sandbox uid free: {exc}") from None
-
-
-class SandboxRefused(RuntimeError):
-    """The backend was asked for but is not allowed (the unsafe process backend without the opt-in)."""
 
 
 class SandboxBackend(Protocol):

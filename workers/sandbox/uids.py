@@ -30,14 +30,12 @@ import os
 import random
 from pathlib import Path
 
+from workers.errors import NoSlot  # noqa: F401 - re-exported for callers
+
 UID_BASE = 2_000_000_000
 SLOTS = 4096
 SLOT_DIR_ENV = "BBO_SANDBOX_UID_DIR"
 DEFAULT_SLOT_DIR = "/run/bbo-arena/sandbox-uids"
-
-
-class NoSlot(RuntimeError):
-    """No sandbox uid could be handed out (none free, or the slot folder is unusable)."""
 
 
 def slot_dir() -> Path:
