@@ -16,7 +16,6 @@ leaderboard with how sure it is.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import threading
@@ -39,8 +38,10 @@ from queue_schema.records import (
     load_submissions,
     ranking_key,
     read_studies,
+    read_study_scores,
     save_new_submission,
     scored_submissions,
+    write_study_scores,
 )
 from queue_schema.states import ACTIVE_STATES
 from runtime import versions
@@ -332,10 +333,9 @@ def _uncertainty(
 def study_scores(r: redis.Redis, sub: Submission) -> dict[str, list[float]]:
     """{problem: normalized score of each study, by study index} of the submission's score version
     (pass `sub.last_scored()`), computed once from its stored studies and kept beside them."""
-    key = keys.study_scores(sub.id, sub.score_version)
-    cached = r.get(key)
+    cached = read_study_scores(r, sub.id, sub.score_version)
     if cached is not None:
-        return json.loads(cached)["problems"]
+        return cached
     spec = stored_spec(r, sub.spec_hash)
     if spec is None:
         raise versions.ScoreError(f"spec {sub.spec_hash} of submission {sub.id} is not in the store")
@@ -352,5 +352,5 @@ def study_scores(r: redis.Redis, sub: Submission) -> dict[str, list[float]]:
             )
         out[problem] = values
     # Only a scored version's studies are final; they are written once, so the cache never goes stale.
-    r.set(key, json.dumps({"baseline_version": baselines.version, "problems": out}))
+    write_study_scores(r, sub.id, sub.score_version, baselines.version, out)
     return out

@@ -29,6 +29,7 @@ from queue_schema.records import (
     scored_ids,
     scored_time,
     start_score_version,
+    version_jobs,
 )
 from queue_schema.states import ACTIVE_STATES, SubmissionState
 from runtime.enqueue import enqueue_jobs, phase_progress
@@ -207,7 +208,7 @@ def _close_version(r: redis.Redis, sub: Submission) -> None:
 def _previous_backend(r: redis.Redis, sub: Submission) -> str:
     """The sandbox the last version's jobs asked for (RQ keeps finished jobs for a week), else auto."""
     conn = rq_connection()
-    for job_id in r.smembers(keys.submission_jobs(sub.id, sub.score_version)):
+    for job_id in version_jobs(r, sub.id, sub.score_version):
         with contextlib.suppress(Exception):  # a job that expired or cannot be read tells nothing
             backend = Job.fetch(job_id, connection=conn).args[0].get("backend")
             if backend:

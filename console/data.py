@@ -266,7 +266,7 @@ class ConsoleData:
         sub = load_submission(self.r, sid)
         if sub is None:
             return []
-        return sorted(self.r.smembers(keys.submission_jobs(sid, sub.score_version)))
+        return records.version_jobs(self.r, sid, sub.score_version)
 
     def log_notice(self, sid: str, job_id: str) -> str | None:
         """What to say about a job's log beside (or instead of) its lines: archived with its score version

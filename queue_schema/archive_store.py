@@ -32,10 +32,15 @@ Layout of an object (FORMAT 1):
      "keys": {redis key: {"type": "hash", "value": {field: str}} | {"type": "string", "value": str}
                          | {"type": "set", "value": [str]}},
      "logs": {job id: {"entries": [[stream id, line], ...], "expires_at": t or null}},
+     "jobs": [job id, ...],
+     "events": [[stream id, event JSON], ...],
      "study_scores": str or null}
 `keys` is a raw snapshot of the Redis keys that hold the version's study data (read back through the same
-decoding as in Redis), `logs` the version's job log streams, `study_scores` the value of
-`keys.study_scores` when the version had one.
+decoding as in Redis), `logs` the version's job log streams, `jobs` its job set (keys.submission_jobs,
+sorted), `events` its `study` events as they were in the submission's stream (keys.submission_events, in
+stream order), `study_scores` the value of `keys.study_scores` when the version had one. `jobs` and
+`events` were added to FORMAT 1 later: an object written before has neither (its version kept its job set
+and events in Redis), and readers take them as absent.
 """
 
 from __future__ import annotations

@@ -107,8 +107,9 @@ def study_results(sid: str, version: int, problem: str) -> str:
 
 
 def version_provenance(sid: str, version: int) -> str:
-    """Hash: provenance id -> provenance JSON (study_codec.provenance_json: worker, sandbox, packages,
-    seed schemes), once per score version for all the studies that name it; written with the study."""
+    """Hash: provenance id -> provenance JSON (study_codec.provenance_json: backend, image, sandbox,
+    packages, seed schemes), once per score version for all the studies that name it (the worker of each
+    job is in its studies' records); written with the study."""
     return f"{PREFIX}:provenance:{sid}:v{version}"
 
 
@@ -129,7 +130,8 @@ def score_version(sid: str, version: int) -> str:
 
 
 def submission_jobs(sid: str, version: int) -> str:
-    """Set: RQ job ids of one score version, so stop and fail can cancel them."""
+    """Set: RQ job ids of one score version, so stop and fail can cancel them. It moves to the version's
+    archive object with its study data: read it through records.version_jobs."""
     return f"{PREFIX}:jobs:{sid}:v{version}"
 
 
@@ -139,7 +141,9 @@ def events() -> str:
 
 
 def submission_events(sid: str) -> str:
-    """Stream: one submission's events, for live status without scanning the global stream."""
+    """Stream: one submission's events, for live status without scanning the global stream. An archived
+    score version's `study` events leave it for the version's archive object: records.read_events merges
+    them back."""
     return f"{PREFIX}:events:{sid}"
 
 
@@ -215,7 +219,9 @@ def audit_log() -> str:
 
 
 def study_scores(sid: str, version: int) -> str:
-    """String: JSON {problem: [normalized score of each study]} of a scored version, computed once."""
+    """String: {problem: [normalized score of each study]} of a scored version, computed once and kept
+    after the version is archived; compact (study_codec.encode_scores): read and write it through
+    records.read_study_scores / write_study_scores."""
     return f"{PREFIX}:studyscores:{sid}:v{version}"
 
 

@@ -594,8 +594,38 @@ def _event_into(r: Any, event: Event) -> None:
 
 
 def read_events(r: redis.Redis, sid: str | None = None, count: int = 100) -> list[Event]:
-    key = keys.submission_events(sid) if sid else keys.events()
-    return [Event.from_json(fields["json"]) for _, fields in r.xrevrange(key, count=count)][::-1]
+    """The last `count` events, oldest first: of every submission (the global stream), or of one. An
+    archived score version's `study` events are in its archive object (`archive_version_data` moves
+    them): a submission's events are its stream's and those, merged back in stream id (time) order, so the
+    history reads as it did before the version was archived."""
+    if not sid:
+        return [Event.from_json(fields["json"]) for _, fields in r.xrevrange(keys.events(), count=count)][
+            ::-1
+        ]
+    newest = [
+        (entry_id, fields["json"])
+        for entry_id, fields in r.xrevrange(keys.submission_events(sid), count=count)
+    ]
+    return [Event.from_json(raw) for _, raw in reversed(_with_archived_events(r, sid, newest, count))]
+
+
+def _with_archived_events(
+    r: redis.Redis, sid: str, newest: list[tuple[str, str]], count: int
+) -> list[tuple[str, str]]:
+    """`newest` ((stream id, event JSON), newest first, from the submission's stream) with its archived
+    versions' events, newest first, `count` at most. An archive is opened only when some of its events
+    fall in the window (its mark says how many it holds and the id of the newest)."""
+    floor = _stream_id(newest[-1][0]) if newest and len(newest) >= count else None
+    archived: list[tuple[str, str]] = []
+    for _, mark in archive_marks(r, sid):
+        if not mark.events or (floor is not None and _stream_id(mark.last_event) < floor):
+            continue
+        archived += [(str(entry_id), str(raw)) for entry_id, raw in load_archive(mark).get("events", ())]
+    if not archived:
+        return newest
+    merged = dict(newest)
+    merged.update(archived)
+    return sorted(merged.items(), key=lambda entry: _stream_id(entry[0]), reverse=True)[: max(0, count)]
 
 
 # Append lines to a job's log within the score version's byte budget, in one script: lines past the
@@ -694,13 +724,19 @@ class ArchiveMark:
     store: str
     size: int
     archived_at: float
+    # The submission events the object holds (the version's `study` events) and the stream id of the
+    # newest, so that `read_events` opens the object only when they fall in what it reads. 0 and "" in
+    # marks written before events were archived (their events stayed in Redis).
+    events: int = 0
+    last_event: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> ArchiveMark:
-        return cls(**json.loads(raw))
+        known = cls.__dataclass_fields__
+        return cls(**{name: value for name, value in json.loads(raw).items() if name in known})
 
 
 @dataclass(frozen=True)
@@ -718,6 +754,45 @@ class ArchivedLog:
 def archive_mark(r: redis.Redis, sid: str, version: int) -> ArchiveMark | None:
     raw = r.hget(keys.score_version(sid, version), ARCHIVED_FIELD)
     return ArchiveMark.from_json(raw) if raw else None
+
+
+def archive_marks(r: redis.Redis, sid: str) -> list[tuple[int, ArchiveMark]]:
+    """(version, mark) of each archived score version of a submission, oldest first."""
+    current = r.hget(keys.submission(sid), "score_version")
+    if not current or int(current) < 1:
+        return []
+    versions = range(1, int(current) + 1)
+    pipe = r.pipeline(transaction=False)
+    for version in versions:
+        pipe.hget(keys.score_version(sid, version), ARCHIVED_FIELD)
+    return [(v, ArchiveMark.from_json(raw)) for v, raw in zip(versions, pipe.execute(), strict=True) if raw]
+
+
+def version_jobs(r: redis.Redis, sid: str, version: int) -> list[str]:
+    """The RQ job ids of a score version, sorted: keys.submission_jobs while the version is in Redis, its
+    archive object's once archived (the set moves there; an object written before it moved has none, and
+    the set then stayed in Redis)."""
+    found = r.smembers(keys.submission_jobs(sid, version))
+    if found:
+        return sorted(found)
+    mark = archive_mark(r, sid, version)
+    if mark is None:
+        return []
+    return sorted(str(job) for job in load_archive(mark).get("jobs") or ())
+
+
+def read_study_scores(r: redis.Redis, sid: str, version: int) -> dict[str, list[float]] | None:
+    """{problem: [normalized score of each study, by study index]} of a scored version as kept
+    (keys.study_scores: the compact form, or the JSON written before it), None when none is kept."""
+    raw = r.get(keys.study_scores(sid, version))
+    return None if raw is None else study_codec.decode_scores(raw)[1]
+
+
+def write_study_scores(
+    r: redis.Redis, sid: str, version: int, baseline_version: str | None, problems: dict[str, list[float]]
+) -> None:
+    """Keep a scored version's per-study normalized scores (they never change: its studies are final)."""
+    r.set(keys.study_scores(sid, version), study_codec.encode_scores(baseline_version, problems))
 
 
 def load_archive(mark: ArchiveMark) -> dict[str, Any]:
@@ -786,28 +861,37 @@ def archive_version_data(
     study_scores: str | None = None,
 ) -> tuple[str, ArchiveMark | None]:
     """Move a score version's data out of Redis, in one WATCHed read-write:
-    1. snapshot the version's study keys, its job logs and its study scores (the archive's payload);
+    1. snapshot the version's study keys, its job logs, its job set, its `study` events (from the
+       submission's stream) and its study scores (the archive's payload);
     2. `store_object(payload)` writes the object and verifies it (it raises if it cannot), returning
        the mark;
-    3. in one MULTI/EXEC: the mark in the version's record, the study scores kept (`study_scores` unless
-       there are some already), the study keys, archived logs and the version's scratch (problems done,
-       log budget) deleted.
-    A write to any watched key meanwhile (a late study or log line) aborts step 3: ("raced", None), and
-    the caller tries later. ("already", mark) when the version was archived before; ("archived", mark).
+    3. in one MULTI/EXEC: the mark in the version's record; the study scores kept (`study_scores` unless
+       there are some already; kept ones of the older JSON form rewritten compactly, the same values);
+       the study keys, archived logs, job set and the version's scratch (problems done, log budget)
+       deleted; the snapshot's `study` events taken out of the submission's stream (`_DROP_EVENTS`: the
+       other events keep their ids and order).
+    A write to any watched key meanwhile (a late study or log line, a job added) aborts step 3: ("raced",
+    None), and the caller tries later. The submission's stream is not watched (the submission's other
+    versions write to it): a late study of this version would write its study key, which is. ("already",
+    mark) when the version was archived before; ("archived", mark).
     A crash anywhere before EXEC leaves Redis as it was (an object maybe written, never marked)."""
     # The keys that hold data now, and those a late study would create (watched, so that it aborts us).
     expected = [keys.study_results(sid, version, problem) for problem in problems or ()]
     expected += [keys.version_provenance(sid, version), keys.version_study_problems(sid, version)]
     data_keys = sorted({*version_data_keys(r, sid, version), *expected})
-    jobs = sorted(r.smembers(keys.submission_jobs(sid, version)))
+    jobs_key = keys.submission_jobs(sid, version)
+    jobs = sorted(r.smembers(jobs_key))
     record, scores_key = keys.score_version(sid, version), keys.study_scores(sid, version)
     logs = [keys.job_log(job) for job in jobs]
     with r.pipeline() as pipe:
         try:
-            pipe.watch(record, scores_key, *data_keys, *logs)
+            pipe.watch(record, scores_key, jobs_key, *data_keys, *logs)
             if raw := pipe.hget(record, ARCHIVED_FIELD):
                 pipe.unwatch()
                 return "already", ArchiveMark.from_json(raw)
+            if sorted(pipe.smembers(jobs_key)) != jobs:
+                pipe.unwatch()
+                return "raced", None
             payload = _snapshot(pipe, sid, version, data_keys, jobs)
             kept = pipe.get(scores_key)
             payload["study_scores"] = kept if kept is not None else study_scores
@@ -816,20 +900,85 @@ def archive_version_data(
             pipe.hset(record, ARCHIVED_FIELD, mark.to_json())
             if kept is None and study_scores is not None:
                 pipe.set(scores_key, study_scores)
+            elif kept is not None and not kept.startswith(study_codec.SCORES_PREFIX):
+                pipe.set(scores_key, study_codec.encode_scores(*study_codec.decode_scores(kept)))
             pipe.delete(
                 *data_keys,
                 *(keys.job_log(job) for job in payload["logs"]),
+                jobs_key,
                 keys.problems_done(sid, version),
                 keys.log_budget(sid, version),
             )
+            if payload["events"]:
+                pipe.eval(
+                    _DROP_EVENTS,
+                    1,
+                    keys.submission_events(sid),
+                    *(entry_id for entry_id, _ in payload["events"]),
+                )
             pipe.execute()
             return "archived", mark
         except redis.WatchError:
             return "raced", None
 
 
+# Take entries out of a stream, keeping the others with their ids, fields and order, and the stream's
+# last generated id (so a new entry's id still follows every id it ever gave). XDEL would only flag the
+# entries inside the stream's nodes (a node's memory goes once all of its entries are gone), and a stream
+# rebuilt by XADD keeps a node preallocated at stream-node-max-bytes (4 KB): so the stream is rebuilt,
+# then DUMPed and RESTOREd (its TTL kept), which stores each node at its own size. Measured on a
+# neurips2020-shaped stream (300 study events of 227 B and 3 others): 64,048 B; after XDEL of the study
+# events 9,680 B; rebuilt 4,712 B; rebuilt and restored 840 B. KEYS: the stream. ARGV: the ids to take
+# out. Returns how many were taken out.
+_DROP_EVENTS = """
+local drop = {}
+for i = 1, #ARGV do drop[ARGV[i]] = true end
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+if #entries == 0 then return 0 end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last = nil
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+local kept = {}
+for _, entry in ipairs(entries) do
+  if not drop[entry[1]] then kept[#kept + 1] = entry end
+end
+if #kept == #entries then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+if #kept == 0 then return #entries end
+for _, entry in ipairs(kept) do
+  redis.call('XADD', KEYS[1], entry[1], unpack(entry[2]))
+end
+if last then redis.call('XSETID', KEYS[1], last) end
+local dumped = redis.call('DUMP', KEYS[1])
+redis.call('RESTORE', KEYS[1], ttl > 0 and ttl or 0, dumped, 'REPLACE')
+return #entries - #kept
+"""
+
+
+def _version_study_events(entries: list[tuple[str, dict[str, str]]], version: int) -> list[list[str]]:
+    """[stream id, event JSON] of the `study` events of score `version` among a submission's stream
+    entries, in stream order."""
+    out = []
+    for entry_id, fields in entries:
+        raw = fields.get("json", "")
+        if '"study"' not in raw:
+            continue  # cheap pre-check: the other events
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        data = event.get("data") if isinstance(event, dict) else None
+        if event.get("kind") == "study" and isinstance(data, dict) and data.get("version") == version:
+            out.append([entry_id, raw])
+    return out
+
+
 def _snapshot(pipe: Any, sid: str, version: int, data_keys: list[str], jobs: list[str]) -> dict[str, Any]:
-    """The raw contents of the version's keys and logs, read through a WATCHing pipeline (immediate)."""
+    """The raw contents of the version's keys and logs, its job ids and its `study` events, read through
+    a WATCHing pipeline (immediate)."""
     now = time.time()
     snapshot: dict[str, Any] = {}
     for key in data_keys:
@@ -854,7 +1003,16 @@ def _snapshot(pipe: Any, sid: str, version: int, data_keys: list[str], jobs: lis
             "entries": [[entry_id, fields.get("line", "")] for entry_id, fields in entries],
             "expires_at": now + ttl_ms / 1000 if ttl_ms and ttl_ms > 0 else None,
         }
-    return {"submission": sid, "version": version, "created_at": now, "keys": snapshot, "logs": logs}
+    events = _version_study_events(pipe.xrange(keys.submission_events(sid)), version)
+    return {
+        "submission": sid,
+        "version": version,
+        "created_at": now,
+        "keys": snapshot,
+        "logs": logs,
+        "jobs": jobs,
+        "events": events,
+    }
 
 
 def note_ended_versions(r: redis.Redis, *, batch: int = _ENDED_BATCH) -> int:

@@ -2,11 +2,11 @@
 
 The first form (v1, still read) was the result's pydantic JSON: every evaluated point a dict repeating
 its parameter names, every loss a decimal text, and the worker's provenance repeated in every study:
-about 200 bytes an evaluation of neurips2020 (70 to 320 by model). This form (v2), about 60 (27 to 94), a
-third of that (tests/contract/test_study_codec.py measures it), is a small JSON object (text, as the
-store's client decodes responses and the value passes through the write-once Lua script):
+about 200 bytes an evaluation of neurips2020 (70 to 320 by model). The compact form (v2, now v3), about
+60 (27 to 94), a third of that (tests/contract/test_study_codec.py measures it), is a small JSON object
+(text, as the store's client decodes responses and the value passes through the write-once Lua script):
 
-    {"v": 2, <the scalar fields>, "losses": <matrix>, "generalization": <matrix>,
+    {"v": 3, <the scalar fields>, "losses": <matrix>, "generalization": <matrix>,
      "suggestions": <points>, "seeds": [...], "provenance": {...} | "provenance_id": "<digest>"}
 
 - a typed column of n values is {"t": "f8" | "f4" | "i1" | "i2" | "i4" | "i8" | "bool" | "cat", "d": ...}:
@@ -23,14 +23,23 @@ store's client decodes responses and the value passes through the write-once Lua
 - the points: their shape (points per round), "names" (the parameter names, in the points' order) and
   "cols", one column per name. Points whose names are not the same sequence in every point keep the plain
   form {"json": [[...]]}, so every point's order is kept.
-- the provenance, what is the same for every study of a job: `PROVENANCE_FIELDS`, and the seeds' text
-  (their schemes: a "seeds" template whose null entries are the study's own seeds, which the record keeps
-  in "seeds" as a list, in order). Inline as "provenance", or, as the store writes it
+- the provenance, what is the same for every study of a score version: `PROVENANCE_FIELDS` (the
+  backend, the image, the sandbox's description, the scoring packages), and the seeds' text (their
+  schemes: a "seeds" template whose null entries are the study's own seeds, which the record keeps in
+  "seeds" as a list, in order). Inline as "provenance", or, as the store writes it
   (queue_schema/records.py), named by "provenance_id", the digest of its JSON (`provenance_json`), under
-  which the score version's provenance hash keeps that JSON once.
+  which the score version's provenance hash keeps that JSON once. What differs from job to job stays in
+  the record: the worker that ran it ("worker", host:pid of the work horse, one scalar like the others).
 
-`decode` reads both forms; a record of a newer form than this process knows is refused (ValueError), as a
-payload of a newer schema is. The standard library only (and pydantic, as every payload).
+Forms: v3 (this one) keeps "worker" in the record; v2 (the first compact form) kept it in the provenance,
+which made one provenance entry per job rather than per score version; v1 is the result's own JSON.
+`decode` reads all three; a record of a newer form than this process knows is refused (ValueError), as a
+payload of a newer schema is.
+
+The same column encoding keeps a scored version's per-study normalized scores (`encode_scores`), which
+stay in Redis after its studies are archived (keys.study_scores): one float64 (float32 when exact)
+column of every problem's scores, with the problems' names and their study counts. The standard library
+only (and pydantic, as every payload).
 """
 
 from __future__ import annotations
@@ -49,12 +58,17 @@ from pydantic_core import to_jsonable_python
 
 from queue_schema.payloads import StudyResult
 
-FORMAT = 2
+FORMAT = 3
+_FORMATS = (2, 3)  # the compact forms `decode` reads (v1, the result's JSON, has no "v")
 _PREFIX = '{"v":'
-PROVENANCE_FIELDS = ("worker", "backend", "image_digest", "sandbox", "packages")
+PROVENANCE_FIELDS = ("backend", "image_digest", "sandbox", "packages")
+# v2 kept the worker (per job) in the provenance too; v3 keeps it in the record, a scalar.
+_V2_PROVENANCE_FIELDS = ("worker", *PROVENANCE_FIELDS)
 _MATRICES = ("losses", "generalization")
 _SPECIAL = frozenset((*_MATRICES, "suggestions", "seeds", *PROVENANCE_FIELDS))
 _SCALARS = tuple(name for name in StudyResult.model_fields if name not in _SPECIAL)
+SCORES_FORMAT = 2  # keys.study_scores' compact form; 1 was {"baseline_version", "problems": {name: [...]}}
+SCORES_PREFIX = _PREFIX  # a compact study scores value starts with it; the JSON of form 1 does not
 # Column type -> struct code; ints from the narrowest.
 _CODES = {"f8": "d", "f4": "f", "i1": "b", "i2": "h", "i4": "i", "i8": "q"}
 _INTS = ("i1", "i2", "i4", "i8")
@@ -293,9 +307,10 @@ def encode(result: StudyResult, *, provenance_ref: str | None = None) -> str:
     return _dumps(out)
 
 
-def _v2(stored: dict[str, Any], provenance: Mapping[str, str] | None) -> StudyResult:
-    if stored["v"] != FORMAT:
-        raise ValueError(f"stored study form {stored['v']!r} is not one this process understands ({FORMAT})")
+def _compact(stored: dict[str, Any], provenance: Mapping[str, str] | None) -> StudyResult:
+    form = stored["v"]
+    if form not in _FORMATS:
+        raise ValueError(f"stored study form {form!r} is not one this process understands ({FORMAT})")
     if "provenance_id" in stored:
         ref = stored["provenance_id"]
         if not provenance or ref not in provenance:
@@ -307,7 +322,8 @@ def _v2(stored: dict[str, Any], provenance: Mapping[str, str] | None) -> StudyRe
     for name in _MATRICES:
         fields[name] = _decode_matrix(stored[name])
     fields["suggestions"] = _decode_points(stored["suggestions"])
-    fields.update({name: shared[name] for name in PROVENANCE_FIELDS})
+    shared_fields = _V2_PROVENANCE_FIELDS if form == 2 else PROVENANCE_FIELDS
+    fields.update({name: shared[name] for name in shared_fields})
     fields["seeds"] = _join_seeds(shared["seeds"], stored["seeds"])
     return StudyResult.model_validate(fields)
 
@@ -320,13 +336,46 @@ def provenance_ref(raw: str) -> str | None:
 
 
 def decode(raw: str, provenance: Mapping[str, str] | None = None) -> StudyResult:
-    """The StudyResult of a stored record, either form. `provenance`: the score version's provenance hash
-    (id -> provenance JSON), which a record written by the store names by id."""
+    """The StudyResult of a stored record, any form (v1, v2, v3). `provenance`: the score version's
+    provenance hash (id -> provenance JSON), which a record written by the store names by id."""
     if not raw.startswith(_PREFIX):
         return StudyResult.from_json(raw)  # v1: the result's own JSON
-    return _v2(json.loads(raw), provenance)
+    return _compact(json.loads(raw), provenance)
 
 
 def decode_many(raw_fields: Mapping[str, str], provenance: Mapping[str, str]) -> dict[int, StudyResult]:
-    """Every record of a study hash (study index -> stored record, either form) by study index."""
+    """Every record of a study hash (study index -> stored record, any form) by study index."""
     return {int(index): decode(raw, provenance) for index, raw in raw_fields.items()}
+
+
+# -- per-study normalized scores (keys.study_scores) ------------------------------------------------
+
+
+def encode_scores(baseline_version: str | None, problems: Mapping[str, list[float]]) -> str:
+    """The stored form of a score version's per-study normalized scores ({problem: [score of each study,
+    by study index]}, in the problems' order): every value in one column (floats bit for bit), the
+    problems' names and how many studies each has."""
+    names = list(problems)
+    counts = [len(problems[name]) for name in names]
+    values = [value for name in names for value in problems[name]]
+    shape: dict[str, Any] = {"studies": counts[0]} if counts and len(set(counts)) == 1 else {"n": counts}
+    out = {"v": SCORES_FORMAT, "baseline_version": baseline_version, "problems": names, **shape}
+    out["scores"] = _encode_column(values)
+    return _dumps(out)
+
+
+def decode_scores(raw: str) -> tuple[str | None, dict[str, list[float]]]:
+    """(baseline version, {problem: [scores]}) of a stored value, either form: this one or the JSON
+    {"baseline_version", "problems": {problem: [scores]}} written before it."""
+    stored = json.loads(raw)
+    form = stored.get("v", 1)
+    if form == 1:
+        return stored.get("baseline_version"), {name: list(v) for name, v in stored["problems"].items()}
+    if form != SCORES_FORMAT:
+        raise ValueError(f"stored study scores form {form!r} is not one this process understands")
+    names = stored["problems"]
+    counts = stored["n"] if "n" in stored else [stored["studies"]] * len(names)
+    if len(counts) != len(names):
+        raise ValueError(f"stored study scores name {len(names)} problems for {len(counts)} counts")
+    values = _split(_decode_column(stored["scores"], sum(counts)), counts)
+    return stored.get("baseline_version"), dict(zip(names, values, strict=True))

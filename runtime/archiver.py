@@ -1,5 +1,6 @@
-"""The mover: a complete score version's study data, job logs and study scores leave Redis for an archive
-object (queue_schema/archive_store.py), written atomically and verified before the Redis copy is dropped.
+"""The mover: a complete score version's study data, job logs, job set and `study` events leave Redis for an
+archive object (queue_schema/archive_store.py), written atomically and verified before the Redis copy is
+dropped; its per-study normalized scores stay in Redis, compactly.
 
 `archive_version` moves one version, in four steps:
   (a) the version is complete: the submission's state for it is scored, failed or stopped (or a rescore
@@ -8,13 +9,16 @@ object (queue_schema/archive_store.py), written atomically and verified before t
   (b) its keys are read (under WATCH) and the object is written;
   (c) the object is read back and verified: its bytes' sha256, and every study decoded from it equal to
       the same study decoded from Redis, every log line equal;
-  (d) one MULTI/EXEC marks the version archived (keys.score_version's `archived`: object, sha256, store),
-      keeps the per-study normalized scores of a scored version (keys.study_scores) and deletes the study
-      keys, the archived logs and the version's scratch. A late write to a watched key aborts it: the
+  (d) one MULTI/EXEC marks the version archived (keys.score_version's `archived`: object, sha256, store,
+      how many events it holds), keeps the per-study normalized scores of a scored version
+      (keys.study_scores, study_codec.encode_scores) and deletes the study keys, the archived logs, the
+      job set and the version's scratch, and takes the version's `study` events out of the submission's
+      event stream (the others keep their ids and order). A late write to a watched key aborts it: the
       version is tried again later.
 A crash at any step loses nothing: before (d) Redis is untouched (an object may exist, unmarked: the next
 run rewrites it, or reuses it when its bytes are the same); (d) is one transaction; a mark is only ever
-written after its object was verified. Readers (queue_schema/records.py) then read the archive.
+written after its object was verified. Readers (queue_schema/records.py) then read the archive:
+read_studies, read_job_log_entries, version_jobs and read_events (which merges the archived events back).
 
 `archive_due` is the periodic part, run by the reaper's tick (runtime/recovery.reap_if_due) with a small
 budget and by `bbo admin archive`: versions that ended are queued from the event stream
@@ -23,7 +27,6 @@ budget and by `bbo admin archive`: versions that ended are queued from the event
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,7 +36,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from queue_schema import archive_store, keys, records
+from queue_schema import archive_store, keys, records, study_codec
 from queue_schema.archive_store import ArchiveStore, crash_point
 from queue_schema.connection import rq_connection
 from queue_schema.payloads import Submission
@@ -204,7 +207,7 @@ def _study_scores(r: redis.Redis, sub: Submission, version: int, spec: Spec | No
         if not values or any(v is None for v in values):
             return None
         out[problem] = values
-    return json.dumps({"baseline_version": baselines.version, "problems": out})
+    return study_codec.encode_scores(baselines.version, out)
 
 
 def _write(store: ArchiveStore, sid: str, version: int, payload: dict[str, Any]) -> records.ArchiveMark:
@@ -213,12 +216,15 @@ def _write(store: ArchiveStore, sid: str, version: int, payload: dict[str, Any])
     data = archive_store.encode(payload)
     if store.get(name) != data:
         store.put(name, data)
+    events = payload.get("events") or []
     return records.ArchiveMark(
         object=name,
         sha256=archive_store.digest(data),
         store=store.url,
         size=len(data),
         archived_at=payload["created_at"],
+        events=len(events),
+        last_event=events[-1][0] if events else "",
     )
 
 
@@ -230,9 +236,9 @@ def _verify(
     sid: str,
     version: int,
 ) -> dict[str, int]:
-    """Read the object back: its sha256 (store.load checks it), its keys and logs equal to the snapshot
-    (`payload`, read under WATCH), and every study decoded from it equal to the same study read from
-    Redis by `records.read_studies` (the readers' own decoding)."""
+    """Read the object back: its sha256 (store.load checks it), its keys, logs, jobs and events equal to the
+    snapshot (`payload`, read under WATCH), and every study decoded from it equal to the same study read
+    from Redis by `records.read_studies` (the readers' own decoding)."""
     try:
         stored = store.load(mark.object, mark.sha256)
     except archive_store.ArchiveError as exc:
@@ -252,6 +258,8 @@ def _verify(
         raise VerifyError(f"{mark.object}: holds other keys than Redis")
     if stored["logs"] != payload["logs"] or stored.get("study_scores") != payload.get("study_scores"):
         raise VerifyError(f"{mark.object}: the logs or study scores differ from Redis")
+    if stored.get("jobs") != payload["jobs"] or stored.get("events") != payload["events"]:
+        raise VerifyError(f"{mark.object}: the job set or the events differ from Redis")
     return {"studies": studies, "logs": len(payload["logs"])}
 
 

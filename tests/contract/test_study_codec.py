@@ -138,6 +138,30 @@ def test_a_study_survives_its_stored_form_exactly(result):
     assert study_codec.provenance_ref(named) == ref and study_codec.provenance_ref(stored) is None
     assert same(study_codec.decode(named, {ref: provenance}), result)
     assert same(study_codec.decode_many({"7": named}, {ref: provenance})[7], result)
+    # The v2 form (the worker in the provenance), inline and named, still reads as it did.
+    old_inline, _ = as_v2(stored, None)
+    assert same(study_codec.decode(old_inline), result)
+    old_named, old_provenance = as_v2(named, provenance)
+    old_ref = study_codec.provenance_ref(old_named)
+    assert same(study_codec.decode(old_named, {old_ref: old_provenance}), result)
+
+
+def as_v2(record: str, provenance: str | None) -> tuple[str, str | None]:
+    """A v3 record (and the provenance JSON it names) as the v2 writer wrote them: "v": 2, the worker out
+    of the record and first in the provenance, which is named by the id of that JSON."""
+    stored = json.loads(record)
+    assert stored["v"] == 3
+    worker = stored.pop("worker")
+    stored["v"] = 2
+    if provenance is None:
+        stored["provenance"] = {"worker": worker, **stored["provenance"]}
+        return json.dumps(stored, separators=(",", ":")), None
+    old_provenance = json.dumps({"worker": worker, **json.loads(provenance)}, separators=(",", ":"))
+    stored["provenance_id"] = study_codec.provenance_id(old_provenance)
+    stored = {name: value for name, value in stored.items() if name != "provenance_id"} | {
+        "provenance_id": stored["provenance_id"]
+    }
+    return json.dumps(stored, separators=(",", ":")), old_provenance
 
 
 _sids = itertools.count()
@@ -218,18 +242,21 @@ def test_provenance_is_stored_once_per_score_version_and_reattached(r):
     provenance = r.hgetall(keys.version_provenance(sid, 1))
     assert len(provenance) == 1  # ten studies of one job: one provenance
     (text,) = provenance.values()
-    assert "host-a:101" in text
+    assert "bayesmark" in text and "host-a:101" not in text  # the worker is the job's, not the version's
     records = r.hgetall(keys.study_results(sid, 1, problem))
-    assert not any("host-a:101" in raw or "scoring" in raw for raw in records.values())
+    assert not any("bayesmark" in raw for raw in records.values())
+    assert all('"worker":"host-a:101"' in raw for raw in records.values())
     found = read_studies(r, sid, 1, problem)
     expected = [result.model_copy(update={"normalized": 0.5}) for result in written]
     assert sorted(found) == list(range(10)) and all(same(found[s.study], s) for s in expected)
     assert found[0].seeds != found[1].seeds and found[0].sandbox is not found[1].sandbox
 
-    # Another job, on another worker: its own provenance, beside the first.
+    # Other jobs, on other workers, and of other problems: still the one provenance of the version.
     assert write_study(r, sid, 1, problem, _job_result(10, "host-b:202"), 0.5) == 1
-    assert len(r.hgetall(keys.version_provenance(sid, 1))) == 2
+    assert write_study(r, sid, 1, "SVM-wine-nll", _job_result(0, "host-c:303", "SVM-wine-nll"), 0.5) == 1
+    assert len(r.hgetall(keys.version_provenance(sid, 1))) == 1
     assert read_studies(r, sid, 1, problem)[10].worker == "host-b:202"
+    assert read_studies(r, sid, 1, "SVM-wine-nll")[0].worker == "host-c:303"
     assert finished_study_indices(r, sid, 1, problem) == set(range(11))
 
     # The archive's reader decodes values read back its own way, with the whole provenance hash.
@@ -254,6 +281,52 @@ def test_an_older_record_still_reads_as_it_did(r):
     assert found[1].study == 1 and found[1].losses == old.losses
     assert same(found[2], new)
     assert finished_study_indices(r, sid, 1, problem) == {0, 1, 2}
+
+
+def test_a_v2_record_beside_v3_ones_reads_as_it_did(r):
+    """A score version written partly by the v2 writer (its provenance hash with one entry per worker)
+    and partly by this one reads every study back exactly, from Redis and through the archive's decoding."""
+    sid, problem = "s00000000ffffffffff", "DT-iris-acc"
+    old = [_job_result(study, f"host-old:{study}") for study in range(3)]
+    for result in old:  # as the v2 writer stored them
+        text = study_codec.provenance_json(result)
+        record, provenance = as_v2(
+            study_codec.encode(result, provenance_ref=study_codec.provenance_id(text)), text
+        )
+        ref = study_codec.provenance_ref(record)
+        r.hset(keys.study_results(sid, 1, problem), str(result.study), record)
+        r.hsetnx(keys.version_provenance(sid, 1), ref, provenance)
+    assert len(r.hgetall(keys.version_provenance(sid, 1))) == 3
+    new = [_job_result(study, f"host-new:{study}") for study in range(3, 6)]
+    for result in new:
+        assert write_study(r, sid, 1, problem, result, None) == 1
+    assert len(r.hgetall(keys.version_provenance(sid, 1))) == 4  # the three old ones, one new
+    found = read_studies(r, sid, 1, problem)
+    assert sorted(found) == list(range(6)) and all(same(found[s.study], s) for s in old + new)
+    again = decode_study_hash(
+        r.hgetall(keys.study_results(sid, 1, problem)), r.hgetall(keys.version_provenance(sid, 1))
+    )
+    assert all(same(again[i], found[i]) for i in range(6))
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=30),
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True), max_size=12),
+        max_size=6,
+    ),
+    st.none() | st.text(max_size=12),
+)
+def test_study_scores_survive_their_stored_form_exactly(problems, baseline_version):
+    stored = study_codec.encode_scores(baseline_version, problems)
+    assert stored.startswith(study_codec.SCORES_PREFIX)
+    found_version, found = study_codec.decode_scores(stored)
+    assert found_version == baseline_version
+    assert list(found) == list(problems) and exact(found) == exact(problems)
+    legacy = json.dumps({"baseline_version": baseline_version, "problems": problems})
+    assert not legacy.startswith(study_codec.SCORES_PREFIX)
+    # The older JSON form reads as its reader read it (json.loads; JSON keeps no NaN payload).
+    assert exact(study_codec.decode_scores(legacy)[1]) == exact(json.loads(legacy)["problems"])
 
 
 def test_the_keys_of_a_score_versions_study_data(r):

@@ -57,8 +57,11 @@ def without_beats(r, sub):
 
 def live_view(r, sid: str, version: int = 1) -> dict:
     """Everything the readers get of a version, through records."""
-    jobs = sorted(r.smembers(keys.submission_jobs(sid, version)))
+    jobs = records.version_jobs(r, sid, version)
     return {
+        "jobs": jobs,
+        # The submission's history (the mover's own `archived` event aside), study events included.
+        "events": [e for e in records.read_events(r, sid, count=10_000) if e.kind != "archived"],
         "studies": records.read_studies(r, sid, version, PROBLEM),
         "indices": records.finished_study_indices(r, sid, version, PROBLEM),
         "logs": {job: records.read_job_log(r, job) for job in jobs},
@@ -92,13 +95,13 @@ def test_a_scored_version_moves_to_the_archive_and_reads_the_same(r, scored, sto
 
     assert not r.exists(keys.study_results(scored.id, 1, PROBLEM), keys.problems_done(scored.id, 1))
     assert not any(r.exists(keys.job_log(job)) for job in before["logs"])
-    assert r.exists(keys.submission_jobs(scored.id, 1))  # the console lists the jobs from it
+    assert not r.exists(keys.submission_jobs(scored.id, 1))  # in the archive: records.version_jobs
     mark = records.archive_mark(r, scored.id, 1)
     assert mark is not None and mark.sha256 == report.sha256
     assert archive_store.digest((store.root / mark.object).read_bytes()) == mark.sha256
     # Per-study normalized scores stay in Redis, as the final phase keeps them.
-    kept = json.loads(r.get(keys.study_scores(scored.id, 1)))
-    assert kept["problems"][PROBLEM] == [s.normalized for _, s in sorted(before["studies"].items())]
+    kept = records.read_study_scores(r, scored.id, 1)
+    assert kept[PROBLEM] == [s.normalized for _, s in sorted(before["studies"].items())]
 
     records._load_archive.cache_clear()
     assert live_view(r, scored.id) == before
