@@ -47,6 +47,8 @@ def reproduce(
 
     Raises ReproduceError for what does not exist, SandboxRefused/SandboxUnavailable when the backend
     cannot run here; an optimizer that fails on the rerun is a mismatch, reported with its error."""
+    # The harness imports bayesmark and scikit-learn (about a second): loaded when a study is rerun, not
+    # by everything that imports the competition's rules.
     from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
     from workers.optimizer_process import OptimizerProcess
     from workers.sandbox import select

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import queue_schema.protocol
 from queue_schema.settings import cache_dir
 
 HERE = Path(__file__).resolve().parent
@@ -65,8 +66,6 @@ def _stderr(message: str) -> None:
 
 def recipe_files() -> dict[str, Path]:
     """Build-context name -> source file: everything that decides what the image holds."""
-    import queue_schema.protocol
-
     return {
         "Dockerfile": HERE / "Dockerfile",
         "host.py": HERE / "host.py",
