@@ -316,7 +316,7 @@ def info(r: redis.Redis | None, spec: Spec, team: str | None = None, now: float 
 def metrics_snapshot(r: redis.Redis) -> dict[str, Any]:
     """Figures for monitoring: queue depths, running jobs, submissions by state, failures by cause,
     workers, teams, studies done, each autoscaler fleet's last step. Counts come from the store's
-    indexes (queue_schema/records.py): no submission or job is scanned."""
+    indexes (queue_schema/records/indexes.py): no submission or job is scanned."""
     depths = dispatch.queue_depths(r)  # priority, every team's queue, the legacy shared one
     return {
         "queues": depths["per_queue"],

@@ -1,7 +1,7 @@
 """Where scored data goes when it leaves Redis: one compressed object per submission score version.
 
 A score version's study data, its job logs and its per-study normalized scores move, once the version is
-complete, from Redis into an *archive object* (runtime/archiver.py moves them; queue_schema/records.py
+complete, from Redis into an *archive object* (runtime/archiver.py moves them; queue_schema/records/
 reads them back, so every reader of studies and logs works unchanged). This module is the storage and the
 object format, nothing else:
 

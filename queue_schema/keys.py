@@ -46,7 +46,7 @@ def submissions_index() -> str:
     return f"{PREFIX}:subs"
 
 
-# -- the store's indexes (queue_schema/records.py keeps them in the writers' transactions) ------------
+# -- the store's indexes (queue_schema/records/indexes.py, written in the records' transactions) ------
 
 
 def state_index(state: str) -> str:

@@ -27,8 +27,8 @@ about 200 bytes an evaluation of neurips2020 (70 to 320 by model). The compact f
   backend, the image, the sandbox's description, the scoring packages), and the seeds' text (their
   schemes: a "seeds" template whose null entries are the study's own seeds, which the record keeps in
   "seeds" as a list, in order). Inline as "provenance", or, as the store writes it
-  (queue_schema/records.py), named by "provenance_id", the digest of its JSON (`provenance_json`), under
-  which the score version's provenance hash keeps that JSON once. What differs from job to job stays in
+  (queue_schema/records/studies.py), named by "provenance_id", the digest of its JSON (`provenance_json`),
+  under which the score version's provenance hash keeps that JSON once. What differs from job to job stays in
   the record: the worker that ran it ("worker", host:pid of the work horse, one scalar like the others).
 
 Forms: v3 (this one) keeps "worker" in the record; v2 (the first compact form) kept it in the provenance,

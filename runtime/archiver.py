@@ -17,7 +17,7 @@ dropped; its per-study normalized scores stay in Redis, compactly.
       version is tried again later.
 A crash at any step loses nothing: before (d) Redis is untouched (an object may exist, unmarked: the next
 run rewrites it, or reuses it when its bytes are the same); (d) is one transaction; a mark is only ever
-written after its object was verified. Readers (queue_schema/records.py) then read the archive:
+written after its object was verified. Readers (queue_schema/records/) then read the archive:
 read_studies, read_job_log_entries, version_jobs and read_events (which merges the archived events back).
 
 `archive_due` is the periodic part, run by the reaper's tick (runtime/recovery.reap_if_due) with a small

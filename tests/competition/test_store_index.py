@@ -1,4 +1,4 @@
-"""The store's indexes (queue_schema/records.py) against a full scan, and the readers that use them.
+"""The store's indexes (queue_schema/records/indexes.py) against a full scan, and the readers that use them.
 
 Real Redis, no mocks: the index must equal what a scan of every submission finds after any mix of
 transitions, disqualifications and rescores; the boards, `rescore_all` and the metrics must not read

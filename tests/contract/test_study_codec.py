@@ -1,5 +1,6 @@
-"""The compact study record (queue_schema/study_codec.py) and its store (queue_schema/records.py): an exact
-round trip, older records still read, provenance stored once per score version, and the size it saves."""
+"""The compact study record (queue_schema/study_codec.py) and its store (queue_schema/records/studies.py):
+an exact round trip, older records still read, provenance stored once per score version, and the size it
+saves."""
 
 from __future__ import annotations
 

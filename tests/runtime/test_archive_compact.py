@@ -79,7 +79,7 @@ def test_read_events_opens_the_archive_only_when_its_events_are_in_the_window(r,
     def refuse(mark):
         raise AssertionError("the archive was opened")
 
-    monkeypatch.setattr(records, "load_archive", refuse)
+    monkeypatch.setattr(records.events, "load_archive", refuse)  # read_events' own global
     newest = records.read_events(r, sid, count=1)
     assert [e.kind for e in newest] == ["archived"] and newest == full[-1:]
     with pytest.raises(AssertionError, match="opened"):
@@ -182,7 +182,7 @@ def test_an_object_and_mark_from_before_events_and_jobs_moved_still_read(r, scor
         return mark
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(records, "_version_study_events", lambda entries, version: [])
+        patch.setattr(records.archiving, "_version_study_events", lambda entries, version: [])
         outcome, _ = records.archive_version_data(r, sid, 1, [PROBLEM], first_archiver)
     assert outcome == "archived"
     # Put back what the first archiver left in Redis, and its mark as it wrote it.
