@@ -10,11 +10,14 @@ Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -30,6 +33,7 @@ from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed
+from runtime import archiver
 from runtime.spec import Spec, SpecError, load
 
 log = logging.getLogger("bbo.gateway")
@@ -75,6 +79,29 @@ class _TooLarge(Exception):
     pass
 
 
+def _archiving(r: Any, stop: threading.Event) -> None:
+    """The archive is this machine's state folder unless BBO_ARCHIVE_URL names a shared one, so the gateway
+    moves ended score versions there (runtime/archiver.py); one process of the gateway's at a time."""
+    holder = f"gateway:{socket.gethostname()}:{os.getpid()}"
+    while not stop.wait(5.0):
+        try:
+            archiver.gateway_tick(r, holder)
+        except Exception:  # the store down or refusing: the next turn tries again
+            log.exception("gateway: archiving failed; trying again")
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=_archiving, args=(app.state.redis, stop), name="archiver", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str | None = None) -> FastAPI:
     """The gateway for one competition spec (a shipped name, a path, or a loaded Spec); `backend` is the
     sandbox the jobs ask workers for. Raises SpecError or ValueError for an unusable set-up."""
@@ -91,6 +118,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         description="Submit black-box optimizers, follow their scores, see the leaderboard.",
         version="1",
         responses=errors.ERROR_RESPONSES,
+        lifespan=_lifespan,
     )
     app.state.spec = spec
     app.state.backend = backend

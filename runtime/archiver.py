@@ -341,6 +341,26 @@ def archive_all(
             return total
 
 
+ARCHIVER_LOCK = "archiver"
+GATEWAY_INTERVAL_S = 30.0  # how often the gateway's archiver looks for ended versions
+
+
+def workers_archive() -> bool:
+    """Whether the workers' reaper ticks move data into the archive: only when the archive is a store
+    every machine reaches (BBO_ARCHIVE_URL: a shared folder, a bucket). The default archive is the state
+    folder of the gateway's machine, and a worker on another machine writing into its own would put
+    objects where no reader finds them: there the gateway archives (gateway_tick)."""
+    return bool(os.environ.get(archive_store.ARCHIVE_URL_ENV, "").strip())
+
+
+def gateway_tick(r: redis.Redis, holder: str) -> DueReport | None:
+    """The gateway's share: `archive_tick` at most once per GATEWAY_INTERVAL_S across its processes (a
+    lock left to expire); None when it was not this caller's turn."""
+    if not r.set(keys.lock(ARCHIVER_LOCK), holder, nx=True, ex=max(1, int(GATEWAY_INTERVAL_S) - 1)):
+        return None
+    return archive_tick(r)
+
+
 def archive_tick(r: redis.Redis, *, rq_conn: redis.Redis | None = None) -> DueReport | None:
     """The reaper's share (runtime/recovery.reap_if_due): `archive_due` with the tick's small budget; a
     failure is logged, never raised into the reaper."""

@@ -317,7 +317,8 @@ def reap_if_due(
     if not r.set(keys.lock(REAPER_LOCK), holder, nx=True, ex=max(1, int(interval) - 1)):
         return None
     report = reap(r, rq_conn=rq_conn)
-    archiver.archive_tick(r, rq_conn=rq_conn)  # scored data leaves Redis, a few versions per tick
+    if archiver.workers_archive():  # else the gateway's machine archives (its state folder is the archive)
+        archiver.archive_tick(r, rq_conn=rq_conn)  # scored data leaves Redis, a few versions per tick
     return report
 
 
