@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("unsafe_ok")
 def test_without_a_shared_archive_the_gateway_archives_and_the_workers_do_not(
     r,
     redis_server,
-    scored,
-    monkeypatch,  # noqa: F811
+    scored,  # noqa: F811
+    monkeypatch,
 ):
     monkeypatch.delenv(archive_store.ARCHIVE_URL_ENV)  # the default: this machine's state folder
     monkeypatch.setenv(archiver.GRACE_ENV, "0")
