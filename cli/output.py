@@ -71,9 +71,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def plain(text: object, limit: int | None = None) -> str:
     """Untrusted text for a Rich markup string or table cell: controls made visible, markup escaped, URL
     credentials redacted."""
-    from queue_schema.untrusted import redact_urls_in, safe_text
+    from queue_schema.untrusted import markup_text
 
-    return safe_text(redact_urls_in(str(text)), limit=limit, markup=True)
+    return markup_text(text, limit)
 
 
 @contextlib.contextmanager

@@ -160,6 +160,12 @@ def redact_urls_in(text: str) -> str:
     return _hide_query_secrets(_URL_IN_TEXT.sub(hide, text))
 
 
+def markup_text(text: object, limit: int | None = None) -> str:
+    """Untrusted text for a Rich markup string or table cell: controls made visible, markup escaped, URL
+    credentials redacted."""
+    return safe_text(redact_urls_in(str(text)), limit=limit, markup=True)
+
+
 def safe_line(line: str) -> str:
     """One line of a service's output as it may reach a terminal or a log file: credentials in URLs
     redacted, then made safe (tabs kept)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from queue_schema.connection import RedisUnavailable
-from queue_schema.untrusted import redact_urls_in, safe_line, safe_text
+from queue_schema.untrusted import markup_text, safe_line
 from runtime.redis_server import EmbeddedRedis
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
@@ -180,7 +180,7 @@ class StoreWatch:
             delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
             say(
                 f"[yellow]redis-server exited with {process.returncode} (see "
-                f"{_shown(self.server.directory / 'redis.log')}); restarting in {delay} s[/]"
+                f"{markup_text(self.server.directory / 'redis.log')}); restarting in {delay} s[/]"
             )
             self.restarts, self.next_start = self.restarts + 1, now + delay
         if now < self.next_start:
@@ -190,7 +190,7 @@ class StoreWatch:
             self.server.start()
             say("[green]redis-server is back[/]")
         except RedisUnavailable as exc:  # exited again at once (the disk still full): back off more
-            say(f"[yellow]{_shown(exc)}[/]")
+            say(f"[yellow]{markup_text(exc)}[/]")
 
 
 def supervise(watched: Sequence[Child | StoreWatch], stopping: Callable[[], bool], say: Say) -> None:
@@ -210,8 +210,3 @@ def stop_children(children: Sequence[Child], timeout: float = 30) -> dict[str, i
         child.stop()
     deadline = time.monotonic() + timeout
     return {child.name: child.wait(deadline) for child in children}
-
-
-def _shown(text: object) -> str:
-    """Text for a markup line: controls visible, markup escaped, URL credentials redacted."""
-    return safe_text(redact_urls_in(str(text)), markup=True)
