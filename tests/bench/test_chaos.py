@@ -7,32 +7,18 @@ of its own (its own embedded Redis), exactly as CI and people run the benchmark.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.system
+from tests.bench_helpers import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system
 
 
 def chaos(scenario: str, timeout: float = 300) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--quick", "--json", "--only", scenario],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    # pytest shows this only for a failing test: the scenario's log says why a count is not 0.
-    print(done.stderr[-20_000:])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_bench(["bench.chaos", "--quick", "--json", "--only", scenario], timeout)
 
 
 def test_workers_killed_mid_study_cost_nothing():

@@ -5,30 +5,20 @@ Redis), as people run it, and checks the figures' shape and that nothing accepte
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.bench_helpers import run_bench
 
 pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = {"gateway", "worker-0", "worker-1", "redis-server"}
 
 
 def test_a_short_soak_scores_everything_it_accepts():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--json", "--minutes", "0.5", "--warmup", "0.25"]
-        + ["--teams", "3", "--interval", "10", "--drain", "60", "--sample-s", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    figures = run_bench(
+        ["bench.soak", "--json", "--minutes", "0.5", "--warmup", "0.25"]
+        + ["--teams", "3", "--interval", "10", "--drain", "60", "--sample-s", "2"]
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
     print(figures)
     for key in (
         "scored_per_hour",

@@ -4,12 +4,8 @@ state folder and an embedded Redis of its own). Checks the figures are there and
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.bench_helpers import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 FIGURES = (
     "redis_bytes_per_scored_submission",
     "redis_bytes_per_scored_submission_hot",
@@ -28,16 +24,10 @@ FIGURES = (
 
 
 def test_a_tiny_store_bench_reports_sane_figures() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "store", "--json", "--submissions", "2", "--finalists", "1"]
-        + ["--problems", "2", "--final-studies", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    figures = run_bench(
+        ["bench", "store", "--json", "--submissions", "2", "--finalists", "1"]
+        + ["--problems", "2", "--final-studies", "4"]
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
     print(figures)
     for key in FIGURES:
         assert key in figures, key
