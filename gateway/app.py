@@ -9,7 +9,6 @@ Run it with `bbo admin serve`, or any ASGI server: `uvicorn --factory gateway.ap
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,13 +21,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from competition import service
 from competition.quotas import QuotaExceeded
-from gateway import errors, metrics
+from gateway import errors, metrics, uploads
 from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
 from queue_schema.connection import connect
@@ -39,17 +35,10 @@ from runtime.spec import Spec, SpecError, load
 log = logging.getLogger("bbo.gateway")
 
 BACKENDS = ("auto", "docker", "bwrap", "process")
-MIB = 1024 * 1024
-# Room for the multipart framing and the small form fields around the file part.
-MULTIPART_SLACK = 64 * 1024
 LEADERBOARD_CACHE_S = 2.0
 # /metrics reads every submission's hash: computed at most once per this many seconds and shared by every
 # scraper (a Prometheus scrape interval is 15 s or more), so a flood of requests costs one scan.
 METRICS_CACHE_S = 5.0
-# An upload body may pause this long between chunks, and take this long in all (50 MiB in 5 minutes is
-# 170 KiB/s, slower than any team's uplink); the reverse proxy's own body timeout may be shorter.
-BODY_IDLE_S = 30.0
-BODY_TOTAL_S = 300.0
 
 
 UPLOAD_BODY = {
@@ -69,14 +58,6 @@ UPLOAD_BODY = {
         },
     }
 }
-
-
-class _TooSlow(Exception):
-    pass
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _archiving(r: Any, stop: threading.Event) -> None:
@@ -126,7 +107,6 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     app.state.leaderboard_cache_s = LEADERBOARD_CACHE_S
     app.state.metrics_cache_s = METRICS_CACHE_S
     errors.install(app)
-    limit = spec.submission.max_zip_mb * MIB
 
     @app.get("/health", summary="Liveness: the store answers")
     def health() -> JSONResponse:
@@ -144,49 +124,16 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
         team: str = Depends(_uploading_team),
         phase: str | None = Query(None, max_length=40, description="feedback (default) or final"),
     ) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "upload the zip as multipart/form-data with the archive in a field named 'file'",
-                {"Connection": "close"},
-            )
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
-            raise _too_large(spec.submission.max_zip_mb)
+        uploads.check_headers(request, spec.submission.max_zip_mb)
         # Before a byte of the body: the phase (when the query names it) and its window, a disabled team,
         # the day's quota. Refused here, the connection is closed instead of the body being read.
         try:
             await run_in_threadpool(service.admit_upload, app.state.redis, team, spec, phase)
         except (QuotaExceeded, service.ServiceError, SpecError) as exc:
             raise _refused_before_body(exc) from None
-        try:
-            form = await MultiPartParser(
-                request.headers, _limited(request, limit + MULTIPART_SLACK), max_files=1, max_fields=8
-            ).parse()
-        except _TooLarge:
-            raise _too_large(spec.submission.max_zip_mb) from None
-        except _TooSlow as exc:
-            raise ApiError(
-                408, "request_timeout", f"the upload arrived too slowly: {exc}", {"Connection": "close"}
-            ) from None
-        except MultiPartException as exc:
-            raise ApiError(400, "bad_request", f"malformed multipart body: {exc.message}") from None
-        except ClientDisconnect:
-            raise ApiError(400, "bad_request", "the upload was interrupted") from None
-        try:
-            part = form.get("file")
-            if not isinstance(part, UploadFile):
-                raise ApiError(422, "missing_file", "no file: send the zip in a multipart field named 'file'")
-            data = await part.read(limit + 1)
-            if len(data) > limit:
-                raise _too_large(spec.submission.max_zip_mb)
-            field = form.get("phase")
-            chosen = phase or (field if isinstance(field, str) and field else None) or "feedback"
-            filename = _safe_filename(part.filename)
-        finally:
-            await form.close()
+        form = await uploads.read_upload(request, spec.submission.max_zip_mb)
+        chosen = phase or form.fields.get("phase") or "feedback"
+        data, filename = form.data, form.filename
         sub = await run_in_threadpool(
             service.submit, app.state.redis, team, data, filename, spec, chosen, backend
         )
@@ -256,39 +203,6 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     return app
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body, refused as soon as more than `limit` bytes arrived (never buffered whole), or
-    when it stalls for BODY_IDLE_S or takes longer than BODY_TOTAL_S in all: a client trickling its
-    body would otherwise hold a connection (and a parser's buffers) for as long as it likes."""
-    received = 0
-    started = time.monotonic()
-    chunks = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), BODY_IDLE_S)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise _TooSlow(f"nothing arrived for {BODY_IDLE_S:g} s") from None
-        received += len(chunk)
-        if received > limit:
-            raise _TooLarge
-        if time.monotonic() - started > BODY_TOTAL_S:
-            raise _TooSlow(f"the upload took more than {BODY_TOTAL_S:g} s")
-        yield chunk
-
-
-def _too_large(max_mb: int) -> ApiError:
-    # Close the connection: kept alive, the server would go on reading (and discarding) the rest of
-    # the oversize body, up to its declared length or for ever when it is chunked.
-    return ApiError(
-        413,
-        "too_large",
-        f"the upload is larger than this competition's limit of {max_mb} MiB",
-        {"Connection": "close"},
-    )
-
-
 def _uploading_team(request: Request) -> str:
     """`require_team` for an upload: a refusal closes the connection, so its body is never read."""
     try:
@@ -303,12 +217,6 @@ def _refused_before_body(exc: QuotaExceeded | service.ServiceError | SpecError) 
     the server would go on reading the body it no longer wants)."""
     error = errors.api_error(exc)
     return ApiError(error.status, error.code, error.message, {**(error.headers or {}), "Connection": "close"})
-
-
-def _safe_filename(name: str | None) -> str:
-    base = os.path.basename((name or "").replace("\\", "/")).strip()
-    cleaned = "".join(c for c in base if c.isprintable())[:120]
-    return cleaned or "submission.zip"
 
 
 def app_from_env() -> FastAPI:

@@ -370,9 +370,9 @@ def test_a_head_not_complete_in_time_is_408_and_the_connection_closed(redis_serv
 
 def test_an_upload_body_that_stalls_is_408_and_nothing_is_stored(redis_server, r, tokens, monkeypatch):
     """Head sent, then the body trickles and stops: the gateway gives up after BODY_IDLE_S (1 s here)."""
-    import gateway.app
+    import gateway.uploads
 
-    monkeypatch.setattr(gateway.app, "BODY_IDLE_S", 1.0)
+    monkeypatch.setattr(gateway.uploads, "BODY_IDLE_S", 1.0)
     before = r.dbsize()
     body = b'--abuse\r\nContent-Disposition: form-data; name="file"; filename="a.zip"\r\n\r\nPK'
     head = (
