@@ -188,6 +188,17 @@ def token(token_hash: str) -> str:
     return f"{PREFIX}:token:{token_hash}"
 
 
+def web_session(session_hash: str) -> str:
+    """Hash: a signed-in web page's session (team, the token hash it was opened with, CSRF secret, times),
+    under the sha256 of its cookie; it expires by itself (competition/sessions.py)."""
+    return f"{PREFIX}:websession:{session_hash}"
+
+
+def team_web_sessions(team: str) -> str:
+    """Sorted set: the hashes of a team's open web sessions -> last seen, so they are bounded (oldest out)."""
+    return f"{PREFIX}:team:{team}:websessions"
+
+
 def quota_holds(team: str) -> str:
     """Sorted set: upload reservations in flight (hold id -> time), so two concurrent uploads at the quota
     edge cannot both pass; a hold is released as soon as the submission exists or is refused."""
