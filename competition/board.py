@@ -11,9 +11,12 @@ from typing import Any
 
 import redis
 
+from baselines.scoring import leaderboard_score
 from competition import teams
 from queue_schema.payloads import Submission, utc_iso
 from queue_schema.records import best_by_team, ranking_key, scored_submissions, scored_time
+from runtime import versions
+from runtime.spec import Spec
 
 
 def allowed_teams(r: redis.Redis, registered_only: bool) -> set[str] | None:
@@ -61,3 +64,18 @@ def phase_leaderboard(
     allowed = allowed_teams(r, registered_only)
     candidates = (s for s in scored_submissions(r, spec_name, phase) if eligible(s, allowed, scored_before))
     return rows(sorted(best_by_team(candidates).values(), key=ranking_key))
+
+
+def random_search_reference(spec: Spec, phase: str) -> float | None:
+    """The score random search gets on the phase's problems, on the leaderboard's scale: the mean over
+    the problems of the random-search baseline's mean normalized value at the last round. The public
+    board shows it as a reference row, so a team sees what beating random search takes. None when the
+    baselines (or one problem's) are missing: better no reference than one over other problems."""
+    baselines = versions.baselines_or_none(spec)
+    if baselines is None:
+        return None
+    try:
+        finals = [baselines.problem(problem).mean_normed[-1] for problem in spec.phase(phase).problems]
+    except versions.BaselineError:
+        return None
+    return leaderboard_score(sum(finals) / len(finals)) if finals else None

@@ -1,4 +1,5 @@
-"""What a scored submission shows: the report (per problem, per study), its provenance, the export.
+"""What a scored submission shows: the report (per problem, per study), its provenance, its convergence
+curves, the team's own view of it, the export.
 
 The running and final scores themselves are runtime/versions.py's, computed as the studies are written.
 """
@@ -18,8 +19,9 @@ from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission
 from runtime import versions
+from runtime.errors import SpecError
 from runtime.provenance import score_provenance
-from runtime.spec import Spec
+from runtime.spec import Spec, stored_spec
 
 
 def report(r: redis.Redis, sid: str, version: int | None = None) -> dict[str, Any]:
@@ -84,6 +86,70 @@ def provenance(
     """What the score version was computed with: as stored when it was scored, else from its studies."""
     stored = r.hget(keys.score_version(sub.id, version), "provenance")
     return json.loads(stored) if stored else score_provenance(sub, spec, baselines, studies)
+
+
+def convergence(
+    r: redis.Redis, sub: Submission, problems: list[dict[str, Any]]
+) -> tuple[list[float], list[float]]:
+    """The convergence curves of a report's `problems` (`report(...)["problems"]`): the mean normalized
+    best-so-far per round over the finished studies (each problem's studies averaged first, then the
+    problems), and random search's mean normalized curve over the same problems. Empty curves when the
+    spec or the baselines are missing: a plot is never worth an error.
+
+    The organizer console and the teams' pages both draw these, so they are computed here, once."""
+    spec = stored_spec(r, sub.spec_hash)
+    if spec is None:
+        return [], []
+    baselines = versions.baselines_or_none(spec)
+    if baselines is None:
+        return [], []
+    per_problem, randoms = [], []
+    for problem in problems:
+        # From the report's losses, clip and opt: each study's last point is its score as the report shows it.
+        curves = [
+            scoring.study_normalized_curve(study["losses"], problem["clip"], problem["opt"], spec.rounds)
+            for study in problem["studies"]
+        ]
+        if not curves:
+            continue  # no finished study of this problem yet: it joins the mean once it has one
+        per_problem.append([sum(values) / len(values) for values in zip(*curves, strict=True)])
+        try:
+            randoms.append(list(baselines.problem(problem["problem"]).mean_normed))
+        except versions.BaselineError:
+            continue
+    return _mean_curves(per_problem), _mean_curves(randoms)
+
+
+def _mean_curves(curves: list[list[float]]) -> list[float]:
+    if not curves:
+        return []
+    length = min(len(c) for c in curves)
+    return [sum(c[i] for c in curves) / len(curves) for i in range(length)]
+
+
+def public_detail(r: redis.Redis, sub: Submission) -> dict[str, Any]:
+    """What a team's page shows of its own submission: the convergence curves, the rounds scored, and
+    each problem's leaderboard score, the latter only when the spec does not obfuscate problem names
+    (then the names are the secret the obfuscation keeps, and the page shows the aggregate curve only).
+
+    Never raises for a submission that is merely early (queued, running, no finished study) or whose
+    baselines are missing: its curves are empty then, and the page still renders."""
+    spec = stored_spec(r, sub.spec_hash)
+    out: dict[str, Any] = {
+        "curve": [],
+        "random": [],
+        "rounds": spec.rounds if spec is not None else 0,
+        "problems": [],
+    }
+    try:
+        problems = report(r, sub.id)["problems"]
+    except (versions.BaselineError, versions.ScoreError, SpecError):
+        return out
+    out["curve"], out["random"] = convergence(r, sub, problems)
+    # A spec that cannot be read hides the names too: when in doubt, show less.
+    if spec is not None and not spec.obfuscate_names:
+        out["problems"] = [{"problem": p["problem"], "score": p["score"]} for p in problems]
+    return out
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -17,7 +17,6 @@ from typing import Any
 import redis
 
 from autoscaler.daemon import read_status
-from baselines import scoring
 from competition import audit, rescore, scores, service
 from queue_schema import keys, records
 from queue_schema.payloads import Event, Heartbeat, Submission
@@ -217,7 +216,8 @@ class ConsoleData:
     def detail(self, sid: str) -> dict[str, Any]:
         """The organizer report of a submission (problems, studies, provenance) plus its convergence:
         `curve` (mean normalized best-so-far per iteration over the finished studies) and `random` (the
-        random-search baseline's mean normalized curve over the same problems)."""
+        random-search baseline's mean normalized curve over the same problems), as competition.scores computes
+        them for the teams' pages too."""
         sub = load_submission(self.r, sid)
         if sub is None:
             raise service.NotFound(f"no submission {sid}")
@@ -231,31 +231,8 @@ class ConsoleData:
         out["problems"] = report["problems"]
         out["provenance"] = report.get("provenance") or {}
         out["spec"] = report.get("spec")
-        out["curve"], out["random"] = self._convergence(sub, report["problems"])
+        out["curve"], out["random"] = scores.convergence(self.r, sub, report["problems"])
         return out
-
-    def _convergence(self, sub: Submission, problems: list[dict[str, Any]]) -> tuple[list, list]:
-        """The curves for the plot; each study's own score is the report's (stored when written)."""
-        spec = stored_spec(self.r, sub.spec_hash)
-        if spec is None:
-            return [], []
-        baselines = versions.baselines_or_none(spec)
-        if baselines is None:
-            return [], []
-        per_problem, randoms = [], []
-        for problem in problems:
-            curves = []
-            for study in problem["studies"]:
-                losses, clip, opt = study["losses"], problem["clip"], problem["opt"]
-                curves.append(scoring.study_normalized_curve(losses, clip, opt, spec.rounds))
-            if not curves:
-                continue
-            per_problem.append([sum(values) / len(values) for values in zip(*curves, strict=True)])
-            try:
-                randoms.append(list(baselines.problem(problem["problem"]).mean_normed))
-            except versions.BaselineError:
-                continue
-        return _mean_curves(per_problem), _mean_curves(randoms)
 
     def versions(self, sid: str) -> list[dict[str, Any]]:
         return rescore.versions(self.r, sid)
@@ -369,10 +346,3 @@ def _moves_board(event: Event) -> bool:
     if event.kind == "state":
         return "scored" in (event.data.get("from"), event.data.get("to")) or bool(event.data.get("rescore"))
     return event.kind in _BOARD_KINDS
-
-
-def _mean_curves(curves: list[list[float]]) -> list[float]:
-    if not curves:
-        return []
-    length = min(len(c) for c in curves)
-    return [sum(c[i] for c in curves) / len(curves) for i in range(length)]
