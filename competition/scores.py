@@ -129,8 +129,9 @@ def _mean_curves(curves: list[list[float]]) -> list[float]:
 
 def public_detail(r: redis.Redis, sub: Submission) -> dict[str, Any]:
     """What a team's page shows of its own submission: the convergence curves, the rounds scored, and
-    each problem's leaderboard score, the latter only when the spec does not obfuscate problem names
-    (then the names are the secret the obfuscation keeps, and the page shows the aggregate curve only).
+    each problem's leaderboard score, the latter only for a feedback-phase submission whose spec does not
+    obfuscate problem names (with obfuscation the names are the secret it keeps; the final phase's
+    problems are held out): otherwise the page shows the aggregate curve only.
 
     Never raises for a submission that is merely early (queued, running, no finished study) or whose
     baselines are missing: its curves are empty then, and the page still renders."""
@@ -147,7 +148,7 @@ def public_detail(r: redis.Redis, sub: Submission) -> dict[str, Any]:
         return out
     out["curve"], out["random"] = convergence(r, sub, problems)
     # A spec that cannot be read hides the names too: when in doubt, show less.
-    if spec is not None and not spec.obfuscate_names:
+    if spec is not None and not spec.obfuscate_names and sub.phase == "feedback":
         out["problems"] = [{"problem": p["problem"], "score": p["score"]} for p in problems]
     return out
 

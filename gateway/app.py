@@ -1,4 +1,5 @@
-"""The teams' HTTP API (FastAPI): upload, my submissions, status, stop, leaderboard, info, health, metrics.
+"""The teams' HTTP API (FastAPI): upload, my submissions, status, stop, leaderboard, info, health, metrics;
+and the web pages over the same rules (gateway/web/).
 
 Every rule lives in `competition.service`; this module only speaks HTTP: bearer tokens, a streamed upload
 that stops reading past the spec's size limit, and one JSON error shape. It never imports `workers`.
@@ -27,6 +28,7 @@ from competition.quotas import QuotaExceeded
 from gateway import errors, metrics, uploads
 from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
+from gateway.web.pages import install_pages
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed
 from runtime import archiver
@@ -107,6 +109,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     app.state.leaderboard_cache_s = LEADERBOARD_CACHE_S
     app.state.metrics_cache_s = METRICS_CACHE_S
     errors.install(app)
+    install_pages(app, spec, backend)
 
     @app.get("/health", summary="Liveness: the store answers")
     def health() -> JSONResponse:

@@ -106,6 +106,19 @@ def test_public_detail_hides_problem_names_when_the_spec_obfuscates_them(r):
         assert problem not in repr(detail)
 
 
+def test_public_detail_of_a_final_phase_submission_names_no_held_out_problem(r):
+    spec = fixed.demo_spec()
+    sid = "s0000000ddddddddd2"
+    fixed.record(r, sid, "delta", fixed.NOW, spec, phase="final")
+    transition(r, sid, SubmissionState.RUNNING)
+    for problem in spec.phase("final").problems:
+        fixed.study(r, sid, problem, 0, spec, [-0.5] * spec.rounds, 0.1)
+    detail = scores.public_detail(r, load_submission(r, sid))
+    assert detail["problems"] == [] and len(detail["curve"]) == spec.rounds
+    for problem in spec.phase("final").problems:
+        assert problem not in repr(detail)
+
+
 def test_public_detail_of_a_queued_submission_has_empty_curves(r):
     ids = fixed.fixed_competition(r)
     detail = scores.public_detail(r, load_submission(r, ids["queued_alpha"]))
