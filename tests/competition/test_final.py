@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 
+import httpx
 import pytest
 from rq import Queue
 from typer.testing import CliRunner
@@ -146,6 +147,11 @@ def test_final_phase_from_selection_to_leaderboard(as_alpha, r, redis_server):
     assert board["rows"][0]["score"] >= board["rows"][1]["score"]
     table = run("leaderboard", "--phase", "final")
     assert table.exit_code == 0 and "95% interval" in table.stdout and "rank holds" in table.stdout
+    # The public web page shows the same board, with its intervals and rank stability.
+    page = httpx.get(f"{as_alpha}/leaderboard", params={"phase": "final"}).text
+    assert "95% interval" in page and "Rank stability" in page and "pending" not in page
+    for row in board["rows"]:
+        assert f"{row['ci_low']:.3f} – {row['ci_high']:.3f}" in page and f">{row['team']}<" in page
     final_cmd._wait(r, [sub.id for sub in entries.values()], timeout=30)  # `--wait`: all ended already
     final_cmd._print_board(service.leaderboard(r, "final", spec.name))
 
