@@ -299,19 +299,21 @@ def install_pages(app: FastAPI, spec: Spec, backend: str) -> None:
             "chart": convergence_svg(detail["curve"], detail["random"]),
         }
 
+    def submission_context(session: WebSession | None, sub: Submission, message: str | None = None) -> dict:
+        return {
+            "session": session,
+            "active": sub.state in ACTIVE,
+            "selectable": sub.phase == "feedback" and sub.last_scored() is not None,
+            "message": message,
+            **detail_context(sub),
+        }
+
     @router.get("/team/submissions/{sid}", response_class=HTMLResponse)
     def submission_page(request: Request, sid: str) -> Response:
         session, found = own(request, sid)
         if not isinstance(found, Submission):
             return found
-        context = {
-            "session": session,
-            "active": found.state in ACTIVE,
-            "selectable": found.phase == "feedback" and found.last_scored() is not None,
-            "message": None,
-            **detail_context(found),
-        }
-        return render(request, "submission.html", context)
+        return render(request, "submission.html", submission_context(session, found))
 
     @router.get("/team/submissions/{sid}/detail", response_class=HTMLResponse)
     def submission_detail(request: Request, sid: str) -> Response:
@@ -335,13 +337,7 @@ def install_pages(app: FastAPI, spec: Spec, backend: str) -> None:
         except REFUSED as exc:
             refusal = _refusal(exc)
             sub = service.status(app.state.redis, session.team, sid)
-            context = {
-                "session": session,
-                "active": sub.state in ACTIVE,
-                "selectable": sub.phase == "feedback" and sub.last_scored() is not None,
-                "message": refusal.message,
-                **detail_context(sub),
-            }
+            context = submission_context(session, sub, refusal.message)
             return render(request, "submission.html", context, refusal.status, refusal.headers)
         return RedirectResponse(f"/team/submissions/{sid}", status_code=303)
 
