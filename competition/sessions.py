@@ -3,8 +3,9 @@
 The cookie holds a random session id (256 bits); the store keeps only its sha256, the team, the hash of
 the token it was opened with and a CSRF secret. A session is valid only while that token is still the
 team's live token and the team is enabled, so rotating, revoking or disabling ends every session opened
-with the old token at once, with nothing to sweep. Sessions expire after SESSION_TTL_S of inactivity
-(refreshed at most every REFRESH_S) and a team keeps at most MAX_SESSIONS_PER_TEAM: the oldest ends first.
+with the old token at once, with nothing to sweep. A session ends SESSION_TTL_S after sign-in (the
+cookie's lifetime too: the browser then signs in again) and a team keeps at most MAX_SESSIONS_PER_TEAM:
+the oldest ends first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from competition import teams
 from queue_schema import keys
 
 SESSION_TTL_S = 12 * 3600
-REFRESH_S = 300
 MAX_SESSIONS_PER_TEAM = 20
 # A cookie value longer than this is not one of ours: refused before it is hashed or looked up.
 MAX_SESSION_ID_LENGTH = 100
@@ -56,7 +56,6 @@ def open_session(r: redis.Redis, token: str, now: float | None = None) -> tuple[
                 "token_hash": teams.token_hash(token),
                 "csrf": session.csrf,
                 "created_at": repr(now),
-                "seen_at": repr(now),
             },
         )
         pipe.expire(keys.web_session(digest), SESSION_TTL_S)
@@ -80,7 +79,7 @@ def _bound(r: redis.Redis, team: str, now: float) -> None:
             pipe.execute()
 
 
-def session(r: redis.Redis, session_id: str | None, now: float | None = None) -> WebSession | None:
+def session(r: redis.Redis, session_id: str | None) -> WebSession | None:
     """The live session of a cookie value, or None: unknown, expired, ended, or its token was rotated,
     revoked or its team disabled since it was opened (then it is ended here)."""
     if not session_id or len(session_id) > MAX_SESSION_ID_LENGTH:
@@ -95,14 +94,6 @@ def session(r: redis.Redis, session_id: str | None, now: float | None = None) ->
     if not live_hash or disabled == "1" or not hmac.compare_digest(live_hash.encode(), opened_with.encode()):
         _end(r, team, digest)
         return None
-    now = time.time() if now is None else now
-    if now - float(record.get("seen_at", 0) or 0) >= REFRESH_S:
-        with r.pipeline() as pipe:
-            pipe.hset(keys.web_session(digest), "seen_at", repr(now))
-            pipe.expire(keys.web_session(digest), SESSION_TTL_S)
-            pipe.zadd(keys.team_web_sessions(team), {digest: now})
-            pipe.expire(keys.team_web_sessions(team), SESSION_TTL_S)
-            pipe.execute()
     return WebSession(team=team, csrf=record.get("csrf", ""))
 
 
