@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -28,6 +29,7 @@ from queue_schema.states import SubmissionState
 from runtime.redis_server import EmbeddedRedis
 from tests.console_helpers import demo_spec, record
 from tests.live_server import serving
+from tests.waiting import wait_for
 
 FOREIGN_SID = "s0000000bbbbbbbbb1"
 UNKNOWN_SID = "s0000000zzzzzzzzz9"
@@ -351,3 +353,59 @@ def test_many_readers_of_one_submission_read_the_store_once_per_change(r, signed
     assert {sub.state for sub in readers()} == {SubmissionState.RUNNING}  # the change is read, once
     assert hgetalls() - before == 1
     assert r.exists(keys.submission(sid))
+
+
+# -- live.js in a real browser --------------------------------------------------------------------------
+
+
+CHROMIUM = os.environ.get("BBO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.system
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no chromium at {CHROMIUM}")
+def test_live_js_keeps_the_pages_live_in_a_browser(gateway, signed_in, r) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, hub, _ = gateway
+    sid = signed_in["sid"]
+    session_id = signed_in["cookie"]["Cookie"].split("=", 1)[1]
+    args = [*(["--no-sandbox"] if os.geteuid() == 0 else []), "--disable-dev-shm-usage"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            context = browser.new_context(base_url=url)
+            context.add_cookies([{"name": "bbo_session", "value": session_id, "url": url}])
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Not the console's "failed to load" lines: the browser's own /favicon.ico is not served.
+            page.on(
+                "response",
+                lambda a: errors.append(a.url) if a.status >= 400 and "favicon" not in a.url else None,
+            )
+            expect.set_options(timeout=10_000)
+
+            page.goto(f"/team/submissions/{sid}")
+            wait_for(lambda: hub.subscribers == 1, 10, "the page's event stream")
+            holder = page.locator(f'[data-sub="{sid}"]')
+            transition(r, sid, SubmissionState.RUNNING)
+            expect(holder.locator('[data-field="state"]')).to_have_text("running")
+            expect(holder).to_have_attribute("data-state", "running")
+            r.hset(keys.submission(sid), "studies_done", "3")
+            with page.expect_response(lambda answer: answer.url.endswith(f"/team/submissions/{sid}/detail")):
+                add_event(r, "study", sid, problem="DT-iris-acc", study=0, state="complete", version=1)
+            expect(holder.locator('[data-field="progress-text"]')).to_contain_text("3 / ")
+            assert holder.locator('progress[data-field="progress"]').evaluate("bar => bar.value") == 3
+            transition(r, sid, SubmissionState.SCORED, score=71.5)
+            expect(holder.locator('[data-field="score"]')).to_have_text("71.500")
+
+            page.goto("/team")
+            wait_for(lambda: hub.subscribers == 1, 10, "the team page's event stream")
+            new = record(r, "s0000000aaaaaaaaa3", "alpha", time.time(), signed_in["spec"]).id
+            row = page.locator(f'tr[data-sub="{new}"]')
+            expect(row).to_have_count(1)  # the list was refreshed with the new upload's row
+            transition(r, new, SubmissionState.RUNNING)
+            expect(row.locator('[data-field="state"]')).to_have_text("running")
+            assert not errors, errors
+        finally:
+            browser.close()
