@@ -15,6 +15,7 @@ BENCHMARKS = {
     "service": "bench.service",
     "soak": "bench.soak",
     "store": "bench.store",
+    "web": "bench.web",
 }
 
 
