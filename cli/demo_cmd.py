@@ -6,6 +6,10 @@ workers (`bbo admin up`'s machinery), four demo teams, and one submission each u
 gateway over HTTP exactly as `bbo submit` does. One of them fails on purpose, so there is a failure cause
 to look at. Then the console opens on it; quitting the console stops everything. `--headless` waits
 for every submission to end instead and reports (`--json`: one object on stdout).
+
+The gateway's web pages are served too: the demo teams' tokens are written to a file in the state folder
+(readable by this user only; never printed, as screens and logs get shared) so that one can sign in as a
+team and watch its submission score in a browser.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from runtime.supervisor import StoreWatch, free_port, stop_children, supervise
 SPEC = "demo"
 FLEET = "demo"
 MARKER = ".bbo-demo"  # only a folder carrying this is ever wiped
+TOKENS_FILE = "demo-tokens.txt"
+# Long enough to be read once the console has drawn; short enough not to cover its views for long.
+NOTICE_S = 20
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
@@ -142,6 +149,8 @@ def _run(
             r = connect(url)
             demo = entries()
             tokens = {entry.team: teams.add_team(r, entry.team, actor="demo") for entry in demo}
+            server = f"http://127.0.0.1:{port}"
+            tokens_file = _write_tokens(home, tokens, server)
             env = {**os.environ, "BBO_REDIS_URL": url}
             children = system_children(
                 env,
@@ -167,7 +176,6 @@ def _run(
                 daemon=True,
             )
             supervisor.start()
-            server = f"http://127.0.0.1:{port}"
             submitted: list[tuple[Entry, str]] = []
             try:
                 err.print(
@@ -176,12 +184,15 @@ def _run(
                     soft_wrap=True,
                 )
                 _wait_for_gateway(server, children[0], home)
+                web = _web_notice(server, tokens_file)
+                err.print(f"demo: {plain(web)}", soft_wrap=True)
                 submitted = _submit_all(server, demo, tokens)
                 if headless:
                     _follow(r, submitted, timeout, interrupted, started)
-                    return _report(r, submitted)
+                    report, problems = _report(r, submitted)
+                    return {**report, "web": f"{server}/", "tokens_file": str(tokens_file)}, problems
                 if not interrupted.is_set():  # a SIGTERM/SIGHUP while setting up: no console to open
-                    _open_console(console_app, r)
+                    _open_console(console_app, r, web)
                 return None
             finally:
                 _stop_active(r, [sid for _, sid in submitted])
@@ -225,6 +236,23 @@ def _fresh_home() -> Path:
     home.mkdir(parents=True)
     (home / MARKER).write_text("bbo admin demo's throw-away state folder, reset at each run\n")
     return home
+
+
+def _write_tokens(home: Path, tokens: dict[str, str], server: str) -> Path:
+    """The demo teams' tokens, one `team token` line each, in a file only this user may read: the way to
+    sign in to the web pages as a demo team without a token ever reaching the screen or a log."""
+    path = home / TOKENS_FILE
+    # Created 0600 from the start (never briefly readable); the folder is fresh, so it cannot exist yet.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"# bbo admin demo's teams (new tokens each run): sign in at {server}/signin with one\n")
+        for team, token in tokens.items():
+            out.write(f"{team} {token}\n")
+    return path
+
+
+def _web_notice(server: str, tokens_file: Path) -> str:
+    return f"web pages {server}/ (sign in as a demo team with a token from {tokens_file})"
 
 
 def _log_lines(folder: Path, to_stderr: bool) -> Callable[[str], None]:
@@ -274,8 +302,11 @@ def _submit_all(server: str, demo: tuple[Entry, ...], tokens: dict[str, str]) ->
 # -- running ----------------------------------------------------------------------------------------
 
 
-def _open_console(console_app: Any, r: Any) -> None:
+def _open_console(console_app: Any, r: Any, web: str) -> None:
     app = console_app(r, readonly=False)
+    # The console takes the whole terminal, hiding the lines printed before it: it says where the web
+    # pages are itself, once it has drawn (a notification posted now is shown when the app runs).
+    app.notify(web, title="demo", timeout=NOTICE_S, markup=False)
 
     def quit_from_signal(signum: int, frame: object) -> None:
         # A signal lands on the app's own thread; call_from_thread must come from another one.
