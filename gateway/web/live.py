@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -177,6 +178,7 @@ class LiveHub:
         self._topics: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
         self._stop = threading.Event()
+        self._leaving = False  # the server began its graceful shutdown: streams end, none open
         self._thread: threading.Thread | None = None
         # Set once the hub knows where the stream ends: events written after that reach its subscribers.
         self.ready = threading.Event()
@@ -205,17 +207,21 @@ class LiveHub:
     def stop(self) -> None:
         """Stop following the stream and end every open stream (their pages reconnect elsewhere)."""
         self._stop.set()
-        with self._lock:
-            for subscription in self._subscriptions:
-                subscription._fire((), close=True)
+        self._close_all()
         if self._thread is not None:
             self._thread.join(timeout=self._block_ms / 1000 + 5)
         self._thread = None
 
     # -- subscriptions (from the event loop) --
 
+    def _close_all(self) -> None:
+        with self._lock:
+            for subscription in self._subscriptions:
+                subscription._fire((), close=True)
+
     def subscribe(self, topics: Iterable[str]) -> Subscription:
         subscription = Subscription(self, asyncio.get_running_loop())
+        subscription.closed = self._leaving
         with self._lock:
             self._subscriptions.add(subscription)
         self._resubscribe(subscription, frozenset(topics))
@@ -313,6 +319,12 @@ class LiveHub:
         failing = False
         checked = time.monotonic()
         while not self._stop.is_set():
+            if not self._leaving and _server_leaving():
+                # uvicorn waits for every open response before it shuts down, and an event stream
+                # never ends by itself: end them now (EventSource reconnects to the next process).
+                log.info("live: the server is shutting down; ending the open event streams")
+                self._leaving = True
+                self._close_all()
             try:
                 if reader is None:
                     reader = self._reader()
@@ -323,13 +335,25 @@ class LiveHub:
                         log.info("live: the event stream is back; following it again")
                         failing = False
                 assert position is not None
-                found = reader.xread({keys.events(): position}, count=READ_COUNT, block=self._block_ms)
+                entries = _entries(
+                    reader.xread({keys.events(): position}, count=READ_COUNT, block=self._block_ms)
+                )
+                if entries:
+                    position = entries[-1][0]
+                    self._dispatch(entries)
+                elif time.monotonic() - checked >= RECHECK_S:
+                    # Quiet for a while: make sure the stream was not emptied under our position.
+                    checked = time.monotonic()
+                    position = self._position(reader, position)
+                pause = BACKOFF_S[0]
             except Exception as exc:  # the store away, restarting, refusing: wait, reconnect, go on
-                if not failing:
+                if not isinstance(exc, (redis.RedisError, OSError)):
+                    log.exception("live: reading the event stream failed; starting again")
+                elif not failing:
                     log.warning(
                         "live: the event stream is unreachable (%s); reconnecting", type(exc).__name__
                     )
-                    failing = True
+                failing = True
                 self.reconnects += 1
                 if reader is not None:
                     with contextlib.suppress(Exception):
@@ -337,19 +361,6 @@ class LiveHub:
                 reader = None
                 self._stop.wait(pause)
                 pause = min(pause * 2, BACKOFF_S[1])
-                continue
-            pause = BACKOFF_S[0]
-            entries = _entries(found)
-            if entries:
-                position = entries[-1][0]
-                self._dispatch(entries)
-            elif time.monotonic() - checked >= RECHECK_S:
-                # Quiet for a while: make sure the stream was not emptied or replaced under our position.
-                reader_position = position
-                position = self._position(reader, position)
-                checked = time.monotonic()
-                if position != reader_position:
-                    log.info("live: the event stream restarted below our position; following its end")
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.close()
@@ -362,6 +373,7 @@ class LiveHub:
         if position is None:
             return end
         if _stream_id(end) < _stream_id(position):
+            log.info("live: the event stream restarted below our position; following it from its end")
             with self._lock:
                 for subscription in self._subscriptions:
                     subscription._fire(subscription.topics)
@@ -390,6 +402,15 @@ class LiveHub:
                 self._pruned_at = now
                 for sid in [sid for sid, (_, at) in self._changed.items() if now - at >= self._cache_s]:
                     del self._changed[sid]
+
+
+def _server_leaving() -> bool:
+    """Whether the uvicorn server of this process began its graceful shutdown: its signal handler (in the
+    main thread; a server run in another thread has none) is its Server's method, whose `should_exit` is
+    set by SIGTERM or Ctrl-C. Any other server: False, and open streams end after STREAM_MAX_S at the
+    latest (or at uvicorn's --timeout-graceful-shutdown, cancelled)."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return getattr(server, "should_exit", False) is True
 
 
 def _entries(found: Any) -> list[tuple[str, dict[str, Any]]]:

@@ -8,6 +8,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,8 +30,9 @@ from queue_schema.payloads import Event
 from queue_schema.records import add_event, transition
 from queue_schema.states import SubmissionState
 from runtime.redis_server import EmbeddedRedis
+from runtime.supervisor import free_port
 from tests.console_helpers import demo_spec, record
-from tests.live_server import serving
+from tests.live_server import ROOT, answers, serving
 from tests.waiting import wait_for
 
 FOREIGN_SID = "s0000000bbbbbbbbb1"
@@ -301,6 +305,40 @@ def test_the_hub_follows_a_restarted_store() -> None:
         hub.stop()
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.system
+def test_a_served_gateway_shuts_down_promptly_with_streams_open(redis_server, r, tmp_path) -> None:
+    """uvicorn waits for every open response before it exits, and an event stream never ends by itself:
+    the hub ends them when the server's shutdown begins (SIGTERM), so a deploy does not hang on pages."""
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    env = {**os.environ, "BBO_REDIS_URL": redis_server, "BBO_SPEC": "demo", "BBO_BACKEND": "auto"}
+    # The app as `bbo admin serve` runs it, with the live routes (bench/web.py's factory installs them
+    # until gateway/app.py does).
+    command = [sys.executable, "-m", "uvicorn", "bench.web:gateway_app", "--factory", "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "gateway.http_limits:GuardedHttpToolsProtocol"]
+    with log.open("wb") as out:
+        gateway = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: answers(url), 30, "the gateway to answer /health", log, alive=gateway)
+
+        async def scenario() -> float:
+            async with sse(f"{url}/live/leaderboard") as stream:
+                await asyncio.sleep(0.3)  # the stream is open: its first line has been sent
+                started = time.monotonic()
+                gateway.send_signal(signal.SIGTERM)
+                await stream.ended(10)
+                return time.monotonic() - started
+
+        assert run(scenario()) < 3
+        assert gateway.wait(10) in (0, -signal.SIGTERM)  # uvicorn raises the signal again once it is done
+        assert b"Traceback" not in log.read_bytes(), log.read_text()[-3000:]
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)
 
 
 # -- the hub on its own -------------------------------------------------------------------------------
