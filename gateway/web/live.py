@@ -9,7 +9,9 @@ between wake-ups is bounded by what it follows, never by how many events went by
 only when woken (through a per-submission cache, so 200 pages on one submission cost one read per
 change), checks its session every few seconds, and holds no thread and no Redis connection of its own.
 
-`install_live(app, hub)` adds the routes; the app's lifespan starts and stops the hub.
+`install_live(app, hub)` adds the routes; the app's lifespan starts and stops the hub. When uvicorn begins
+a graceful shutdown the hub ends every open stream, which would otherwise keep the process up for as long
+as a page stays open.
 
     GET /live/leaderboard?phase=feedback   public: `refresh` {"region": "board"}, at most once a second
     GET /live/team                         signed in: `submission` (the public view of a changed one),
@@ -69,8 +71,9 @@ RETRY_MS = 3000
 KEEPALIVE_S = 15.0
 SESSION_CHECK_S = 5.0
 REFRESH_EVERY_S = 1.0
-# A stream ends by itself after about this long (EventSource reconnects at once): no connection outlives
-# a process's graceful shutdown by more than this, and reconnections spread pages over processes.
+# A stream ends by itself after about this long (EventSource reconnects at once): reconnections spread
+# pages over a gateway's processes, and where a server's shutdown is not seen (`_server_leaving`) no
+# stream holds it up for longer than this.
 STREAM_MAX_S = 600.0
 MAX_STREAMS = 1000
 MAX_STREAMS_PER_SESSION = 8
