@@ -28,6 +28,7 @@ from competition.quotas import QuotaExceeded
 from gateway import errors, metrics, uploads
 from gateway.auth import require_team, team_of
 from gateway.errors import ApiError
+from gateway.web.live import LiveHub, install_live
 from gateway.web.pages import install_pages
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed
@@ -78,9 +79,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
     thread = threading.Thread(target=_archiving, args=(app.state.redis, stop), name="archiver", daemon=True)
     thread.start()
+    app.state.live_hub.start()
     try:
         yield
     finally:
+        app.state.live_hub.stop()
         stop.set()
         thread.join(timeout=10)
 
@@ -110,6 +113,7 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     app.state.metrics_cache_s = METRICS_CACHE_S
     errors.install(app)
     install_pages(app, spec, backend)
+    install_live(app, LiveHub(app.state.redis))  # the pages' live updates; the lifespan runs its thread
 
     @app.get("/health", summary="Liveness: the store answers")
     def health() -> JSONResponse:
