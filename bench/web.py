@@ -4,8 +4,7 @@ study shows on an open page, and the API's status latency while many pages are o
 A fresh embedded store is seeded in this process with the seed data (bench/seed_data.py: 3,608 submissions
 of 70 teams by default), then a gateway runs in a process of its own, as `bbo admin serve` runs it
 (uvicorn, httptools with the head limits, uvloop), so that this process's load generator does not share
-its GIL. Until `bbo admin serve` has the /live/ routes, the gateway is the same app started by uvicorn
-from `gateway_app` below, which installs them (the figures say which ran).
+its GIL.
 
 - leaderboard_p95_ms: GET / (the public leaderboard page) at `--board-rate` requests a second from 8
   keep-alive connections (Poisson arrivals, counted from each request's due time). Target <= 50 ms.
@@ -39,7 +38,6 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
@@ -47,9 +45,8 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 
 from bench import seed_data  # noqa: E402
-from bench.common import ROOT, Stack, logger, percentile, print_figures, scratch_state, wait_until  # noqa: E402
+from bench.common import Stack, logger, percentile, print_figures, scratch_state, wait_until  # noqa: E402
 from bench.service import _Connection, _load  # noqa: E402
-from runtime.supervisor import Child, free_port, stop_children  # noqa: E402
 
 TARGETS = {
     "leaderboard_p95_ms": 50.0,
@@ -61,17 +58,6 @@ SPEC = "demo"  # the seed's competition is the demo one (same name, so the gatew
 STATUS_CLIENTS = 64
 
 _log = logger("web")
-
-
-def gateway_app() -> Any:
-    """The gateway `bbo admin serve` would run, with the live routes installed and their hub started if
-    the app does not do it itself yet (BBO_SPEC, BBO_BACKEND and BBO_REDIS_URL from the environment)."""
-    from gateway.app import app_from_env
-    from gateway.web.live import LiveHub, install_live
-
-    app = app_from_env()
-    install_live(app, LiveHub(app.state.redis)).start()  # both no-ops once the app has its own
-    return app
 
 
 # -- the store and the gateway ----------------------------------------------------------------------
@@ -104,29 +90,23 @@ def seed(r: Any, args: argparse.Namespace) -> Competition:
     return Competition(tokens, owned, active, seeded)
 
 
+def archive_backlog(r: Any, timeout: float = 900.0) -> float:
+    """Wait for the gateway to archive the seeded competition's ended score versions (they all ended
+    before it started, so it archives them at once, a burst a running competition never has) and return
+    how long that took: the figures are of a gateway serving pages, not catching up on a backlog."""
+    from queue_schema.records import pending_versions
+
+    started = time.monotonic()
+    _log(f"the gateway archives {pending_versions(r)} ended score versions first")
+    wait_until(lambda: pending_versions(r) == 0, timeout, "the archive backlog to drain", interval=0.5)
+    took = round(time.monotonic() - started, 1)
+    _log(f"archived in {took} s")
+    return took
+
+
 def start_gateway(stack: Stack) -> tuple[str, str]:
-    """`bbo admin serve` if it serves the live routes, else uvicorn on `gateway_app`; (base URL, which)."""
-    base = stack.start_gateway(SPEC)
-    if httpx.get(f"{base}/live/leaderboard", timeout=5).status_code != 404:
-        return base, "bbo admin serve"
-    stop_children([stack.gateway], 30)
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "bench.web:gateway_app", "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--log-level", "warning"]
-    argv += ["--http", "gateway.http_limits:GuardedHttpToolsProtocol"]
-    env = {**stack.env, "BBO_SPEC": SPEC, "BBO_BACKEND": "process"}
-    stack.gateway = Child("gateway", argv, env, log=stack.log, cwd=ROOT, restart=False).start()
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if not stack.gateway.alive:
-            raise SystemExit(f"bench web: the gateway exited at start-up; see {stack.log}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200
-        return False
-
-    wait_until(healthy, 60, "the gateway's /health", interval=0.1)
-    return base, "uvicorn bench.web:gateway_app (app.py does not install the live routes yet)"
+    """The gateway as `bbo admin serve` runs it, in its own process; (base URL, what serves it)."""
+    return stack.start_gateway(SPEC), "bbo admin serve"
 
 
 class Sessions:
@@ -481,6 +461,7 @@ def main(argv: list[str]) -> None:
             _log(f"seeded in {comp.seeded['seconds']} s; {len(comp.active)} queued or running")
             base, served_by = start_gateway(stack)
             _log(f"gateway: {served_by} at {base}")
+            backlog = archive_backlog(r)
             figures = measure(base, r, comp, args)
         finally:
             stack.stop(30)
@@ -490,6 +471,7 @@ def main(argv: list[str]) -> None:
         if figures["gateway_tracebacks"]:
             _log(f"the gateway logged tracebacks; the last lines:\n{log_text[-3000:]}")
     figures |= {
+        "archive_backlog_s": backlog,
         "gateway": served_by,
         "submissions": comp.seeded["submissions"],
         "teams": comp.seeded["teams"],

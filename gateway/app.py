@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from competition import service
 from competition.quotas import QuotaExceeded
 from gateway import errors, metrics, uploads
 from gateway.auth import require_team, team_of
+from gateway.cache import SharedCache
 from gateway.errors import ApiError
 from gateway.web.live import LiveHub, install_live
 from gateway.web.pages import install_pages
@@ -111,6 +111,12 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     app.state.redis = connect(redis_url)
     app.state.leaderboard_cache_s = LEADERBOARD_CACHE_S
     app.state.metrics_cache_s = METRICS_CACHE_S
+    # The public board reads every scored record: one computation at a time, shared by every reader
+    # (the API's and the web pages'), kept leaderboard_cache_s.
+    app.state.boards = SharedCache(
+        lambda phase: service.leaderboard_view(app.state.redis, spec, phase),
+        lambda: app.state.leaderboard_cache_s,
+    )
     errors.install(app)
     install_pages(app, spec, backend)
     install_live(app, LiveHub(app.state.redis))  # the pages' live updates; the lifespan runs its thread
@@ -175,37 +181,26 @@ def create_app(spec_name: str | Spec, backend: str = "auto", *, redis_url: str |
     def selection(team: str = Depends(require_team)) -> JSONResponse:
         return JSONResponse(service.selection(app.state.redis, team, spec))
 
-    # The public board reads every scored record: a short cache keeps a crowd of readers cheap.
-    boards: dict[str, tuple[float, dict]] = {}
-
     @app.get("/v1/leaderboard", summary="Each team's best scored submission of a phase (public)")
     def leaderboard(
         phase: str = Query("feedback", max_length=40, description="feedback or final"),
     ) -> JSONResponse:
         spec.phase(phase)
-        cached = boards.get(phase)
-        if cached is None or time.monotonic() - cached[0] >= app.state.leaderboard_cache_s:
-            cached = (time.monotonic(), service.leaderboard_view(app.state.redis, spec, phase))
-            boards[phase] = cached
-        return JSONResponse(cached[1])
+        return JSONResponse(app.state.boards.get(phase))
 
     @app.get("/v1/info", summary="Rules, phase windows and (with a token) my remaining quota")
     def info(request: Request) -> JSONResponse:
         team = team_of(request)
         return JSONResponse(service.info(app.state.redis, spec, team))
 
-    metrics_lock = threading.Lock()
-    metrics_cache: list = [float("-inf"), ""]  # [computed at (monotonic), text]
+    # /metrics reads every submission's hash; a Prometheus scrape interval is 15 s or more.
+    texts = SharedCache(
+        lambda _: metrics.render(service.metrics_snapshot(app.state.redis)), lambda: app.state.metrics_cache_s
+    )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        # One computation at a time; requests arriving meanwhile wait for it and share its text.
-        with metrics_lock:
-            if time.monotonic() - metrics_cache[0] >= app.state.metrics_cache_s:
-                text = metrics.render(service.metrics_snapshot(app.state.redis))
-                metrics_cache[:] = [time.monotonic(), text]
-            text = metrics_cache[1]
-        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+        return PlainTextResponse(texts.get(None), media_type=metrics.CONTENT_TYPE)
 
     return app
 

@@ -9,7 +9,6 @@ autoescaped text in these templates, never markup.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from competition import board, scores, service, sessions
 from competition.quotas import QuotaExceeded
 from competition.sessions import WebSession
 from gateway import errors, uploads
+from gateway.cache import SharedCache
 from gateway.errors import ApiError
 from gateway.web import cookies
 from gateway.web.chart import convergence_svg
@@ -115,17 +115,12 @@ def install_pages(app: FastAPI, spec: Spec, backend: str) -> None:
 
     # -- public ------------------------------------------------------------------------------------
 
-    boards: dict[str, tuple[float, dict[str, Any]]] = {}
-
     def board_view(phase: str) -> dict[str, Any]:
-        """The public board of a phase (the API's, cached as briefly) with random search's reference."""
-        cached = boards.get(phase)
-        if cached is None or time.monotonic() - cached[0] >= app.state.leaderboard_cache_s:
-            view = service.leaderboard_view(app.state.redis, spec, phase)
-            view["reference"] = board.random_search_reference(spec, phase)
-            cached = (time.monotonic(), view)
-            boards[phase] = cached
-        return cached[1]
+        """The public board of a phase (the API's, from the same cache) with random search's reference."""
+        return {**app.state.boards.get(phase), "reference": references.get(phase)}
+
+    # The baselines do not change while the gateway runs.
+    references = SharedCache(lambda phase: board.random_search_reference(spec, phase), lambda: float("inf"))
 
     def leaderboard_context(request: Request, phase: str) -> dict[str, Any]:
         spec.phase(phase)  # SpecError: a phase this competition does not have

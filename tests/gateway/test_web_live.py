@@ -23,7 +23,7 @@ import pytest
 
 from competition import sessions, teams
 from gateway.app import create_app
-from gateway.web.live import LiveHub, install_live
+from gateway.web.live import LiveHub
 from queue_schema import keys
 from queue_schema.connection import connect
 from queue_schema.payloads import Event
@@ -42,11 +42,10 @@ UNKNOWN_SID = "s0000000zzzzzzzzz9"
 @pytest.fixture()
 def gateway(r, redis_server) -> Iterator[tuple[str, LiveHub, Any]]:
     app = create_app("demo", "auto", redis_url=redis_server)
-    hub = install_live(app, LiveHub(app.state.redis))  # the app's own hub, once app.py installs one
-    hub.start()
-    assert hub.ready.wait(10), "the hub did not reach the event stream"
+    hub = app.state.live_hub
     try:
-        with serving(app) as url:
+        with serving(app) as url:  # the app's lifespan starts its hub
+            assert hub.ready.wait(10), "the hub did not reach the event stream"
             yield url, hub, app
             hub.stop()  # ends any stream a failed test left open, so the server can stop
     finally:
@@ -314,9 +313,8 @@ def test_a_served_gateway_shuts_down_promptly_with_streams_open(redis_server, r,
     port = free_port()
     log = tmp_path / "gateway.log"
     env = {**os.environ, "BBO_REDIS_URL": redis_server, "BBO_SPEC": "demo", "BBO_BACKEND": "auto"}
-    # The app as `bbo admin serve` runs it, with the live routes (bench/web.py's factory installs them
-    # until gateway/app.py does).
-    command = [sys.executable, "-m", "uvicorn", "bench.web:gateway_app", "--factory", "--port", str(port)]
+    # The app as `bbo admin serve` runs it.
+    command = [sys.executable, "-m", "uvicorn", "gateway.app:app_from_env", "--factory", "--port", str(port)]
     command += ["--loop", "uvloop", "--http", "gateway.http_limits:GuardedHttpToolsProtocol"]
     with log.open("wb") as out:
         gateway = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
