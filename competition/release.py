@@ -13,6 +13,7 @@ import redis
 
 from competition import audit
 from queue_schema import keys
+from queue_schema.records import add_event
 
 PENDING_MESSAGE = "final results pending: the organizers have not released the final leaderboard yet"
 
@@ -22,6 +23,7 @@ def release(r: redis.Redis, spec_name: str, *, actor: str | None = None) -> floa
     now = time.time()
     if r.set(keys.final_released(spec_name), repr(now), nx=True):
         audit.record(r, "final_release", spec_name, actor=actor)
+        add_event(r, "final_released", spec=spec_name)  # open final boards refresh (live_events)
         return now
     return released_at(r, spec_name) or now
 

@@ -18,6 +18,7 @@ import redis
 
 from autoscaler.daemon import read_status
 from competition import audit, rescore, scores, service
+from competition.live_events import moves_board
 from queue_schema import keys, records
 from queue_schema.payloads import Event, Heartbeat, Submission
 from queue_schema.records import load_submission, submission_from_hash
@@ -46,8 +47,6 @@ return out
 """
 POLL_COUNT = 5_000  # events read per poll at most; a burst larger than this is read over several polls
 AUTOSCALER_EVENTS_KEPT = 50
-# Events that can move a team's best score: the leaderboard is recomputed only after one of these.
-_BOARD_KINDS = frozenset({"disqualified", "requalified", "team_disabled", "team_enabled"})
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ class ConsoleData:
                 named[event.submission_id] = None
             if event.kind == "autoscaler":
                 changes.autoscaler.append(event)
-            elif _moves_board(event):
+            elif moves_board(event):
                 changes.board_dirty = True
         if changes.autoscaler:
             self.autoscaler_events = (self.autoscaler_events + changes.autoscaler)[-AUTOSCALER_EVENTS_KEPT:]
@@ -340,9 +339,3 @@ class ConsoleData:
 
     def rescore(self, sid: str, reason: str = "from the organizer console") -> Submission:
         return rescore.rescore(self.r, sid, actor=self.actor(), reason=reason)
-
-
-def _moves_board(event: Event) -> bool:
-    if event.kind == "state":
-        return "scored" in (event.data.get("from"), event.data.get("to")) or bool(event.data.get("rescore"))
-    return event.kind in _BOARD_KINDS

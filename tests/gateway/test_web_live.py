@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from competition import sessions, teams
+from competition import release, sessions, teams
 from gateway.app import create_app
 from gateway.web.live import LiveHub
 from queue_schema import keys
@@ -198,6 +198,17 @@ def test_the_public_board_refreshes_when_a_score_lands(gateway, signed_in, r) ->
 
     run(scenario())
     assert httpx.get(f"{url}/live/leaderboard?phase=nope").status_code == 404
+
+
+def test_an_open_final_board_refreshes_when_the_organizers_release_it(gateway, r) -> None:
+    url, _, app = gateway
+
+    async def scenario() -> None:
+        async with sse(f"{url}/live/leaderboard?phase=final") as stream:
+            release.release(r, app.state.spec.name, actor="tester")
+            assert (await stream.next("refresh"))[1] == {"region": "board"}
+
+    run(scenario())
 
 
 def test_a_foreign_or_unknown_submission_is_one_404_and_no_session_is_401(gateway, signed_in) -> None:
