@@ -28,7 +28,8 @@ from gateway import errors, metrics, uploads
 from gateway.auth import require_team, team_of
 from gateway.cache import SharedCache
 from gateway.errors import ApiError
-from gateway.web.live import LiveHub, install_live
+from gateway.web.hub import LiveHub
+from gateway.web.live import install_live
 from gateway.web.pages import install_pages
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed

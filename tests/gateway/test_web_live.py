@@ -23,7 +23,7 @@ import pytest
 
 from competition import release, sessions, teams
 from gateway.app import create_app
-from gateway.web.live import LiveHub
+from gateway.web.hub import LiveHub
 from queue_schema import keys
 from queue_schema.connection import connect
 from queue_schema.payloads import Event
