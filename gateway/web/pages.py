@@ -312,10 +312,10 @@ def install_pages(app: FastAPI, spec: Spec, backend: str) -> None:
 
     @router.get("/team/submissions/{sid}/detail", response_class=HTMLResponse)
     def submission_detail(request: Request, sid: str) -> Response:
-        _, found = own(request, sid)
+        session, found = own(request, sid)
         if not isinstance(found, Submission):
             return found
-        return render(request, "_detail.html", detail_context(found))
+        return render(request, "_detail.html", submission_context(session, found))
 
     def act(request: Request, sid: str, csrf: str, action: str) -> Response:
         session, found = own(request, sid)

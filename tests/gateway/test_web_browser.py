@@ -224,6 +224,10 @@ def test_a_team_signs_in_uploads_and_watches_its_score_arrive_live(browser, stac
             expect(field(page, sid, "score")).to_have_text(SCORE, timeout=SCORE_TIMEOUT_S * 1000)
         expect(field(page, sid, "state")).to_have_text("scored")
         expect(field(page, sid, "progress-text")).to_have_text("4 / 4 studies")
+        # The refreshed detail brings the chart and the scored submission's own action.
+        expect(page.get_by_role("button", name="Select for the final phase")).to_be_visible()
+        expect(page.get_by_role("button", name="Stop scoring")).to_have_count(0)
+        expect(page.get_by_role("img", name=re.compile("Convergence"))).to_be_visible()
         assert page.evaluate("window.__marker") == 1 and loads == [], f"the page reloaded: {loads}"
         shown = field(page, sid, "score").inner_text().strip()
         stored = load_submission(stack.r, sid)

@@ -196,10 +196,12 @@ def test_stop_needs_the_forms_csrf_and_then_stops(site, good_zip):
     assert client.post(f"{where}/stop", data={}).status_code == 403
     assert client.post(f"{where}/stop", data={"csrf": "nope"}).status_code == 403
     assert "Stop scoring" in client.get(where).text
+    assert "Stop scoring" in client.get(f"{where}/detail").text  # the live refresh carries the actions
     done = client.post(f"{where}/stop", data={"csrf": csrf})
     assert done.status_code == 303
     page = client.get(where).text
     assert "stopped" in page and "Stop scoring" not in page
+    assert "Stop scoring" not in client.get(f"{where}/detail").text
     again = client.post(f"{where}/stop", data={"csrf": csrf})
     assert again.status_code == 409 and "already stopped" in again.text
 
