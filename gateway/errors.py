@@ -6,6 +6,7 @@ genuine bug is a 500, and it is logged with its traceback.
 
 from __future__ import annotations
 
+import html
 import logging
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -118,14 +119,36 @@ def _full_store_folder(client: redis.Redis) -> Path | None:
         return None
 
 
+# The API's paths answer JSON whoever asks; elsewhere (the web pages) a browser gets a page.
+_API_PREFIXES = ("/v1/", "/live/", "/metrics", "/health", "/openapi", "/docs", "/redoc")
+
+
+def _answer(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    """The error as the one JSON shape, or as a short HTML page for a browser on a web page's path (the
+    message autoescaped: it may quote what the team sent)."""
+    wants_page = "text/html" in request.headers.get("accept", "")
+    if not wants_page or request.url.path.startswith(_API_PREFIXES):
+        return error_response(status, code, message, headers)
+    page = _PAGE.format(status=status, message=html.escape(message))
+    return HTMLResponse(page, status_code=status, headers=headers)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Error {status} · bbo-arena</title>
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main id="content"><h1>Error {status}</h1><p class="error" role="alert">{message}</p>
+<p><a href="/">Back to the leaderboard</a></p></main></body></html>
+"""
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _api(request: Request, exc: ApiError):
+        return _answer(request, exc.status, exc.code, exc.message, exc.headers)
 
-    async def _refusal(_: Request, exc: Exception):
+    async def _refusal(request: Request, exc: Exception):
         error = api_error(exc)  # type: ignore[arg-type]
-        return error_response(error.status, error.code, error.message, error.headers)
+        return _answer(request, error.status, error.code, error.message, error.headers)
 
     for refusal in (service.ServiceError, InvalidSubmission, SpecError, QuotaExceeded):
         app.add_exception_handler(refusal, _refusal)
@@ -135,9 +158,10 @@ def install(app: FastAPI) -> None:
         if folder is not None:
             # The embedded store exits on a failed AOF write (fsync always): say why, not just "away".
             log.error("redis unavailable and the disk of its folder %s is full: %s", folder, exc)
-            return error_response(503, "store_full", STORE_REFUSALS["MISCONF"], {"Retry-After": "60"})
+            return _answer(request, 503, "store_full", STORE_REFUSALS["MISCONF"], {"Retry-After": "60"})
         log.warning("redis unavailable: %s", exc)
-        return error_response(
+        return _answer(
+            request,
             503,
             "unavailable",
             "the competition's store is not reachable; try again shortly",
@@ -154,23 +178,23 @@ def install(app: FastAPI) -> None:
             return await _bug(request, exc)
         log.error("redis refused a write: %s", exc)
         code = "store_read_only" if refusal == "READONLY" else "store_full"
-        return error_response(503, code, STORE_REFUSALS[refusal], {"Retry-After": "60"})
+        return _answer(request, 503, code, STORE_REFUSALS[refusal], {"Retry-After": "60"})
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
         parts = []
         for error in exc.errors()[:3]:
             where = ".".join(str(x) for x in error.get("loc", ()) if x not in ("query", "path", "body"))
             parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
-        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+        return _answer(request, 422, "invalid_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+        return _answer(request, exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the organizers will find it in the log")
+        return _answer(request, 500, "internal", "internal error; the organizers will find it in the log")

@@ -257,3 +257,16 @@ def test_team_text_is_shown_as_text(site, good_zip, r):
         assert "<script>document" not in page and "<img src=x" not in page
     page = client.get(where).text
     assert html.escape("<script>", quote=False) in page and "optimizer_crashed" in page
+
+
+def test_a_browser_gets_an_error_page_and_the_api_keeps_its_json(tmp_path):
+    down = client_of(create_app(_spec(), "auto", redis_url=f"unix://{tmp_path}/nothing.sock"))
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = down.get("/", headers=browser)
+    assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+    assert "not reachable" in page.text and page.headers["retry-after"] == "5"
+    api = down.get("/v1/leaderboard", headers=browser)
+    assert api.status_code == 503 and api.json()["error"]["code"] == "unavailable"
+    assert down.get("/", headers={"Accept": "application/json"}).json()["error"]["code"] == "unavailable"
+    missing = down.get("/no/such/page", headers=browser)
+    assert missing.status_code == 404 and "<h1>Error 404</h1>" in missing.text
