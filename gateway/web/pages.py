@@ -303,19 +303,20 @@ def install_pages(app: FastAPI, spec: Spec, backend: str) -> None:
             **detail_context(sub),
         }
 
-    @router.get("/team/submissions/{sid}", response_class=HTMLResponse)
-    def submission_page(request: Request, sid: str) -> Response:
+    def show(request: Request, sid: str, template: str) -> Response:
         session, found = own(request, sid)
         if not isinstance(found, Submission):
             return found
-        return render(request, "submission.html", submission_context(session, found))
+        return render(request, template, submission_context(session, found))
+
+    @router.get("/team/submissions/{sid}", response_class=HTMLResponse)
+    def submission_page(request: Request, sid: str) -> Response:
+        return show(request, sid, "submission.html")
 
     @router.get("/team/submissions/{sid}/detail", response_class=HTMLResponse)
     def submission_detail(request: Request, sid: str) -> Response:
-        session, found = own(request, sid)
-        if not isinstance(found, Submission):
-            return found
-        return render(request, "_detail.html", submission_context(session, found))
+        """The part of the page a live refresh replaces: the actions, the chart, the problems."""
+        return show(request, sid, "_detail.html")
 
     def act(request: Request, sid: str, csrf: str, action: str) -> Response:
         session, found = own(request, sid)
