@@ -60,7 +60,7 @@ from baselines.store import (  # noqa: F401  (re-exported: callers load what the
     Baselines,
     MissingBaseline,
     ProblemBaseline,
-    default_path,
+    build_path,
     load_baselines,
 )
 from queue_schema.seeds import optimizer_seed
@@ -377,9 +377,9 @@ def build_baselines(plan: BaselinePlan, workers: int, progress: Progress | None 
     }
 
 
-def write_baseline_file(data: dict[str, Any], path: str | Path | None = None) -> Path:
-    """Write a built baseline (atomically) to `path`, by default the package's `data/<spec>.json`."""
-    target = Path(path) if path is not None else default_path(data["spec"])
+def write_baseline_file(data: dict[str, Any], path: str | Path) -> Path:
+    """Write a built baseline (atomically) to `path` (`build_path(plan)` for the spec's own place)."""
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

@@ -1,15 +1,20 @@
 """Baseline files: reading them back, and turning them into the Dataset bayesmark's analysis expects.
 
-A baseline file is built once per spec (`bbo admin baselines build --spec NAME`) and ships with the
-package under `baselines/data/<spec>.json`. It holds, per problem, bayesmark's baseline quantities for
-the visible loss (and the generalization loss, for exports): clip (PERF_CLIP), opt (PERF_BEST, padded),
-median and mean random-search curves (PERF_MED, PERF_MEAN).
+A baseline file holds, per problem, bayesmark's baseline quantities for the visible loss (and the
+generalization loss, for exports): clip (PERF_CLIP), opt (PERF_BEST, padded), median and mean
+random-search curves (PERF_MED, PERF_MEAN).
+
+Where they live: the shipped specs' files are package data (`baselines/data/<spec>.json`), read only. A
+build (`bbo admin baselines build --spec SPEC`) writes outside the package, where a reinstall cannot
+remove it: beside a spec given by path (`myspec.toml` -> `myspec.baselines.json`), else in the state
+folder (`<state>/baselines/<spec>.json`). The runtime says where those are (`BaselinePlan.built_paths`);
+`lookup_paths` is the one order every reader follows: the built files first, then the package's.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,8 @@ from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED,
 from baselines.catalogue import parse
 from baselines.errors import BaselineError, MissingBaseline  # noqa: F401 - re-exported for callers
 
-DATA_DIR = Path(__file__).parent / "data"
+# The shipped baseline files: package data, read only (a build never writes here: see the module's doc).
+PACKAGE_DIR = Path(__file__).parent / "data"
 FORMAT = 1
 GENERALIZATION = "generalization"  # bayesmark's second objective (SklearnModel.objective_names[1])
 
@@ -30,7 +36,7 @@ class BaselinePlan:
     """What a baseline file is built for, as plain values: a spec's study shape and baseline settings
     (runtime.spec.Spec.baseline_plan makes one). Scoring knows no spec object."""
 
-    name: str  # the spec's name: the file is baselines/data/<name>.json
+    name: str  # the spec's name: a shipped file is baselines/data/<name>.json
     hash: str
     rounds: int
     batch: int
@@ -38,14 +44,37 @@ class BaselinePlan:
     random_studies: int
     strong_rounds: int  # as the spec sets it: 0 means 4 x rounds
     seed: int
+    # Where an organizer's build of this spec is looked for, in lookup order; a build writes to the first.
+    # Not part of what the file is built for (equality, `check_compatible`): the same build may be found
+    # in either place.
+    built_paths: tuple[Path, ...] = field(default=(), compare=False)
 
 
 def build_command(spec_name: str) -> str:
     return f"bbo admin baselines build --spec {spec_name}"
 
 
-def default_path(spec_name: str) -> Path:
-    return DATA_DIR / f"{spec_name}.json"
+def shipped_path(spec_name: str) -> Path:
+    """The package's file for a shipped spec (present or not)."""
+    return PACKAGE_DIR / f"{spec_name}.json"
+
+
+def lookup_paths(plan: BaselinePlan) -> tuple[Path, ...]:
+    """Where a spec's baselines are looked for, first found wins: the organizer's builds (beside the spec
+    file, then the state folder), then the package's shipped file. A build is newer than what shipped."""
+    return (*plan.built_paths, shipped_path(plan.name))
+
+
+def find_baseline_file(plan: BaselinePlan) -> Path | None:
+    """The baseline file the spec's scores use: the first of `lookup_paths` that exists, or None."""
+    return next((path for path in lookup_paths(plan) if path.is_file()), None)
+
+
+def build_path(plan: BaselinePlan) -> Path:
+    """Where a build of the spec writes its file: the first built place (never the package)."""
+    if not plan.built_paths:
+        raise BaselineError(f"no place to write the baselines of spec {plan.name!r} (no state folder given)")
+    return plan.built_paths[0]
 
 
 @dataclass(frozen=True)
@@ -160,22 +189,33 @@ class Baselines:
             )
 
 
-def load_baselines(plan: BaselinePlan | str, path: str | Path | None = None) -> Baselines:
-    """The baselines of a spec (a Spec, or a spec name), from the package data or from `path`.
+def load_baselines(plan: BaselinePlan, path: str | Path | None = None, *, check: bool = True) -> Baselines:
+    """The baselines of a spec: from `path`, else the first file of `lookup_paths`.
 
-    Raises MissingBaseline when there is no file, BaselineError when it does not fit the spec.
+    Raises MissingBaseline when there is no file, BaselineError when it does not fit the spec (unless
+    `check` is off: `bbo admin baselines show` reports a misfit instead of refusing to show it).
     """
-    name = plan if isinstance(plan, str) else plan.name
-    file = Path(path) if path is not None else default_path(name)
-    if not file.is_file():
-        raise MissingBaseline(
-            f"no baseline file for spec {name!r} at {file}; build it with: {build_command(name)}"
-        )
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise MissingBaseline(
+                f"no baseline file for spec {plan.name!r} at {file}; "
+                f"build it with: {build_command(plan.name)}"
+            )
+    else:
+        found = find_baseline_file(plan)
+        if found is None:
+            looked = ", ".join(str(p) for p in lookup_paths(plan))
+            raise MissingBaseline(
+                f"no baseline file for spec {plan.name!r} (looked in {looked}); "
+                f"build it with: {build_command(plan.name)}"
+            )
+        file = found
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise BaselineError(f"{file}: not a readable baseline file: {exc}") from None
     baselines = Baselines(data, path=file)
-    if not isinstance(plan, str):
+    if check:
         baselines.check_compatible(plan)
     return baselines

@@ -61,7 +61,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import redis
 
@@ -208,16 +207,18 @@ def synthetic_baselines(spec: Spec, rng: random.Random) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def baselines_for(spec: Spec, state: Path, rng: random.Random) -> Iterator[str]:
-    """The shipped baselines when there are; else a synthetic file in the scratch folder, read in their
-    place for the run. Yields "shipped" or "synthetic"."""
-    if baseline_store.default_path(spec.name).is_file():
+    """The spec's baselines when it has some (shipped, or built beside its file); else a synthetic file
+    where a build would go, the scratch state folder, which every reader looks in first. Yields
+    "shipped" or "synthetic"."""
+    plan = spec.baseline_plan()
+    if baseline_store.find_baseline_file(plan) is not None:
         yield "shipped"
         return
-    folder = state / "baselines"
-    folder.mkdir()
-    (folder / f"{spec.name}.json").write_text(json.dumps(synthetic_baselines(spec, rng)))
-    with mock.patch.object(baseline_store, "DATA_DIR", folder):
-        yield "synthetic"
+    target = baseline_store.build_path(plan)
+    assert target.resolve().is_relative_to(state.resolve()), f"{target} is outside the scratch folder {state}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(synthetic_baselines(spec, rng)))
+    yield "synthetic"
 
 
 # -- the competition --------------------------------------------------------------------------------

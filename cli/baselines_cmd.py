@@ -11,7 +11,10 @@ import typer
 
 app = typer.Typer(
     help="Build and inspect a spec's baselines: random-search studies and a long strong-optimizer run per "
-    "problem, from which bayesmark derives the clip and best-known (opt) losses that normalize scores.",
+    "problem, from which bayesmark derives the clip and best-known (opt) losses that normalize scores. "
+    "A build goes beside a spec given by path (myspec.toml -> myspec.baselines.json), else to the state "
+    "folder (<state>/baselines/SPEC.json); every command looks there first, then in the package's "
+    "shipped files.",
     no_args_is_help=True,
 )
 
@@ -69,21 +72,23 @@ def build(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Where to write the baseline file (default: the package's baselines/data/SPEC.json).",
+        help="Where to write the baseline file (default: beside a spec given by path, as "
+        "SPEC.baselines.json, else <state>/baselines/SPEC.json; never inside the package).",
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run the baseline studies of every problem of SPEC (both phases) and write its baseline file."""
-    from baselines.build import build_baselines, rich_progress, write_baseline_file
+    from baselines.build import build_baselines, build_path, rich_progress, write_baseline_file
     from cli.output import stdout_to_stderr
 
     loaded = _load_spec(spec)
+    plan = loaded.baseline_plan()
     n_workers = workers or os.cpu_count() or 1
     # bayesmark's study loop prints notes on stdout (in this process or its pool's): stdout is the JSON's.
     with stdout_to_stderr(), rich_progress(f"baselines {loaded.name}") as progress:
-        data = build_baselines(loaded.baseline_plan(), n_workers, progress)
+        data = build_baselines(plan, n_workers, progress)
     try:
-        path = write_baseline_file(data, out)
+        path = write_baseline_file(data, out if out is not None else build_path(plan))
     except OSError as exc:
         _fail(f"cannot write the baseline file: {exc}")
     if as_json:
@@ -97,31 +102,42 @@ def build(
 def show(
     spec: str = typer.Option(..., "--spec", help=SPEC_HELP),
     path: Path | None = typer.Option(
-        None, "--path", help="Read this baseline file instead of the package's."
+        None, "--path", help="Read this baseline file instead of the one the lookup finds."
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Show the baselines of SPEC: version, provenance and per-problem clip/opt values."""
-    from baselines.store import BaselineError, build_command, load_baselines
+    """Show the baselines of SPEC: which file the scores use (the lookup order: beside a spec given by
+    path, the state folder, the package), its version, provenance and per-problem clip/opt values."""
+    from baselines.store import BaselineError, build_command, load_baselines, lookup_paths
 
     loaded = _load_spec(spec)
+    plan = loaded.baseline_plan()
     try:
-        baselines = load_baselines(loaded.name, path)
+        baselines = load_baselines(plan, path, check=False)
     except BaselineError as exc:
         _fail(str(exc))
     problem = None
     try:
-        baselines.check_compatible(loaded.baseline_plan())
+        baselines.check_compatible(plan)
     except BaselineError as exc:
         problem = str(exc)
     missing = [p for p in loaded.all_problems() if p not in baselines]
     if missing and problem is None:
         problem = f"no baseline for {', '.join(missing)}; rebuild with: {build_command(loaded.name)}"
+    looked = [{"path": str(p), "exists": p.is_file()} for p in lookup_paths(plan)]
     if as_json:
         extra = {"path": str(baselines.path), "spec_hash_current": loaded.hash, "usable": problem is None}
-        typer.echo(json.dumps(extra | {"problem": problem} | baselines.data))
+        typer.echo(json.dumps(extra | {"problem": problem, "lookup": looked} | baselines.data))
         return
     typer.echo(str(baselines.path))
+    if path is None:
+        # Which file wins and why: an organizer's build shadows what shipped.
+        typer.echo("lookup order (first found is used):")
+        for rank, entry in enumerate(looked, 1):
+            mark = (
+                "used" if entry["path"] == str(baselines.path) else "found" if entry["exists"] else "absent"
+            )
+            typer.echo(f"  {rank}. {entry['path']} ({mark})")
     provenance = baselines.data.get("provenance", {})
     typer.echo(
         f"created {baselines.data.get('created_at')} for spec hash {baselines.spec_hash}"

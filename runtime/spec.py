@@ -2,6 +2,9 @@
 
 A spec is addressed by name (a file shipped in `runtime/specs/`) or by path. Its hash goes into every
 score, so a score always says under which rules it was computed.
+
+A spec given by path keeps its baselines beside it (`myspec.toml` -> `myspec.baselines.json`); the
+store's copy of the spec remembers that path, so a worker scoring under it looks there too.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import redis
 from baselines.catalogue import UnknownProblem, all_problems, parse
 from baselines.store import BaselinePlan
 from queue_schema import keys
+from queue_schema.settings import state_dir
 from runtime.errors import SpecError
 
 SPECS_DIR = Path(__file__).parent / "specs"
 PHASES = ("feedback", "final")
+BASELINE_SUFFIX = ".baselines.json"
+# The stored spec's JSON carries the file it was loaded from under this key, outside the hashed fields.
+_SOURCE_FIELD = "_source"
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,25 @@ class Spec:
                 f"spec {self.name!r} has no phase {name!r} (it has: {', '.join(self.phases)})"
             ) from None
 
+    @property
+    def spec_file(self) -> Path | None:
+        """The organizer's own spec file this was loaded from (None for a shipped spec, or a spec whose file
+        is not on this machine): its baselines live beside it."""
+        if self.source in ("", "<redis>"):
+            return None
+        path = Path(self.source)
+        if not path.is_file() or path.resolve().parent == SPECS_DIR.resolve():
+            return None
+        return path.resolve()
+
+    def built_baseline_paths(self) -> tuple[Path, ...]:
+        """Where a build of this spec's baselines goes and is looked for, in lookup order: beside the spec
+        file given by path, then the state folder. (The package's shipped file comes after these.)"""
+        beside = () if self.spec_file is None else (self.spec_file.with_suffix(BASELINE_SUFFIX),)
+        return (*beside, state_dir() / "baselines" / f"{self.name}.json")
+
     def baseline_plan(self) -> BaselinePlan:
-        """The plain values scoring builds and checks this spec's baselines by."""
+        """The plain values scoring builds, checks and finds this spec's baselines by."""
         return BaselinePlan(
             name=self.name,
             hash=self.hash,
@@ -152,6 +176,7 @@ class Spec:
             random_studies=self.baselines.random_studies,
             strong_rounds=self.baselines.strong_rounds,
             seed=self.baselines.seed,
+            built_paths=self.built_baseline_paths(),
         )
 
     def all_problems(self) -> tuple[str, ...]:
@@ -172,11 +197,17 @@ class Spec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """The resolved spec as the store keeps it, with the organizer's spec file if any (not hashed)."""
+        data = self.to_dict()
+        if self.spec_file is not None:
+            data[_SOURCE_FIELD] = str(self.spec_file)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Spec:
-        return _build(json.loads(raw), source="<redis>", resolved=True)
+        data = json.loads(raw)
+        source = data.pop(_SOURCE_FIELD, None)
+        return _build(data, source=source or "<redis>", resolved=True)
 
 
 def _phase_dict(phase: Phase) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from baselines.build import (
     strong_rounds,
     write_baseline_file,
 )
-from baselines.store import BaselineError, MissingBaseline, default_path, load_baselines
+from baselines.store import BaselineError, MissingBaseline, load_baselines, shipped_path
 from cli.baselines_cmd import app
 from runtime.spec import load
 from tests.baseline_helpers import FAST, tiny_spec, write_spec_toml
@@ -104,8 +104,8 @@ def test_missing_baseline_messages(spec, built, tmp_path):
 
 def test_shipped_demo_baselines():
     demo = load("demo")
-    assert default_path("demo").is_file(), "build it: python -m cli.baselines_cmd build --spec demo"
-    baselines = load_baselines(demo.baseline_plan())
+    assert shipped_path("demo").is_file(), "ship it: bbo admin baselines build --spec demo --out PATH"
+    baselines = load_baselines(demo.baseline_plan(), shipped_path("demo"))
     # Built for this spec's problems, study shape and baseline settings; its hash may be an older one of
     # the same spec (quotas, limits and log settings change the hash, not a baseline: check_compatible).
     assert baselines.spec_name == demo.name
@@ -121,11 +121,13 @@ def test_shipped_demo_baselines():
 runner = CliRunner()
 
 
-def test_cli_show_demo_json():
+def test_cli_show_demo_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("BBO_STATE_DIR", str(tmp_path))  # nothing built: the shipped file is shown
     result = runner.invoke(app, ["show", "--spec", "demo", "--json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["usable"] is True and shown["spec"] == "demo"
+    assert shown["path"] == str(shipped_path("demo"))
     assert set(shown["problems"]) == set(load("demo").all_problems())
 
 
