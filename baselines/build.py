@@ -92,6 +92,11 @@ class Unit:
     salt: str
 
     @property
+    def key(self) -> str:
+        """The unit's name in a fleet build's store: "KIND:PROBLEM:STUDY"."""
+        return f"{self.kind}:{self.problem}:{self.study}"
+
+    @property
     def label(self) -> str:
         return (
             f"{self.problem} {self.kind} #{self.study}" if self.kind == "random" else f"{self.problem} strong"
@@ -204,7 +209,8 @@ def _pin_threads() -> None:
 _limits = None
 
 
-def _units(plan: BaselinePlan) -> list[Unit]:
+def plan_units(plan: BaselinePlan) -> list[Unit]:
+    """Every study the build runs: each problem's strong run, then its random-search studies."""
     salt = seed_salt(plan)
     strong = [Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt) for p in plan.problems]
     rand = [
@@ -327,7 +333,7 @@ def summarize(plan: BaselinePlan, results: dict[Unit, np.ndarray]) -> tuple[dict
     return problems, notes
 
 
-def _provenance(plan: BaselinePlan, workers: int, seconds: float, notes: list[str]) -> dict[str, Any]:
+def _provenance(plan: BaselinePlan, workers: int | str, seconds: float, notes: list[str]) -> dict[str, Any]:
     packages = {
         name: package_version(name) for name in ("bayesmark", "numpy", "scikit-learn", "scipy", "xarray")
     }
@@ -361,7 +367,15 @@ def _provenance(plan: BaselinePlan, workers: int, seconds: float, notes: list[st
 def build_baselines(plan: BaselinePlan, workers: int, progress: Progress | None = None) -> dict[str, Any]:
     """Run the baseline studies of every problem of the spec and return the baseline file's content."""
     started = time.monotonic()
-    results = run_units(_units(plan), workers, progress)
+    results = run_units(plan_units(plan), workers, progress)
+    return baseline_file(plan, results, workers, time.monotonic() - started)
+
+
+def baseline_file(
+    plan: BaselinePlan, results: dict[Unit, np.ndarray], workers: int | str, seconds: float
+) -> dict[str, Any]:
+    """The baseline file's content from every unit's losses, however they were run (in this process's
+    pool, or on the fleet): the same results give the same problems and version."""
     problems, notes = summarize(plan, results)
     content = hashlib.sha256(json.dumps(problems, sort_keys=True).encode()).hexdigest()[:8]
     return {
@@ -372,7 +386,7 @@ def build_baselines(plan: BaselinePlan, workers: int, progress: Progress | None 
         "rounds": plan.rounds,
         "batch": plan.batch,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "provenance": _provenance(plan, workers, time.monotonic() - started, notes),
+        "provenance": _provenance(plan, workers, seconds, notes),
         "problems": problems,
     }
 

@@ -30,6 +30,15 @@ def job_id(submission_id: str, version: int, problem: str, chunk: int = 0) -> st
     return f"{submission_id}-v{version}-{safe_problem}-c{chunk}"
 
 
+def baseline_unit_job_id(build_id: str, kind: str, problem: str, study: int) -> str:
+    """One job per unit of a fleet baseline build (a random-search study, or the strong run of a problem).
+
+    Deterministic, so a resumed build finds the jobs it enqueued before (queued, running or failed)."""
+    safe_problem = _JOB_ID_SAFE.sub("_", problem)
+    which = "strong" if kind == "strong" else f"r{study}"
+    return f"bl-{build_id}-{safe_problem}-{which}"
+
+
 def artifact_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -274,6 +274,26 @@ def lock(name: str) -> str:
     return f"{PREFIX}:lock:{name}"
 
 
+# -- baseline builds on the fleet (runtime/baseline_fleet.py, queue_schema/records/baseline_units.py) ----
+
+
+def baseline_builds() -> str:
+    """Sorted set: fleet baseline build id -> when it was first enqueued (the console's pipeline rows)."""
+    return f"{PREFIX}:blbuilds"
+
+
+def baseline_build(build_id: str) -> str:
+    """Hash: a fleet baseline build's description and progress marks: spec, units total, started_at,
+    resumed_at / done_at_resume (for its ETA), and once its file is written: written_at, path, version."""
+    return f"{PREFIX}:blbuild:{build_id}"
+
+
+def baseline_units(build_id: str) -> str:
+    """Hash: unit key ("random:PROBLEM:STUDY", "strong:PROBLEM:-1") -> the unit's losses (JSON), each
+    written once (HSETNX): a unit run twice is stored once."""
+    return f"{PREFIX}:blunits:{build_id}"
+
+
 # -- the autoscaler (autoscaler/daemon.py, autoscaler/providers/) -------------------------------------
 
 

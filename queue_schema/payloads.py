@@ -159,6 +159,20 @@ class ScoreJob(Payload):
     backend: str = "auto"
 
 
+class BaselineUnitJob(Payload):
+    """One RQ job of a fleet baseline build: one study of a trusted reference optimizer (random search,
+    or the strong run) on a problem, its losses stored under `unit` in the build's hash."""
+
+    build_id: str
+    unit: str  # the build's hash field: "KIND:PROBLEM:STUDY"
+    kind: str  # "random" or "strong"
+    problem: str
+    study: int
+    rounds: int
+    batch: int
+    salt: str
+
+
 class StudyResult(Payload):
     """One study's outcome, written once under its index."""
 

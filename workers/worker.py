@@ -34,6 +34,7 @@ def preload() -> None:
     import bayesmark.experiment  # noqa: F401
     import bayesmark.sklearn_funcs  # noqa: F401
 
+    import workers.baseline_unit  # noqa: F401
     import workers.job  # noqa: F401
 
 

@@ -31,7 +31,8 @@ The package, one job a module (this module re-exports their names, so callers im
 - submissions.py: the records saved, loaded, and changed atomically (`transition`, refunds,
   `start_score_version`, `update_record`), with their events and index writes; the scored submissions;
 - archiving.py: a complete version's data moved out of Redis (snapshot, mark, drop) and the archiver's
-  queue of versions that ended.
+  queue of versions that ended;
+- baseline_units.py: a fleet baseline build's description and progress, its units' losses written once.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ from queue_schema.records.archiving import (
     queue_ended_versions,
     retry_version_at,
     version_archived_or_dropped,
+)
+from queue_schema.records.baseline_units import (
+    BuildProgress,
+    build_progress,
+    mark_written,
+    read_units,
+    recent_builds,
+    register_build,
+    store_unit,
+    stored_units,
+    unit_stored,
 )
 from queue_schema.records.events import (
     EVENTS_MAXLEN,
@@ -109,6 +121,15 @@ from queue_schema.records.submissions import (
 )
 
 __all__ = [
+    "BuildProgress",
+    "build_progress",
+    "mark_written",
+    "read_units",
+    "recent_builds",
+    "register_build",
+    "store_unit",
+    "stored_units",
+    "unit_stored",
     "_event_into",
     "_load_archive",
     "_stream_id",

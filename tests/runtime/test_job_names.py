@@ -20,3 +20,10 @@ def test_the_failure_callback_named_by_the_runtime_is_the_workers():
     assert callback is failures.on_job_failure
     # RQ calls a failure callback with (job, connection, type, value, traceback).
     assert len(inspect.signature(callback).parameters) == 5
+
+
+def test_the_baseline_unit_function_named_by_the_runtime_is_the_workers():
+    from runtime import baseline_fleet
+    from workers import baseline_unit
+
+    assert import_attribute(baseline_fleet.UNIT_FUNCTION) is baseline_unit.run_baseline_unit

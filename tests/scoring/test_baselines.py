@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from baselines.build import (
     _perf_array,
-    _units,
     build_baselines,
+    plan_units,
     run_units,
     strong_rounds,
     write_baseline_file,
@@ -76,7 +76,7 @@ def test_build_is_reproducible_and_parallel_safe(spec, built):
 
 
 def test_dataset_is_bayesmarks_baseline(spec, tmp_path):
-    results = run_units(_units(spec.baseline_plan()), workers=1)
+    results = run_units(plan_units(spec.baseline_plan()), workers=1)
     expected = compute_baseline(_perf_array(spec.baseline_plan(), results, 0))
     from baselines.build import summarize
 
