@@ -11,6 +11,7 @@ BENCHMARKS = {
     "chaos": "bench.chaos",
     "console": "bench.console",
     "overhead": "bench.overhead",
+    "sandbox": "bench.sandbox",
     "seed-data": "bench.seed_data",
     "service": "bench.service",
     "soak": "bench.soak",
