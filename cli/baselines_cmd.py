@@ -69,6 +69,14 @@ def build(
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Worker processes running studies in parallel (default: CPU count)."
     ),
+    fleet: bool = typer.Option(
+        False,
+        "--fleet",
+        help="Run the studies on the running fleet (one job per study on the organizers' queue, taken by "
+        "any worker) instead of this machine, and wait for them. Ctrl-C leaves the build running there; "
+        "the same command again resumes it (nothing stored, queued or running is enqueued twice) and "
+        "writes the file when every study is stored.",
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -83,16 +91,28 @@ def build(
 
     loaded = _load_spec(spec)
     plan = loaded.baseline_plan()
-    n_workers = workers or os.cpu_count() or 1
-    # bayesmark's study loop prints notes on stdout (in this process or its pool's): stdout is the JSON's.
-    with stdout_to_stderr(), rich_progress(f"baselines {loaded.name}") as progress:
-        data = build_baselines(plan, n_workers, progress)
+    if fleet and workers is not None:
+        _fail("--workers sizes a local build; on the fleet, the running workers take the studies")
+    extra: dict[str, Any] = {}
+    if fleet:
+        from cli.baselines_fleet import build_on_fleet
+
+        data, r, extra["fleet"] = build_on_fleet(plan, spec)
+    else:
+        n_workers = workers or os.cpu_count() or 1
+        # bayesmark's study loop prints notes on stdout (in this process or its pool's): stdout is the JSON's.
+        with stdout_to_stderr(), rich_progress(f"baselines {loaded.name}") as progress:
+            data = build_baselines(plan, n_workers, progress)
     try:
         path = write_baseline_file(data, out if out is not None else build_path(plan))
     except OSError as exc:
         _fail(f"cannot write the baseline file: {exc}")
+    if fleet:
+        from runtime.baseline_fleet import written
+
+        written(r, plan, str(path), data["version"])
     if as_json:
-        typer.echo(json.dumps({"path": str(path), **data}))
+        typer.echo(json.dumps({"path": str(path), **extra, **data}))
         return
     typer.echo(str(path))
     _table(loaded, data)
