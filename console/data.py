@@ -47,6 +47,7 @@ return out
 """
 POLL_COUNT = 5_000  # events read per poll at most; a burst larger than this is read over several polls
 AUTOSCALER_EVENTS_KEPT = 50
+PIPELINES_SHOWN_S = 24 * 3600  # a written baseline build stays in the fleet view this long
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,8 @@ class ConsoleData:
             "queued": depths["queued"],
             "running": depths["running"],
             "fleets": fleets,
+            # Baseline builds on the fleet (bbo admin baselines build --fleet): running, or of the last day.
+            "pipelines": records.recent_builds(self.r, since=self.clock() - PIPELINES_SHOWN_S),
         }
 
     def _recent_autoscaler_events(self, scan: int = 5_000) -> list[Event]:

@@ -1,4 +1,5 @@
-"""View 5: the workers (heartbeat age, current job), queue depth over time, the autoscaler's decisions."""
+"""View 5: the workers (heartbeat age, current job), queue depth over time, the autoscaler's decisions, and
+a row per baseline build running on the fleet (units done / total, ETA)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from console.widgets.cells import age, safe_cell
 from queue_schema.payloads import Event, utc_iso
+from queue_schema.records import BuildProgress
 from queue_schema.untrusted import safe_text
 
 STALE_HEARTBEAT_S = 30.0
@@ -26,6 +28,7 @@ class FleetScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="fleet-summary")
+        yield Static("", id="fleet-pipelines")
         with Horizontal(id="fleet-top"):
             with Vertical(id="fleet-queue"):
                 yield Static("queue depth", id="fleet-queue-label", classes="section")
@@ -55,6 +58,9 @@ class FleetScreen(Screen):
             f"jobs queued {fleet['queued']}, running {fleet['running']}"
         )
         # An all-zero history would draw as full bars (the sparkline scales to its own range): none then.
+        pipelines = self.query_one("#fleet-pipelines", Static)
+        pipelines.display = bool(fleet.get("pipelines"))  # no room taken when no build runs
+        pipelines.update(_pipelines(fleet.get("pipelines") or [], now))
         self.query_one("#fleet-sparkline", Sparkline).data = list(depths) if any(depths) else []
         now_depth, peak = (depths[-1] if depths else 0), max(depths, default=0)
         self.query_one("#fleet-queue-label", Static).update(
@@ -87,6 +93,30 @@ class FleetScreen(Screen):
                 "held" if data.get("held") else "",
                 safe_cell(data.get("error") or data.get("reason", "")),  # a provider's words among them
             )
+
+
+def _pipelines(builds: list[BuildProgress], now: float) -> Text:
+    """One line per baseline build: its spec, units done / total, and its ETA or where its file went."""
+    out = Text()
+    for build in builds:
+        out.append(f"baselines {safe_text(build.spec)}", style="bold")
+        out.append(f"  {build.done}/{build.total} units  ")
+        if build.written_at is not None:
+            out.append(f"written {safe_text(build.path)}", style="green")
+        elif build.complete:
+            out.append("all units stored: the build command writes the file", style="yellow")
+        else:
+            eta = build.eta_s(now)
+            out.append("ETA -" if eta is None else f"ETA {_duration(eta)}")
+        out.append(f"  ({build.build_id})\n", style="dim")
+    out.rstrip()
+    return out
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _autoscalers(fleets: dict[str, dict[str, Any]]) -> Text:
