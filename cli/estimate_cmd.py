@@ -36,12 +36,18 @@ def estimate(
     no_measure: bool = typer.Option(
         False, "--no-measure", help="Use the cost table already known (measured, else shipped): no timing."
     ),
+    fleet: bool = typer.Option(
+        False,
+        "--fleet",
+        help="Also the wall time of the baseline build and of one submission per phase on the running "
+        "fleet's workers (their count read from the store).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Time a short grid of evaluations of every problem of SPEC, write the cost table that orders jobs
     (to $BBO_STATE_DIR/estimates/SPEC.json), and print CPU-hours per submission and phase."""
     from baselines.build import rich_progress
-    from competition.estimate import measure, workload
+    from competition.estimate import fleet_wall, measure, workload
     from runtime import dispatch
     from runtime.spec import SpecError, load
 
@@ -65,10 +71,27 @@ def estimate(
             fail(f"cannot write the cost table: {exc}")
         err.print(f"measured in {table['wall_seconds']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
     summary = workload(spec, table["seconds_per_eval"], finalists, max_job_minutes)
+    if fleet:
+        summary["fleet"] = fleet_wall(summary, _fleet_workers())
     if as_json:
         emit_json({"paths": [str(p) for p in paths], "table": table, "workload": summary})
         return
     _print(spec, table, summary)
+
+
+def _fleet_workers() -> int:
+    """The live workers of the running fleet (their heartbeats in the store)."""
+    from queue_schema.connection import RedisUnavailable, connect, ping
+    from runtime import recovery
+
+    try:
+        ping()
+    except RedisUnavailable as exc:
+        fail(f"{exc}; --fleet reads the running fleet's store: start `bbo admin up`, or set BBO_REDIS_URL")
+    workers = len(recovery.workers(connect()))
+    if workers == 0:
+        fail("no worker is up in the fleet: start some (bbo admin worker), or leave out --fleet")
+    return workers
 
 
 def _hours(value: float) -> str:
@@ -119,6 +142,22 @@ def _print(spec, table: dict[str, Any], summary: dict[str, Any]) -> None:
         console.print(
             f"final phase, {total['finalists']} finalists: {_hours(total['objective_cpu_hours'])} CPU-h "
             f"objective, {_hours(total['ceiling_cpu_hours'])} CPU-h with the whole optimizer budget"
+        )
+    baselines = summary["baselines"]
+    console.print(
+        f"baseline build: {_hours(baselines['objective_cpu_hours'])} CPU-h objective in "
+        f"{baselines['units']} units, the longest {baselines['longest_unit_hours'] * 60:.1f} min"
+    )
+    if "fleet" in summary:
+        wall = summary["fleet"]
+        phases_wall = ", ".join(
+            f"{name} {_hours(entry['objective'])}-{_hours(entry['ceiling'])} h"
+            for name, entry in wall["submission_wall_hours"].items()
+        )
+        console.print(
+            f"on the fleet's {wall['workers']} worker(s), at least: "
+            f"baselines {_hours(wall['baselines_wall_hours'])} h; "
+            f"one submission (objective - ceiling) {phases_wall}"
         )
     console.print(f"objective: {summary['basis']['objective']}; optimizer: {summary['basis']['optimizer']}")
     for name, entry in summary["phases"].items():

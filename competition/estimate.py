@@ -23,6 +23,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from baselines.build import plan_units
 from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
 from runtime import chunking, dispatch
@@ -193,6 +194,7 @@ def workload(
         },
         "phases": phases,
     }
+    result["baselines"] = baselines_workload(spec, seconds_per_eval)
     if "final" in phases:
         final = phases["final"]
         result["final_total"] = {
@@ -201,3 +203,34 @@ def workload(
             "ceiling_cpu_hours": final["ceiling_cpu_hours"] * finalists,
         }
     return result
+
+
+def baselines_workload(spec: Spec, seconds_per_eval: dict[str, float]) -> dict[str, Any]:
+    """CPU-hours of the spec's baseline build (objective only: the reference optimizers' own time is
+    small beside it), its units, and its longest unit: a bound on its wall time however many workers."""
+    hours = [
+        u.rounds * u.batch * seconds_per_eval[u.problem] / 3600 for u in plan_units(spec.baseline_plan())
+    ]
+    return {"units": len(hours), "objective_cpu_hours": sum(hours), "longest_unit_hours": max(hours)}
+
+
+def fleet_wall(summary: dict[str, Any], workers: int) -> dict[str, Any]:
+    """Wall hours on `workers` workers, each job on one: the CPU-hours spread evenly, but never less than
+    the longest job (a lower bound: perfect packing). For the baseline build and one submission a phase."""
+    baselines = summary["baselines"]
+    return {
+        "workers": workers,
+        "basis": "max(CPU-hours / workers, the longest job): perfect packing, a lower bound",
+        "baselines_wall_hours": max(
+            baselines["objective_cpu_hours"] / workers, baselines["longest_unit_hours"]
+        ),
+        "submission_wall_hours": {
+            name: {
+                "objective": max(
+                    entry["objective_cpu_hours"] / workers, entry["longest_job_objective_hours"]
+                ),
+                "ceiling": max(entry["ceiling_cpu_hours"] / workers, entry["longest_job_objective_hours"]),
+            }
+            for name, entry in summary["phases"].items()
+        },
+    }

@@ -82,3 +82,31 @@ def test_estimate_prints_tables_without_json_and_refuses_an_unknown_spec(tiny):
     assert "final phase, 10 finalists" in result.stdout
     bad = run("--spec", "no-such-spec")
     assert bad.exit_code == 2 and "no spec named" in bad.stderr
+
+
+def test_estimate_fleet_gives_wall_hours_on_the_running_fleets_workers(tiny, r):
+    import time
+
+    from tests.console_helpers import heartbeat
+
+    refused = run("--spec", str(tiny), "--no-measure", "--fleet")
+    assert refused.exit_code == 2 and "no worker is up" in refused.stderr
+    for name in ("w1", "w2"):
+        heartbeat(r, name, "idle", None, time.time())
+    result = run("--spec", str(tiny), "--no-measure", "--fleet", "--json")
+    assert result.exit_code == 0, result.stderr
+    workload = json.loads(result.stdout)["workload"]
+    baselines, wall = workload["baselines"], workload["fleet"]
+    assert baselines["units"] == 2 * (
+        20 + 1
+    )  # per problem: the spec's default 20 random studies, 1 strong run
+    assert wall["workers"] == 2
+    assert wall["baselines_wall_hours"] == max(
+        baselines["objective_cpu_hours"] / 2, baselines["longest_unit_hours"]
+    )
+    final = workload["phases"]["final"]
+    assert wall["submission_wall_hours"]["final"]["ceiling"] == max(
+        final["ceiling_cpu_hours"] / 2, final["longest_job_objective_hours"]
+    )
+    printed = run("--spec", str(tiny), "--no-measure", "--fleet")
+    assert "on the fleet's 2 worker(s)" in printed.stdout and "baseline build:" in printed.stdout
