@@ -3,6 +3,8 @@
 Standard library only: this module is copied into the sandbox image next to the host.
 
 Harness -> host, one JSON object per line:
+    {"op": "load"}                    (to a warm host only, once its submission is in place; no reply
+                                       but the hello that follows)
     {"op": "init", "api_config": {...}, "seed": 123}
     {"op": "suggest", "n": 8}
     {"op": "observe", "X": [{...}, ...], "y": [0.1, Infinity, ...]}
@@ -51,6 +53,8 @@ OP_SUGGEST = "suggest"
 OP_OBSERVE = "observe"
 OP_CLOSE = "close"
 OPS = (OP_HELLO, OP_INIT, OP_SUGGEST, OP_OBSERVE, OP_CLOSE)
+# Harness -> warm host: the submission is in place, load it (sandbox_image/host.py's --warm).
+OP_LOAD = "load"
 # The op of the host's answer to a request it could not read at all.
 OP_UNKNOWN = "?"
 

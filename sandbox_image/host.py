@@ -2,7 +2,14 @@
 
 It imports nothing of bbo-arena but the protocol module, because in a container it runs alone.
 
-Usage: python -m sandbox_image.host SUBMISSION_DIR_OR_ZIP
+Usage: python -m sandbox_image.host [--warm] SUBMISSION_DIR_OR_ZIP
+
+With --warm the host starts before there is a submission (a worker keeps such a sandbox while it waits
+for its next job): it imports the image's common scientific modules (PREWARM), then waits for one
+`{"op": "load"}` line on stdin, the harness's sign that the submission is in place, and only then loads
+it as usual. Nothing of any team has run in the process before that line: a warm sandbox holds the
+image's modules and nothing else. End of file instead of the line ends the host quietly (its worker
+gave it up, or died).
 
 The protocol travels on private duplicates of the original stdin/stdout; file descriptors 0 and 1 are
 then pointed at /dev/null and stderr, so whatever the optimizer prints (Python or C level) lands in the
@@ -11,6 +18,8 @@ organizer log instead of corrupting the protocol.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import os
 import random
@@ -26,6 +35,15 @@ except ImportError:  # inside the image, protocol.py sits next to this file
     import protocol  # type: ignore[no-redef]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# What a warm host imports while it waits: bayesmark's space and base class (numpy, scipy's interpolate
+# and special), which the starter kit's examples and most optimizers import first. Not
+# bayesmark.experiment, which the shim below stands in for.
+PREWARM = ("bayesmark.space", "bayesmark.abstract_optimizer")
+# The top-level packages of the image those imports load: a submission bundling its own version of one
+# of them must not get a warm host, where the image's copy would already be in sys.modules
+# (tests/workers/test_warm_sandbox.py checks this list against the sandbox environment).
+PREWARMED_PACKAGES = frozenset({"bayesmark", "numpy", "scipy", "importlib_metadata", "lazy_importer", "zipp"})
+LOAD_LINE_BYTES = 256
 
 
 class _Channel:
@@ -256,11 +274,50 @@ def serve(submission_dir: str) -> int:
             channel.send(protocol.error(str(op), protocol.ERR_BAD_REQUEST, f"unknown op {op!r}"))
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        print("usage: python -m sandbox_image.host SUBMISSION_DIR", file=sys.stderr)
+def prewarm() -> None:
+    """Import PREWARM, as far as the environment has it (an environment without bayesmark still serves)."""
+    for name in PREWARM:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def await_load() -> bool:
+    """Block until the harness's `load` line (True) or end of file (False). Read a byte at a time from
+    descriptor 0, so that nothing after the line is taken from the channel the host opens next."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            return False
+        line += byte
+        if len(line) > LOAD_LINE_BYTES:
+            raise SystemExit("[sandbox] a warm host expected a load line")
+    try:
+        request = protocol.decode(line)
+    except protocol.ProtocolError as exc:
+        raise SystemExit(f"[sandbox] a warm host expected a load line: {exc}") from None
+    if request.get("op") != protocol.OP_LOAD:
+        raise SystemExit(f"[sandbox] a warm host expected a load line, got {request.get('op')!r}")
+    return True
+
+
+def main(started: Any = None) -> None:
+    """`started`: called once the submission is about to load (a backend's bootstrap writes its start
+    marker there): at once, or for a warm host after its load line."""
+    args = sys.argv[1:]
+    warm = args[:1] == ["--warm"]
+    if warm:
+        args = args[1:]
+    if len(args) != 1:
+        print("usage: python -m sandbox_image.host [--warm] SUBMISSION_DIR", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(serve(sys.argv[1]))
+    if warm:
+        prewarm()
+        if not await_load():
+            raise SystemExit(0)
+    if started is not None:
+        started()
+    raise SystemExit(serve(args[0]))
 
 
 if __name__ == "__main__":

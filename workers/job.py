@@ -1,8 +1,10 @@
 """The RQ job: score one problem (a chunk of its studies) of one score version of a submission.
 
 Each study runs in a fresh sandbox; the next study's sandbox starts while the current one runs, so its
-start-up cost is hidden. A result is written once under its study index, so a retried job skips finished
-studies and nothing is counted twice. A fatal optimizer error fails the whole submission and cancels its
+start-up cost is hidden. The first study's is hidden too where the work horse holds a warm sandbox of the
+same backend and limits (workers/warm_slot.py), started while the worker waited for this job: the job
+hands it the submission instead of starting one. A result is written once under its study index, so a
+retried job skips finished studies and nothing is counted twice. A fatal optimizer error fails the whole submission and cancels its
 other jobs; a stop (or that failure) seen by the watcher kills the running sandbox within a second.
 """
 
@@ -16,6 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rq import get_current_job
@@ -29,6 +32,7 @@ from queue_schema.settings import state_dir
 from queue_schema.states import FailureCause, SubmissionState
 from runtime import lifecycle, versions
 from runtime.spec import Spec, stored_spec
+from workers import warm_slot
 from workers.failures import is_ours
 from workers.harness import FatalOptimizerError, SandboxInfrastructureError, run_one_study
 from workers.heartbeat import JobBeat, dying_with_parent
@@ -129,8 +133,9 @@ class ProblemRun:
     def _run_studies(self, spec: Spec, pending: list[int]) -> dict[str, Any] | None:
         job = self.job
         workdir = state_dir() / "work" / f"{self.job_id}-{os.getpid()}"
+        warm = warm_slot.take(job.backend, spec.limits)
         try:
-            backend = self._sandbox_when_ready(job.backend)
+            backend = warm.backend if warm is not None else self._sandbox_when_ready(job.backend)
             if backend is None:
                 return {"status": "stopped"}
             data = archive.fetch(rq_connection(), job.artifact_sha256)
@@ -149,7 +154,8 @@ class ProblemRun:
                     self._procs.append(proc)
                 return proc.start()
 
-            upcoming = launch()
+            upcoming = (self._adopt(warm, submission_dir) if warm is not None else None) or launch()
+            warm = None
             for position, study in enumerate(pending):
                 if self._stop.is_set():
                     return {"status": "stopped"}
@@ -195,7 +201,28 @@ class ProblemRun:
             lifecycle.fail(self.r, job.submission_id, job.score_version, fatal.cause, fatal.message)
             return {"status": "failed", "cause": fatal.cause.value}
         finally:
+            if warm is not None:  # taken, never handed the submission (a failure before the first study)
+                warm.proc.kill()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _adopt(self, warm: warm_slot.WarmSandbox, submission_dir: Path) -> OptimizerProcess | None:
+        """The warm sandbox, handed this job's submission (prepared by its backend), as the first study's
+        sandbox; None, with it closed, when it cannot take it or was lost: a cold one starts instead."""
+        proc = warm.proc
+        with self._lock:
+            self._procs.append(proc)
+        for line in warm.early:
+            self.log(line)
+        try:
+            if proc.load(submission_dir, log=self.log):
+                return proc
+            self.log("[harness] the warm sandbox cannot take this submission (its bundle shadows a preload)")
+        except Exception as exc:  # noqa: BLE001 - ours (its files, its pipe): the cold start is the fallback
+            self.log(
+                f"[harness] the warm sandbox was lost ({type(exc).__name__}: {exc}); starting a fresh one"
+            )
+        proc.kill()
+        return None
 
     @contextlib.contextmanager
     def _teams_bytes(self, cause: FailureCause, what: str) -> Iterator[None]:

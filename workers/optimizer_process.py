@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -78,6 +79,10 @@ class LaunchSpec:
     started: Callable[[], bool] | None = None
     # CPU seconds the whole sandbox used so far (its cgroup's counter); None: the process tree's is used.
     cpu_seconds: Callable[[], float | None] | None = None
+    # A warm sandbox's (its host started with --warm, before there was a submission): put the submission
+    # (a folder the backend has prepared) where the host will load it; False when this sandbox cannot
+    # take it (its pre-imported modules would shadow the submission's bundled packages).
+    fill: Callable[[Path], bool] | None = None
 
 
 @dataclass
@@ -130,6 +135,21 @@ class OptimizerProcess:
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
         return self
+
+    def load(self, submission_dir: Path, log: LogSink | None = None) -> bool:
+        """A warm sandbox takes its submission: the backend puts it in place, the host is told to load it,
+        and the wait for hello starts now (not when the sandbox started, perhaps minutes ago). False,
+        with the sandbox left as it was, when it cannot take this one; an error (it died meanwhile) raises.
+        `log`: where its organizer log goes from now on."""
+        if self.launch.fill is None:
+            raise ValueError("not a warm sandbox")
+        if not self.launch.fill(Path(submission_dir)):
+            return False
+        if log is not None:
+            self._log = log
+        self.started_at = time.monotonic()
+        self._send({"op": protocol.OP_LOAD})
+        return True
 
     def kill(self) -> None:
         """Kill the sandbox (idempotent; safe from any thread: the reader, a stop watcher, the caller)."""

@@ -132,6 +132,7 @@ from sandbox_image import host as sandbox_host
 from sandbox_image.build import sandbox_python
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
+from workers.sandbox import warm as warm_fill
 from workers.sandbox.base import (
     THREAD_ENV,
     InstallFailed,
@@ -250,17 +251,22 @@ def _prelude() -> str:
     return _SECCOMP_PRELUDE % (SECCOMP_EXIT, seccomp_filter().hex())
 
 
-def bootstrap(started_fd: int | None = None, site: str | None = None) -> str:
-    """Runs inside the sandbox as `python -s -P -c PRELUDE+BOOTSTRAP /submission`, after the prelude: puts
-    the host code first on the path and imports it; writes the start marker to `started_fd` and closes it;
-    only then puts the bundled packages (`site`) on the path and runs the host, which loads the submission.
-    The host itself exits with MEMORY_EXIT when the optimizer runs out of memory."""
-    lines = [f"sys.path.insert(0, {HOST_MOUNT!r})", "import host"]
+def bootstrap(started_fd: int | None = None, site: str | None = None, warm: bool = False) -> str:
+    """Runs inside the sandbox as `python -s -P -c PRELUDE+BOOTSTRAP [--warm] /submission`, after the
+    prelude: puts the host code first on the path and imports it; runs the host, which calls `_started`
+    just before it loads the submission (a warm host: after its load line). `_started` writes the start
+    marker to `started_fd` and closes it, and only then puts the bundled packages (`site`; for a warm
+    host, if the folder was filled) on the path. The host itself exits with MEMORY_EXIT when the
+    optimizer runs out of memory."""
+    body = []
     if started_fd is not None:
-        lines += [f"os.write({started_fd}, {STARTED_MARKER!r})", f"os.close({started_fd})"]
+        body += [f"os.write({started_fd}, {STARTED_MARKER!r})", f"os.close({started_fd})"]
     if site is not None:
-        lines += [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
-    lines.append("host.main()")
+        add = [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
+        body += [f"if os.path.isdir({site!r}):", *(f"    {line}" for line in add)] if warm else add
+    lines = [f"sys.path.insert(0, {HOST_MOUNT!r})", "import host", "def _started():"]
+    lines += [f"    {line}" for line in body or ["pass"]]
+    lines.append("host.main(_started)")
     return "\n".join(lines) + "\n"
 
 
@@ -710,6 +716,18 @@ class BwrapBackend:
                 prepared = self.prepare(submission_dir, limits)
             assert prepared is not None
             install.touch(prepared)
+        return self._launch(limits, submission_dir, prepared)
+
+    def launch_warm(self, limits: Limits) -> LaunchSpec:
+        """A sandbox started before its submission is known (its host waits with the image's modules
+        imported), bound to two empty per-launch folders at /submission and /install that its `fill`
+        links a prepared artifact into (workers/sandbox/warm.py)."""
+        return self._launch(limits, None, None)
+
+    def _launch(
+        self, limits: Limits, submission_dir: Path | None, prepared: install.Prepared | None
+    ) -> LaunchSpec:
+        warm = submission_dir is None
         slot = self._slot()
         uid, gid = (slot.uid, slot.gid) if slot else (SANDBOX_UID, SANDBOX_GID)
         work: Path | None = None
@@ -719,7 +737,16 @@ class BwrapBackend:
         try:
             work = Path(tempfile.mkdtemp(prefix="bwrap-", dir=_scratch()))
             binds: list[tuple[Path, str]] = []
-            if prepared is None:  # a starter-kit zip given directly; the host unpacks it in /tmp
+            site = None
+            if warm:  # empty until `fill`
+                target = SUBMISSION_MOUNT
+                for name, mount in (("submission", SUBMISSION_MOUNT), ("install", install.INSTALL_MOUNT)):
+                    (work / name).mkdir()
+                    os.chmod(work / name, 0o755)
+                    binds.append((work / name, mount))
+                site = install.install_site(self.runtime.version)
+            elif prepared is None:  # a starter-kit zip given directly; the host unpacks it in /tmp
+                assert submission_dir is not None
                 target = f"{SUBMISSION_MOUNT}.zip"
                 shutil.copyfile(submission_dir, work / "submission.zip")
                 os.chmod(work / "submission.zip", 0o644)
@@ -727,7 +754,6 @@ class BwrapBackend:
             else:
                 target = SUBMISSION_MOUNT
                 binds.append((prepared.submission, target))
-            site = None
             if prepared is not None and prepared.install is not None:
                 binds.append((prepared.install, install.INSTALL_MOUNT))
                 site = install.install_site(self.runtime.version)
@@ -745,7 +771,7 @@ class BwrapBackend:
                 slot.release()
             raise
 
-        code = _prelude() + bootstrap(started_write, site)
+        code = _prelude() + bootstrap(started_write, site, warm=warm)
         argv = _sandbox_argv(
             self.runtime,
             work / "etc",
@@ -753,7 +779,7 @@ class BwrapBackend:
             tmpfs_bytes=limits.tmpfs_mb * 1024 * 1024,
             uid=uid,
             gid=gid,
-            command=[self.runtime.executable, "-s", "-P", "-c", code, target],
+            command=[self.runtime.executable, "-s", "-P", "-c", code, *(["--warm"] if warm else []), target],
         )
         cpu = cpu_backstop_s(limits)
         preexec = _preexec(
@@ -804,6 +830,14 @@ class BwrapBackend:
                 return FailureCause.RESOURCE_LIMIT.value
             return None
 
+        def fill(submission: Path) -> bool:
+            if submission.is_file():
+                return False  # a zip given directly: unpacked by the host, a cold sandbox's job
+            key = str(submission.resolve())
+            ready = self.prepared.get(key) or self.prepare(submission, limits)
+            assert ready is not None
+            return warm_fill.fill_prepared(ready, self.runtime.version, work / "submission", work / "install")
+
         return LaunchSpec(
             argv=argv,
             env=dict(STUDY_ENV),
@@ -816,6 +850,7 @@ class BwrapBackend:
             started=started,
             # The group's counter; in rlimit mode the harness sums the sandbox's process tree instead.
             cpu_seconds=group.cpu_seconds if group is not None and "cpuacct" in group.dirs else None,
+            fill=fill if warm else None,
         )
 
 

@@ -74,6 +74,7 @@ from sandbox_image.build import image_tag
 from sandbox_image.labels import ARTIFACT_LABEL, ROLE_LABEL, STUDY_LABEL, WORKER_LABEL
 from workers.optimizer_process import LaunchSpec
 from workers.sandbox import install, uids
+from workers.sandbox import warm as warm_fill
 from workers.sandbox.base import (
     THREAD_ENV,
     InstallFailed,
@@ -142,22 +143,23 @@ def available() -> bool:
     return True
 
 
-def bootstrap(host_dir: str, site: str | None) -> str:
-    """The study container's program (`python -s -P -c BOOTSTRAP /submission`): import the host, write
-    the start marker, then put the bundled packages on the path and run the host."""
+def bootstrap(host_dir: str, site: str | None, warm: bool = False) -> str:
+    """The study container's program (`python -s -P -c BOOTSTRAP [--warm] /submission`): import the host
+    and run it; just before it loads the submission (a warm host: after its load line) it calls
+    `_started`, which writes the start marker and only then puts the bundled packages on the path (for a
+    warm host, if its /install was filled)."""
     fifo = f"{STARTED_MOUNT}/{STARTED_FIFO}"
-    lines = [
-        "import os, sys",
-        f"sys.path.insert(0, {host_dir!r})",
-        "import host",
+    body = [
         f"_fd = os.open({fifo!r}, os.O_WRONLY | os.O_NONBLOCK)",
         f"os.write(_fd, {STARTED_MARKER!r})",
         "os.close(_fd)",
-        "del _fd",
     ]
     if site is not None:
-        lines += [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
-    lines.append("host.main()")
+        add = [f"sys.path.insert(1, {site!r})", f"os.environ['PYTHONPATH'] = {site!r}"]
+        body += [f"if os.path.isdir({site!r}):", *(f"    {line}" for line in add)] if warm else add
+    lines = ["import os, sys", f"sys.path.insert(0, {host_dir!r})", "import host", "def _started():"]
+    lines += [f"    {line}" for line in body]
+    lines.append("host.main(_started)")
     return "\n".join(lines) + "\n"
 
 
@@ -291,45 +293,72 @@ class DockerBackend:
     # -- per study --------------------------------------------------------------------------------
     def launch(self, submission_dir: Path, limits: Limits, study: str | None = None) -> LaunchSpec:
         """A fresh container for one study; `study` (optional) labels it for sweeps and inspection."""
-        docker = _docker()
         prepared = self.prepared.get(str(Path(submission_dir).resolve()))
         if prepared is None:
             prepared = self.prepare(submission_dir, limits)
         install.touch(prepared)
+        return self._launch(limits, prepared, study)
+
+    def launch_warm(self, limits: Limits) -> LaunchSpec:
+        """A container started before its submission is known (its host waits with the image's modules
+        imported), with two empty per-launch folders bound read-only at /submission and /install that its
+        `fill` links a prepared artifact into (workers/sandbox/warm.py). Labelled role `warm`, with the
+        worker process that made it, for the sweeps."""
+        return self._launch(limits, None, None)
+
+    def _launch(self, limits: Limits, prepared: Prepared | None, study: str | None) -> LaunchSpec:
+        docker = _docker()
+        warm = prepared is None
         environment = dict(STUDY_ENV)
-        volumes = {str(prepared.submission): {"bind": SUBMISSION_MOUNT, "mode": "ro"}}
+        volumes: dict[str, dict[str, str]] = {}
         site = None
-        if prepared.install is not None:
-            volumes[str(prepared.install)] = {"bind": INSTALL_MOUNT, "mode": "ro"}
-            site = INSTALL_SITE
+        if prepared is not None:
+            volumes[str(prepared.submission)] = {"bind": SUBMISSION_MOUNT, "mode": "ro"}
+            if prepared.install is not None:
+                volumes[str(prepared.install)] = {"bind": INSTALL_MOUNT, "mode": "ro"}
+                site = INSTALL_SITE
+        else:
+            site = INSTALL_SITE  # used if `fill` links an install in
         slot = self._slot()
         uid = slot.uid if slot is not None else SANDBOX_UID
-        marker_dir = Path(tempfile.mkdtemp(prefix="docker-start-", dir=_scratch()))
+        # The per-launch folder: start/ (the marker's FIFO), the accounts, and a warm container's two
+        # folders that `fill` links the submission into.
+        work = Path(tempfile.mkdtemp(prefix="docker-start-", dir=_scratch()))
+        marker_dir = work / "start"
         try:
+            os.chmod(work, 0o755)
+            marker_dir.mkdir()
             os.chmod(marker_dir, 0o755)
             fifo = marker_dir / STARTED_FIFO
             os.mkfifo(fifo, 0o622)
             os.chmod(fifo, 0o622)  # the sandbox's uid may write the marker, never read or drain it
             started_read = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             for name, text in _accounts(uid).items():
-                (marker_dir / name).write_text(text)
-                os.chmod(marker_dir / name, 0o644)
-                volumes[str(marker_dir / name)] = {"bind": f"/etc/{name}", "mode": "ro"}
+                (work / name).write_text(text)
+                os.chmod(work / name, 0o644)
+                volumes[str(work / name)] = {"bind": f"/etc/{name}", "mode": "ro"}
+            if warm:
+                for name, mount in (("submission", SUBMISSION_MOUNT), ("install", INSTALL_MOUNT)):
+                    (work / name).mkdir()
+                    os.chmod(work / name, 0o755)
+                    volumes[str(work / name)] = {"bind": mount, "mode": "ro"}
         except BaseException:
-            shutil.rmtree(marker_dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
             if slot is not None:
                 slot.release()
             raise
         volumes[str(marker_dir)] = {"bind": STARTED_MOUNT, "mode": "ro"}
         file_size = limits.file_size_mb * 1024 * 1024
-        labels = {ROLE_LABEL: "sandbox", ARTIFACT_LABEL: prepared.sha256[:12], WORKER_LABEL: _worker_id()}
+        labels = {ROLE_LABEL: "warm" if warm else "sandbox", WORKER_LABEL: _worker_id()}
+        if prepared is not None:
+            labels[ARTIFACT_LABEL] = prepared.sha256[:12]
         if study is not None:
             labels[STUDY_LABEL] = str(study)
         try:
             container = self.client.containers.create(
                 self.image.id,
-                entrypoint=[self.python, "-s", "-P", "-c", bootstrap(self.host_dir, site)],
-                command=[SUBMISSION_MOUNT],
+                entrypoint=[self.python, "-s", "-P", "-c", bootstrap(self.host_dir, site, warm=warm)],
+                command=[*(["--warm"] if warm else []), SUBMISSION_MOUNT],
                 name=f"bbo-sandbox-{uuid.uuid4().hex[:16]}",
                 hostname="sandbox",
                 stdin_open=True,
@@ -352,7 +381,7 @@ class DockerBackend:
             )
         except docker.errors.DockerException as exc:
             os.close(started_read)
-            shutil.rmtree(marker_dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
             if slot is not None:
                 slot.release()
             raise SandboxUnavailable(f"cannot create a sandbox container: {_first_line(exc)}") from None
@@ -377,7 +406,7 @@ class DockerBackend:
                 with contextlib.suppress(OSError):
                     os.close(marker["fd"])
                 marker["fd"] = -1
-            shutil.rmtree(marker_dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
             if slot is not None:
                 slot.release()
 
@@ -403,6 +432,10 @@ class DockerBackend:
                 return FailureCause.RESOURCE_LIMIT.value
             return None
 
+        def fill(submission: Path) -> bool:
+            ready = self.prepared.get(str(submission.resolve())) or self.prepare(submission, limits)
+            return warm_fill.fill_prepared(ready, IMAGE_PYTHON_VERSION, work / "submission", work / "install")
+
         env = {name: os.environ[name] for name in _CLI_ENV if name in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         return LaunchSpec(
@@ -413,6 +446,7 @@ class DockerBackend:
             exit_cause=exit_cause,
             started=started,
             cpu_seconds=lambda: container_cpu_seconds(container.id),
+            fill=fill if warm else None,
         )
 
 

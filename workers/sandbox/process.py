@@ -33,9 +33,25 @@ class ProcessBackend:
     def launch(self, submission_dir: Path, limits: Limits) -> LaunchSpec:
         # Each study gets its own copy of the submission and its own HOME/TMPDIR, so at least the files
         # one study writes are not there for the next.
+        launched, study_dir = self._launch(limits, warm=False)
+        shutil.copytree(submission_dir, study_dir, symlinks=False, dirs_exist_ok=True)
+        return launched
+
+    def launch_warm(self, limits: Limits) -> LaunchSpec:
+        """A host started before its submission is known, whose `fill` copies it in (see host.py --warm)."""
+        launched, study_dir = self._launch(limits, warm=True)
+
+        def fill(submission_dir: Path) -> bool:
+            shutil.copytree(submission_dir, study_dir, symlinks=False, dirs_exist_ok=True)
+            return True
+
+        launched.fill = fill
+        return launched
+
+    def _launch(self, limits: Limits, warm: bool) -> tuple[LaunchSpec, Path]:
         work = Path(tempfile.mkdtemp(prefix="study-", dir=_scratch()))
         study_dir = work / "submission"
-        shutil.copytree(submission_dir, study_dir, symlinks=False)
+        study_dir.mkdir()
         home = work / "home"
         home.mkdir()
         env = {
@@ -53,13 +69,21 @@ class ProcessBackend:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
-        return LaunchSpec(
-            argv=[sys.executable, "-I", "-m", "sandbox_image.host", str(study_dir)],
+        launched = LaunchSpec(
+            argv=[
+                sys.executable,
+                "-I",
+                "-m",
+                "sandbox_image.host",
+                *(["--warm"] if warm else []),
+                str(study_dir),
+            ],
             env=env,
             cwd=str(work),
             cleanup=lambda: shutil.rmtree(work, ignore_errors=True),
             preexec=limit_child,
         )
+        return launched, study_dir
 
     def describe(self) -> dict[str, str]:
         return {"backend": self.name, "python": sys.version.split()[0]}
