@@ -4,8 +4,9 @@ Each study runs in a fresh sandbox; the next study's sandbox starts while the cu
 start-up cost is hidden. The first study's is hidden too where the work horse holds a warm sandbox of the
 same backend and limits (workers/warm_slot.py), started while the worker waited for this job: the job
 hands it the submission instead of starting one. A result is written once under its study index, so a
-retried job skips finished studies and nothing is counted twice. A fatal optimizer error fails the whole submission and cancels its
-other jobs; a stop (or that failure) seen by the watcher kills the running sandbox within a second.
+retried job skips finished studies and nothing is counted twice. A fatal optimizer error fails the
+whole submission and cancels its other jobs; a stop (or that failure) seen by the watcher kills the
+running sandbox within a second.
 """
 
 from __future__ import annotations
