@@ -16,6 +16,8 @@ tests/runtime/test_rq_adapter.py, fix the functions it names, then widen TESTED_
 
 from __future__ import annotations
 
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import rq
@@ -38,7 +40,7 @@ from runtime.errors import RQIncompatible
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["TESTED_RQ", "JobTimeout", "RQIncompatible", "StopRequested", "WorkerHooks"]
+__all__ = ["TESTED_RQ", "JobTimeout", "PreforkHooks", "RQIncompatible", "StopRequested", "WorkerHooks"]
 
 # The RQ versions this module is tested with; pyproject.toml pins rq to the same range.
 TESTED_RQ = ">=3.0,<3.1"
@@ -276,6 +278,88 @@ class WorkerHooks:
         thread.stop(timeout=1)
         if not thread.is_alive():
             self.pubsub.close()  # type: ignore[attr-defined]
+
+
+class PreforkHooks:
+    """Mixin for a forking RQ worker class (before it in the bases) that lets a work horse be forked before
+    its job is known (workers/prefork.py), through four methods of ours:
+
+    - `after_job(job)`: in the worker, once a job's horse has ended (RQ's `execute_job` returned);
+    - `horse_for(job, queue, execution_id)`: in the worker, in place of RQ's fork: the pid of a child it
+      forked earlier from its main thread and has now handed this run (which calls `run_horse`), or None
+      to fork as RQ does;
+    - `horse_done()`: in the horse, once the job has been performed, whatever its outcome;
+    - `worker_ending()`: in the worker, when it stops (RQ's `teardown`, not called in a horse).
+
+    Relies on `Worker.execute_job(job, queue)` forking through `fork_work_horse(job, queue)` after
+    `prepare_execution` (so the run's Execution is in Redis and in `executions`), then
+    `monitor_work_horse` waiting for `_horse_pid` with `os.wait4` on that pid; on the horse calling
+    `perform_job(job, queue, execution)` (from `main_work_horse`); on `teardown()` running once in the
+    worker as `work` ends; on `work(burst, ...)` taking burst mode first (`burst` is kept: there is no next
+    job worth a horse in burst mode)."""
+
+    burst = False
+
+    def after_job(self, job: Job) -> None:
+        """Nothing by default."""
+
+    def horse_for(self, job: Job, queue: Queue, execution_id: str) -> int | None:
+        return None
+
+    def horse_done(self) -> None:
+        """Nothing by default."""
+
+    def worker_ending(self) -> None:
+        """Nothing by default."""
+
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        self.burst = burst
+        return super().work(burst, *args, **kwargs)  # type: ignore[misc]
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        super().execute_job(job, queue)  # type: ignore[misc]
+        self.after_job(job)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        pid = self.horse_for(job, queue, self.execution.id)  # type: ignore[attr-defined]
+        if pid is None:
+            super().fork_work_horse(job, queue)  # type: ignore[misc]
+            return
+        self._horse_pid = pid
+        self.procline(f"Forked {pid} at {time.time()}")  # type: ignore[attr-defined]
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)  # type: ignore[misc]
+        finally:
+            self.horse_done()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[misc]
+        finally:
+            if not self.is_horse:  # type: ignore[attr-defined]
+                self.worker_ending()
+
+
+def run_horse(worker: Any, job_id: str, queue_name: str, execution_id: str) -> None:
+    """In a child the worker forked before the run was known: become its work horse, as the child branch
+    of RQ's `fork_work_horse` does (the caller has already left the worker's process group), and end the
+    process (`main_work_horse` never returns).
+
+    Relies on the environment RQ sets for a horse (RQ_WORKER_ID, RQ_JOB_ID, RQ_EXECUTION_ID), on
+    `Execution.fetch(id, job_id, connection=)` with its private `_job`, on the worker's `execution`
+    setter (which `main_work_horse` reads back), and on `main_work_horse(job, queue)`: what RQ's
+    SpawnWorker rebuilds in its spawned child from the same three ids."""
+    os.environ["RQ_WORKER_ID"] = worker.name
+    os.environ["RQ_JOB_ID"] = job_id
+    os.environ["RQ_EXECUTION_ID"] = execution_id
+    job = worker.job_class.fetch(job_id, connection=worker.connection, serializer=worker.serializer)
+    queue = make_queue(worker, queue_name)
+    execution = Execution.fetch(execution_id, job.id, connection=worker.connection)
+    execution._job = job
+    worker.execution = execution
+    worker.main_work_horse(job, queue)
 
 
 def make_queue(worker: Any, name: str) -> Queue:

@@ -42,7 +42,7 @@ PREWARM = ("bayesmark.space", "bayesmark.abstract_optimizer")
 # The top-level packages of the image those imports load: a submission bundling its own version of one
 # of them must not get a warm host, where the image's copy would already be in sys.modules
 # (tests/workers/test_warm_sandbox.py checks this list against the sandbox environment).
-PREWARMED_PACKAGES = frozenset({"bayesmark", "numpy", "scipy", "importlib_metadata", "lazy_importer", "zipp"})
+PREWARMED_PACKAGES = frozenset({"bayesmark", "numpy", "scipy", "importlib_metadata", "lazy_importer"})
 LOAD_LINE_BYTES = 256
 
 

@@ -20,6 +20,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from runtime import dispatch, rq_adapter
+from workers.prefork import PreforkedHorses
 
 
 class FairQueues(rq_adapter.WorkerHooks):
@@ -111,8 +112,9 @@ class FairQueues(rq_adapter.WorkerHooks):
         dispatch.note_started(self.connection, job.id)
 
 
-class FairWorker(FairQueues, Worker):
-    """The scoring worker: forks a work horse per job (RQ's default), dequeues fairly."""
+class FairWorker(PreforkedHorses, FairQueues, Worker):
+    """The scoring worker: a work horse per job, forked before its job comes (workers/prefork.py) with a
+    warm sandbox; dequeues fairly."""
 
 
 class FairSimpleWorker(FairQueues, SimpleWorker):

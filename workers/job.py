@@ -216,6 +216,7 @@ class ProblemRun:
             self.log(line)
         try:
             if proc.load(submission_dir, log=self.log):
+                self.log(f"[harness] the first study takes the warm {warm.backend.name} sandbox")
                 return proc
             self.log("[harness] the warm sandbox cannot take this submission (its bundle shadows a preload)")
         except Exception as exc:  # noqa: BLE001 - ours (its files, its pipe): the cold start is the fallback

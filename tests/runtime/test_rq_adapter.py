@@ -506,3 +506,70 @@ def test_a_worker_stops_its_command_thread_without_waiting_out_rq_s_sleep(conn):
         worker.unsubscribe()
         # RQ's own unsubscribe takes the whole 60 s here; a bound of 10 s tells the two apart on any machine.
         assert time.monotonic() - started < 10
+
+
+# -- pre-forked horses --------------------------------------------------------------------------------
+
+
+class PreforkingWorker(rq_adapter.PreforkHooks, Worker):
+    """Forks the next horse after each job, as workers/prefork.py does, with the bare minimum around it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+        self.handed: list[int] = []
+        self.next: tuple[int, int] | None = None
+
+    def after_job(self, job: Job) -> None:
+        self.calls.append("after_job")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            os.setpgrp()
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    os._exit(0)
+                line += chunk
+            job_id, queue_name, execution_id = line.decode().split()
+            rq_adapter.run_horse(self, job_id, queue_name, execution_id)
+            os._exit(3)  # not reached: main_work_horse ends the process
+        os.close(read_end)
+        self.next = (pid, write_end)
+
+    def horse_for(self, job: Job, queue: Queue, execution_id: str) -> int | None:
+        self.calls.append("horse_for")
+        if self.next is None:
+            return None
+        (pid, write_end), self.next = self.next, None
+        os.write(write_end, f"{job.id} {queue.name} {execution_id}\n".encode())
+        os.close(write_end)
+        self.handed.append(pid)
+        return pid
+
+    def worker_ending(self) -> None:
+        self.calls.append("worker_ending")
+        if self.next is not None:
+            pid, write_end = self.next
+            os.close(write_end)  # end of file: it exits
+            os.waitpid(pid, 0)
+
+
+def test_a_horse_forked_before_its_job_runs_the_job_as_rq_s_own_would(conn, r):
+    for tag in ("one", "two", "three"):
+        enqueue(conn, tag)
+    worker = PreforkingWorker([QUEUE], connection=conn, name=f"prefork-{uuid.uuid4().hex[:8]}")
+    with relies(
+        "Worker.execute_job forking through fork_work_horse and monitoring _horse_pid; main_work_horse, "
+        "Execution.fetch and the execution setter in a child forked earlier",
+        "PreforkHooks and run_horse",
+    ):
+        assert worker.work(burst=False, max_jobs=3, logging_level="WARNING")
+        assert r.lrange(RAN, 0, -1) == ["one", "two", "three"]
+        assert len(worker.handed) == 2  # the second and third ran in horses forked before they came
+        finished = FinishedJobRegistry(QUEUE, connection=conn).get_job_ids()
+        assert len(finished) == 3
+        assert worker.calls[-1] == "worker_ending" and worker.calls.count("after_job") == 3
+        assert worker.burst is False

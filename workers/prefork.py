@@ -1,0 +1,166 @@
+"""Pre-forked work horses: a worker forks its next job's horse as soon as a job ends, and that horse starts a
+warm sandbox while the worker waits for the job.
+
+RQ forks a fresh horse per job once the job is dequeued, and the job then starts its first study's
+sandbox: start-up on every job's critical path (a study's next sandbox is already pre-started inside a
+job). Here, after a scoring job, the worker forks the horse for the next job at once. That horse, on its
+main thread (the one that will run the job, so the sandbox dies with it), starts a warm sandbox
+(workers/warm_slot.py) with the finished job's backend and spec limits, the likeliest next ones, then
+blocks on a pipe. When the worker dequeues its next job it writes the run's ids into that pipe instead of
+forking (runtime/rq_adapter.py's PreforkHooks and run_horse); the horse becomes the job's horse exactly as
+a freshly forked one would, and the job takes the warm sandbox if its backend and limits match
+(workers/job.py), else closes it and starts a cold one.
+
+What the pre-forked horse holds is fresh: it was forked from the worker, which runs no job itself, and
+its warm sandbox has loaded nothing of any team. It dies with the worker (the fork comes from the
+worker's main thread: workers/heartbeat.py's horses_die_with_worker), and its sandbox with it. A worker
+that stops closes the pipe: the horse closes its warm sandbox (a container is removed) and exits; one
+that does not within STOP_WAIT_S is killed. Burst-mode workers (no next job worth waiting for) and jobs
+other than scoring ones (no backend to warm) pre-fork nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import rq_adapter
+from workers import warm_slot
+
+log = logging.getLogger("bbo.worker")
+
+SCORE_FUNCTION = "workers.job.score_problem"
+HANDOFF_BYTES = 4096  # the run's ids, as one JSON line
+STOP_WAIT_S = 10.0
+
+
+@dataclass
+class _Horse:
+    pid: int
+    handoff: int  # the write end of its pipe
+
+
+class PreforkedHorses(rq_adapter.PreforkHooks):
+    """Mixin for the forking worker class (first in the bases)."""
+
+    prefork = True  # off: every horse forked by RQ when its job comes, as before
+    _next: _Horse | None = None
+
+    # -- in the worker --
+    def after_job(self, job: Any) -> None:
+        if self.prefork and not self.burst and not rq_adapter.shutdown_requested(self):
+            self._fork_next(job)
+
+    def horse_for(self, job: Any, queue: Any, execution_id: str) -> int | None:
+        horse, self._next = self._next, None
+        if horse is None:
+            return None
+        line = json.dumps([job.id, queue.name, execution_id]).encode() + b"\n"
+        try:
+            os.write(horse.handoff, line)
+        except OSError as exc:  # it died while waiting: fork as usual
+            log.warning("worker: the pre-forked horse %s is gone (%s); forking a new one", horse.pid, exc)
+            _end(horse, wait_s=0)
+            return None
+        os.close(horse.handoff)
+        return horse.pid
+
+    def worker_ending(self) -> None:
+        horse, self._next = self._next, None
+        if horse is not None:
+            _end(horse, wait_s=STOP_WAIT_S)
+
+    def _fork_next(self, job: Any) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the next horse
+            try:
+                os.close(write_end)
+                os.setpgrp()  # as RQ's horse: the worker's signals to its group are not the horse's
+                self._wait_for_job(read_end, job)
+            except SystemExit:
+                pass  # told to stop while waiting
+            except BaseException:  # noqa: BLE001 - a child of a fork never returns into the worker's code
+                log.exception("worker: the pre-forked horse failed")
+            finally:
+                warm_slot.discard()
+                os._exit(1)
+        os.close(read_end)
+        self._next = _Horse(pid, write_end)
+
+    # -- in the pre-forked horse --
+    def _wait_for_job(self, read_end: int, previous: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        try:
+            _start_warm_sandbox(previous)
+        except Exception as exc:  # noqa: BLE001 - no warm sandbox: the job starts a cold one
+            log.warning("worker: no warm sandbox for the next job: %s: %s", type(exc).__name__, exc)
+        line = _read_line(read_end)
+        if not line:
+            warm_slot.discard()
+            os._exit(0)
+        job_id, queue_name, execution_id = json.loads(line)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        rq_adapter.run_horse(self, job_id, queue_name, execution_id)
+
+    def horse_done(self) -> None:
+        warm_slot.discard()  # a job that did not take it (skipped, failed early, another kind of job)
+
+
+def _start_warm_sandbox(previous: Any) -> None:
+    """A warm sandbox of the previous job's backend and limits, if it was a scoring job."""
+    if getattr(previous, "func_name", None) != SCORE_FUNCTION or not previous.args:
+        return
+    from queue_schema.connection import connect
+    from queue_schema.payloads import ScoreJob
+    from runtime.spec import stored_spec
+
+    payload = ScoreJob.model_validate(previous.args[0])
+    spec = stored_spec(connect(), payload.spec_hash)
+    if spec is not None:
+        warm_slot.start(payload.backend, spec.limits)
+
+
+def _read_line(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < HANDOFF_BYTES:
+        try:
+            chunk = os.read(fd, HANDOFF_BYTES)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _end(horse: _Horse, wait_s: float) -> None:
+    """Close its pipe (it closes its sandbox and exits), wait for it, kill its group past `wait_s`."""
+    with contextlib.suppress(OSError):
+        os.close(horse.handoff)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(horse.pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            return
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(OSError):
+                os.killpg(horse.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(horse.pid, 0)
+            return
+        time.sleep(0.05)
