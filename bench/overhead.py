@@ -56,10 +56,17 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
 
 
 def platform_side(
-    work: Path, problems: list[str], studies: int, rounds: int, batch: int, backend: str = "process"
+    work: Path,
+    problems: list[str],
+    studies: int,
+    rounds: int,
+    batch: int,
+    backend: str = "process",
+    warm: bool = True,
 ) -> tuple[float, dict]:
     """The same studies as one submission scored by one worker with the sandbox `backend`: the seconds
-    from the upload to the last study stored, and the losses."""
+    from the upload to the last study stored, and the losses. `warm=False`: the worker keeps no warm
+    sandbox for its next job (workers/prefork.py), so every job's first sandbox starts on its path."""
     from artifacts import archive
     from competition.submit import create_submission
     from queue_schema.connection import connect, rq_connection
@@ -84,7 +91,7 @@ call_timeout_s = 300.0
         os.environ["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
     with ensure_redis() as url:
         r = connect(url)
-        env = {**os.environ, "BBO_REDIS_URL": url}
+        env = {**os.environ, "BBO_REDIS_URL": url, "BBO_WARM_SANDBOXES": "1" if warm else "0"}
         worker = Child(
             "worker",
             [sys.executable, "-m", "cli", "admin", "worker", "--name", "bench-worker"],
@@ -130,14 +137,30 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--studies", type=int, default=1)
     parser.add_argument("--problems", default=",".join(DEFAULT_MIX))
+    parser.add_argument(
+        "--also-cold",
+        action="store_true",
+        help="then the platform again without warm sandboxes (platform_cold_s, ratio_cold)",
+    )
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
 
+    cold: dict = {}
     with scratch_state("bbo-bench-overhead-") as state:
         raw_s, raw_losses = raw_side(problems, args.studies, args.rounds, args.batch)
         print(f"raw: {raw_s:.2f} s", file=sys.stderr)
         platform_s, platform_losses = platform_side(state, problems, args.studies, args.rounds, args.batch)
-    print(f"platform: {platform_s:.2f} s", file=sys.stderr)
+        print(f"platform: {platform_s:.2f} s", file=sys.stderr)
+        if args.also_cold:
+            cold_s, cold_losses = platform_side(
+                state, problems, args.studies, args.rounds, args.batch, warm=False
+            )
+            print(f"platform without warm sandboxes: {cold_s:.2f} s", file=sys.stderr)
+            cold = {
+                "platform_cold_s": round(cold_s, 3),
+                "ratio_cold": round(cold_s / raw_s, 4),
+                "identical_losses_cold": raw_losses == cold_losses,
+            }
     evals = len(problems) * args.studies * args.rounds * args.batch
     figures = {
         "raw_s": round(raw_s, 3),
@@ -150,6 +173,7 @@ def main(argv: list[str]) -> None:
         "batch": args.batch,
         "mix": ",".join(problems),
         "identical_losses": raw_losses == platform_losses,
+        **cold,
         # The two sides run one after the other: on a shared machine a change of load between them moves
         # the ratio either way (it went below 1 here at a load average of 2), so the load goes with it.
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -167,7 +167,9 @@ class ProblemRun:
                     with self._teams_bytes(
                         FailureCause.OPTIMIZER_CRASHED, "the optimizer's output could not be handled"
                     ):
-                        result = run_one_study(proc, job.problem, study, spec, describe, self.log)
+                        result = run_one_study(
+                            proc, job.problem, study, spec, describe, self.log, close_later=True
+                        )
                 except SandboxInfrastructureError as lost:
                     # An ordinary exception: RQ retries the job, which resumes at this study.
                     raise RuntimeError(str(lost)) from None

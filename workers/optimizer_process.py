@@ -156,6 +156,8 @@ class OptimizerProcess:
         if self.proc is None:
             return
         with self._kill_lock:
+            if self.proc.poll() is not None and self.launch.cleanup is None:
+                return  # ended and cleaned up already (a closed study's sandbox, at the job's end)
             self.killed = True
             if self.launch.kill is not None:
                 with contextlib.suppress(Exception):
@@ -179,6 +181,13 @@ class OptimizerProcess:
                 self._send({"op": protocol.OP_CLOSE})
                 self.proc.wait(timeout)
         self.kill()
+
+    def close_later(self) -> None:
+        """close() on a thread of its own; kill() (the job's end) still waits for the process to end."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        threading.Thread(target=self.close, daemon=True).start()
 
     def _finish(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr) if self.proc else ():

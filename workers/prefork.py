@@ -16,7 +16,8 @@ its warm sandbox has loaded nothing of any team. It dies with the worker (the fo
 worker's main thread: workers/heartbeat.py's horses_die_with_worker), and its sandbox with it. A worker
 that stops closes the pipe: the horse closes its warm sandbox (a container is removed) and exits; one
 that does not within STOP_WAIT_S is killed. Burst-mode workers (no next job worth waiting for) and jobs
-other than scoring ones (no backend to warm) pre-fork nothing.
+other than scoring ones (no backend to warm) pre-fork nothing, nor does a worker started with
+BBO_WARM_SANDBOXES=0 (every horse then forked by RQ when its job comes, as before).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from workers import warm_slot
 
 log = logging.getLogger("bbo.worker")
 
+WARM_ENV = "BBO_WARM_SANDBOXES"
 SCORE_FUNCTION = "workers.job.score_problem"
 HANDOFF_BYTES = 4096  # the run's ids, as one JSON line
 STOP_WAIT_S = 10.0
@@ -49,8 +51,11 @@ class _Horse:
 class PreforkedHorses(rq_adapter.PreforkHooks):
     """Mixin for the forking worker class (first in the bases)."""
 
-    prefork = True  # off: every horse forked by RQ when its job comes, as before
     _next: _Horse | None = None
+
+    @property
+    def prefork(self) -> bool:
+        return os.environ.get(WARM_ENV, "1").strip() != "0"
 
     # -- in the worker --
     def after_job(self, job: Any) -> None:
