@@ -284,23 +284,25 @@ class PreforkHooks:
     """Mixin for a forking RQ worker class (before it in the bases) that lets a work horse be forked before
     its job is known (workers/prefork.py), through four methods of ours:
 
-    - `after_job(job)`: in the worker, once a job's horse has ended (RQ's `execute_job` returned);
     - `horse_for(job, queue, execution_id)`: in the worker, in place of RQ's fork: the pid of a child it
       forked earlier from its main thread and has now handed this run (which calls `run_horse`), or None
       to fork as RQ does;
+    - `horse_started(job)`: in the worker, on its main thread, once the job's horse runs (forked or
+      handed the run), before the worker waits for it: the time to fork the next one;
     - `horse_done()`: in the horse, once the job has been performed, whatever its outcome;
     - `worker_ending()`: in the worker, when it stops (RQ's `teardown`, not called in a horse).
 
     Relies on `Worker.execute_job(job, queue)` forking through `fork_work_horse(job, queue)` after
     `prepare_execution` (so the run's Execution is in Redis and in `executions`), then
-    `monitor_work_horse` waiting for `_horse_pid` with `os.wait4` on that pid; on the horse calling
+    `monitor_work_horse` waiting for `_horse_pid` with `os.wait4` on that pid (so other children of the
+    worker are left alone); on the horse calling
     `perform_job(job, queue, execution)` (from `main_work_horse`); on `teardown()` running once in the
     worker as `work` ends; on `work(burst, ...)` taking burst mode first (`burst` is kept: there is no next
     job worth a horse in burst mode)."""
 
     burst = False
 
-    def after_job(self, job: Job) -> None:
+    def horse_started(self, job: Job) -> None:
         """Nothing by default."""
 
     def horse_for(self, job: Job, queue: Queue, execution_id: str) -> int | None:
@@ -316,17 +318,14 @@ class PreforkHooks:
         self.burst = burst
         return super().work(burst, *args, **kwargs)  # type: ignore[misc]
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        super().execute_job(job, queue)  # type: ignore[misc]
-        self.after_job(job)
-
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         pid = self.horse_for(job, queue, self.execution.id)  # type: ignore[attr-defined]
         if pid is None:
             super().fork_work_horse(job, queue)  # type: ignore[misc]
-            return
-        self._horse_pid = pid
-        self.procline(f"Forked {pid} at {time.time()}")  # type: ignore[attr-defined]
+        else:
+            self._horse_pid = pid
+            self.procline(f"Forked {pid} at {time.time()}")  # type: ignore[attr-defined]
+        self.horse_started(job)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         try:

@@ -1,15 +1,17 @@
-"""Pre-forked work horses: a worker forks its next job's horse as soon as a job ends, and that horse starts a
-warm sandbox while the worker waits for the job.
+"""Pre-forked work horses: as soon as a job's horse runs, the worker forks the next job's horse, which starts
+a warm sandbox while the job runs and the worker then waits for its next job.
 
 RQ forks a fresh horse per job once the job is dequeued, and the job then starts its first study's
 sandbox: start-up on every job's critical path (a study's next sandbox is already pre-started inside a
-job). Here, after a scoring job, the worker forks the horse for the next job at once. That horse, on its
-main thread (the one that will run the job, so the sandbox dies with it), starts a warm sandbox
-(workers/warm_slot.py) with the finished job's backend and spec limits, the likeliest next ones, then
+job). Here, once a scoring job's horse runs, the worker forks the horse for the next job. That horse, on
+its main thread (the one that will run the job, so the sandbox dies with it), starts a warm sandbox
+(workers/warm_slot.py) with the running job's backend and spec limits, the likeliest next ones, then
 blocks on a pipe. When the worker dequeues its next job it writes the run's ids into that pipe instead of
 forking (runtime/rq_adapter.py's PreforkHooks and run_horse); the horse becomes the job's horse exactly as
 a freshly forked one would, and the job takes the warm sandbox if its backend and limits match
-(workers/job.py), else closes it and starts a cold one.
+(workers/job.py), else closes it and starts a cold one. Forked at the start of the running job rather
+than at its end, the warm sandbox is ready for a next job that is already queued, which is the case
+that matters: a busy fleet. A worker's first job starts cold.
 
 What the pre-forked horse holds is fresh: it was forked from the worker, which runs no job itself, and
 its warm sandbox has loaded nothing of any team. It dies with the worker (the fork comes from the
@@ -58,7 +60,7 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
         return os.environ.get(WARM_ENV, "1").strip() != "0"
 
     # -- in the worker --
-    def after_job(self, job: Any) -> None:
+    def horse_started(self, job: Any) -> None:
         if self.prefork and not self.burst and not rq_adapter.shutdown_requested(self):
             self._fork_next(job)
 

@@ -512,7 +512,7 @@ def test_a_worker_stops_its_command_thread_without_waiting_out_rq_s_sleep(conn):
 
 
 class PreforkingWorker(rq_adapter.PreforkHooks, Worker):
-    """Forks the next horse after each job, as workers/prefork.py does, with the bare minimum around it."""
+    """Forks the next horse as each job's horse starts, as workers/prefork.py does, with the bare minimum."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -520,8 +520,8 @@ class PreforkingWorker(rq_adapter.PreforkHooks, Worker):
         self.handed: list[int] = []
         self.next: tuple[int, int] | None = None
 
-    def after_job(self, job: Job) -> None:
-        self.calls.append("after_job")
+    def horse_started(self, job: Job) -> None:
+        self.calls.append("horse_started")
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -571,5 +571,5 @@ def test_a_horse_forked_before_its_job_runs_the_job_as_rq_s_own_would(conn, r):
         assert len(worker.handed) == 2  # the second and third ran in horses forked before they came
         finished = FinishedJobRegistry(QUEUE, connection=conn).get_job_ids()
         assert len(finished) == 3
-        assert worker.calls[-1] == "worker_ending" and worker.calls.count("after_job") == 3
+        assert worker.calls[-1] == "worker_ending" and worker.calls.count("horse_started") == 3
         assert worker.burst is False
