@@ -25,6 +25,12 @@ def team_queues() -> str:
     return f"{PREFIX}:queues:teams"
 
 
+def team_queues_changed() -> str:
+    """List: at most one token, pushed when a team queue is registered; an idle worker blocks on it beside
+    the queues it knows, so it looks again at once instead of at its next periodic refresh."""
+    return f"{PREFIX}:queues:teams:changed"
+
+
 def dispatch_inflight() -> str:
     """Sorted set: job id -> time a worker popped it, until its run is registered as started; the reaper
     requeues a job a worker took and then died before starting (RQ's multi-queue pop has that gap)."""

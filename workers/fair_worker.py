@@ -19,6 +19,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
 
+from queue_schema import keys
 from runtime import dispatch, rq_adapter
 from workers.prefork import PreforkedHorses
 
@@ -55,12 +56,16 @@ class FairQueues(rq_adapter.WorkerHooks):
         rq_adapter.set_queues(self, [known.get(name) or rq_adapter.make_queue(self, name) for name in names])
 
     def _blocking_pop(self, seconds: int) -> tuple[str, str] | None:
-        """All queues were empty a moment ago: take whichever job arrives first, fair enough."""
+        """All queues were empty a moment ago: take whichever job arrives first, fair enough. A new team
+        queue's token (dispatch.team_queue) ends the wait at once: None, and the caller looks again."""
         by_key = {queue.key: queue.name for queue in self.queues}
-        got = self.connection.blpop(list(by_key), seconds)
+        changed = keys.team_queues_changed() if self._teams else None
+        got = self.connection.blpop([*by_key, *([changed] if changed else [])], seconds)
         if got is None:
             return None
         key, job_id = (v.decode() if isinstance(v, bytes) else v for v in got)
+        if key == changed:
+            return None
         name = by_key[key]
         dispatch.note_dequeued(self.connection, name, job_id)
         return name, job_id

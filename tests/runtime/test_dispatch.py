@@ -95,6 +95,27 @@ def test_a_team_queue_created_after_the_worker_started_is_served(r):
     assert keys.team_queue("newcomer") in worker.queue_names()
 
 
+def test_a_new_team_s_first_job_does_not_wait_for_the_worker_s_next_refresh(r):
+    worker = FairSimpleWorker(connection=rq_connection())
+    worker.refresh_seconds = 30  # the periodic look at the team queues cannot be what finds it
+    took: list[float] = []
+
+    def newcomer_submits() -> None:
+        time.sleep(1)  # the worker is blocked on the queues it knew at start
+        took.append(time.monotonic())
+        enqueue(dispatch.team_queue(connect(), "newcomer"), "new")
+
+    thread = threading.Thread(target=newcomer_submits)
+    thread.start()
+    worker.work(max_jobs=1, max_idle_time=60, logging_level="WARNING")
+    thread.join()
+    assert ran(r) == ["new"]
+    assert time.monotonic() - took[0] < 5  # woken by the new queue's token, not after 30 s
+    assert r.llen(keys.team_queues_changed()) == 0  # the token was taken
+    dispatch.team_queue(r, "newcomer")  # a known queue: no new token
+    assert r.llen(keys.team_queues_changed()) == 0
+
+
 @pytest.mark.system
 def test_the_worker_command_serves_new_team_queues_and_stops_warmly(r, redis_server):
     env = {**os.environ, "BBO_REDIS_URL": redis_server}
