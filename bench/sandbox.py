@@ -10,11 +10,16 @@ installed) once before the clock, as a worker does once per artifact; one start 
 page cache and is reported apart (`first_start_s`). A backend that cannot run here is skipped with its
 reason (`<backend>_skipped`).
 
+A warm start (workers/warm_slot.py: the sandbox a worker's next horse starts before its job is known)
+is timed from the harness's load line, once the warm host has had WARM_WAIT_S to get ready as it has
+while the previous job runs, to hello: `<backend>_warm_load_to_hello_p50_s`, what is left of a start on
+a job's path.
+
 `overhead_ratio` is bench/overhead.py's comparison (the same problems, seeds and suggestions by raw
 bayesmark in this process and by a submission scored by one worker) with the docker backend instead of
 the process one; `identical_losses` says the two sides agreed.
 
-    python -m bench sandbox --json [--starts 20] [--backends docker,bwrap] [--no-overhead]
+    python -m bench sandbox --json [--starts 20] [--warm-starts 5] [--backends docker,bwrap] [--no-overhead]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ BACKENDS = ("docker", "bwrap")
 START_TARGET_S = 0.5  # p50, per backend (issue 18)
 RATIO_TARGET = 1.10  # docker path against raw bayesmark
 HELLO_TIMEOUT_S = 60.0
+WARM_WAIT_S = 1.0
 MARKER_POLL_S = 0.001
 
 
@@ -100,6 +106,27 @@ def measure(backend: Any, starts: int, submission: Path, limits: Any) -> tuple[f
     return first, measured
 
 
+def warm_starts(backend: Any, count: int, submission: Path, limits: Any) -> list[float]:
+    """Seconds from the load line to hello, for `count` warm sandboxes given WARM_WAIT_S to get ready."""
+    from workers.optimizer_process import OptimizerProcess
+
+    seconds = []
+    for _ in range(count):
+        proc = OptimizerProcess(backend.launch_warm(limits)).start()
+        try:
+            time.sleep(WARM_WAIT_S)
+            started = time.perf_counter()
+            if not proc.load(submission):
+                raise SystemExit(f"bench sandbox: a warm {backend.name} sandbox refused the submission")
+            hello = proc.wait_hello(HELLO_TIMEOUT_S)
+            seconds.append(time.perf_counter() - started)
+        finally:
+            proc.close()
+        if hello.failure is not None:
+            raise SystemExit(f"bench sandbox: the optimizer did not load warm under {backend.name}")
+    return seconds
+
+
 def start_figures(name: str, first: float, measured: Starts) -> dict[str, Any]:
     def p(values: list[float], q: float) -> float | None:
         value = percentile(values, q)
@@ -117,13 +144,13 @@ def start_figures(name: str, first: float, measured: Starts) -> dict[str, Any]:
     return figures
 
 
-def starts_of(names: list[str], starts: int) -> dict[str, Any]:
+def starts_of(names: list[str], starts: int, warm_count: int) -> dict[str, Any]:
     from runtime.spec import Limits
     from workers.sandbox.base import SandboxUnavailable
 
     # The spec's default limits; the time limits only bound the wait for hello here.
     limits = Limits(suggest_budget_s=600.0, call_timeout_s=HELLO_TIMEOUT_S)
-    figures: dict[str, Any] = {"starts": starts}
+    figures: dict[str, Any] = {"starts": starts, "warm_starts": warm_count}
     for name in names:
         try:
             backend = backend_named(name)
@@ -134,6 +161,8 @@ def starts_of(names: list[str], starts: int) -> dict[str, Any]:
         log(f"{name}: {starts} starts")
         first, measured = measure(backend, starts, overhead.OPTIMIZER, limits)
         figures.update(start_figures(name, first, measured))
+        warm = warm_starts(backend, warm_count, overhead.OPTIMIZER, limits)
+        figures[f"{name}_warm_load_to_hello_p50_s"] = round(percentile(warm, 50) or 0.0, 4)
         log(f"{name}: p50 {figures[f'{name}_start_p50_s']} s, p95 {figures[f'{name}_start_p95_s']} s")
     return figures
 
@@ -174,6 +203,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--starts", type=int, default=20, help="measured starts per backend")
+    parser.add_argument("--warm-starts", type=int, default=5, help="warm starts per backend")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-overhead", action="store_true", help="starts only (no overhead_ratio)")
     parser.add_argument("--rounds", type=int, default=4)
@@ -183,7 +213,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     with scratch_state("bbo-bench-sbx-") as state:
-        figures = starts_of([b for b in args.backends.split(",") if b], args.starts)
+        figures = starts_of([b for b in args.backends.split(",") if b], args.starts, args.warm_starts)
         if not args.no_overhead:
             why_not = unavailable_reason("docker")
             if why_not is None:

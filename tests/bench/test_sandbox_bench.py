@@ -13,7 +13,8 @@ pytestmark = pytest.mark.system
 
 def test_a_tiny_sandbox_bench_reports_each_backend_or_why_not() -> None:
     figures = run_bench(
-        ["bench", "sandbox", "--json", "--starts", "2", "--problems", "DT-iris-acc,lasso-diabetes-mae"]
+        ["bench", "sandbox", "--json", "--starts", "2", "--warm-starts", "1"]
+        + ["--problems", "DT-iris-acc,lasso-diabetes-mae"]
         + ["--rounds", "1", "--batch", "2"],
         timeout=600,
     )
@@ -28,6 +29,7 @@ def test_a_tiny_sandbox_bench_reports_each_backend_or_why_not() -> None:
         parts = figures[f"{backend}_launch_p50_s"] + figures[f"{backend}_to_marker_p50_s"]
         assert parts <= p95 + 0.05, figures
         assert figures[f"{backend}_marker_to_hello_p50_s"] > 0
+        assert figures[f"{backend}_warm_load_to_hello_p50_s"] > 0
     if "overhead_skipped" in figures:
         assert "docker_skipped" in figures
     else:
