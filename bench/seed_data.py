@@ -271,6 +271,12 @@ class Deferred:
     def pipeline(self, transaction: bool = True) -> Deferred:
         return self
 
+    def __enter__(self) -> Deferred:  # `with r.pipeline() as pipe:` in a writer
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
     def execute(self) -> list[Any]:
         return []
 
