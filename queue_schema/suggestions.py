@@ -11,7 +11,8 @@ anything at all for a bool. Here a suggested value is a scalar of its parameter'
   it is clipped to the bound. A real declared with `values` takes one of them.
 - int: an integral number (`3` or `3.0`; not `2.9`, `"3"`, `true` or a list) in [lo, hi] exactly, or one
   of its `values`.
-- bool: `true` or `false`.
+- bool: `true` or `false`, or the number 0 or 1 (the 2020 starter kit's scikit-optimize example sends
+  those), normalised to false or true.
 - cat, ordinal: one of its values, the exact string.
 
 Each point has exactly the declared names, and a batch exactly the number of points asked for. Anything
@@ -69,7 +70,7 @@ class Param:
 
     def describe(self) -> str:
         if self.kind == BOOL:
-            return "true or false"
+            return "true or false (or 0 or 1)"
         if self.values is not None:
             shown = ", ".join(_show(v) for v in self.values[:5])
             more = ", ..." if len(self.values) > 5 else ""
@@ -159,6 +160,10 @@ def check_value(param: Param, value: Any) -> Any:
     if param.kind == BOOL:
         if isinstance(value, bool):
             return value
+        # 0 and 1 too: the 2020 starter kit's scikit-optimize example declares a bool as Integer(0, 1)
+        # and sends those, which bayesmark accepted; refusing them failed that unchanged example.
+        if _is_number(value) and value in (0, 1):
+            return bool(value)
     elif param.kind == CAT:
         if isinstance(value, str) and param.values is not None:
             for declared in param.values:

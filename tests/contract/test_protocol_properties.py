@@ -226,6 +226,8 @@ def values_for(draw, config):
         near += [st.sampled_from(declared), st.sampled_from(declared).map(lambda v: [v])]
         if config["type"] != "cat" and config["type"] != "ordinal":
             near += [st.sampled_from(declared).map(float), st.sampled_from(declared).map(str)]
+    if config["type"] == "bool":
+        near += [st.sampled_from([0, 1, 0.0, 1.0, -1, 2, 0.5, "0", [1]])]
     near += [st.booleans(), st.none(), st.integers(-(10**30), 10**30)]
     return draw(st.one_of(near))
 
@@ -239,6 +241,8 @@ def reference(config: dict, value):
     kind = config["type"]
     is_number = type(value) in (int, float)
     if kind == "bool":
+        if type(value) in (int, float) and value in (0, 1):  # the 2020 kit's skopt example sends 0 and 1
+            return (True, bool(value))
         return (type(value) is bool, value)
     if kind in ("cat", "ordinal"):
         return (type(value) is str and value in config["values"], value)

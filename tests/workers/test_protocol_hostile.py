@@ -177,7 +177,8 @@ OFF_SPACE = {
     "real_as_string": (DT, {"set": {"max_features": "0.5"}}, "out of range"),
     "real_as_bool": (DT, {"set": {"min_impurity_decrease": False}}, "out of range"),
     "real_below_range": (DT, {"set": {"min_impurity_decrease": -0.25}}, "out of range"),
-    "bool_as_int": ("lasso-diabetes-mae", {"set": {"fit_intercept": 1}}, "out of range"),
+    # 0 and 1 are a bool's (the 2020 kit's skopt example sends them); any other number is not.
+    "bool_as_int": ("lasso-diabetes-mae", {"set": {"fit_intercept": 2}}, "out of range"),
     "bool_as_string": ("lasso-diabetes-mae", {"set": {"positive": "true"}}, "out of range"),
     "log_int_above_range": ("lasso-diabetes-mae", {"set": {"max_iter": 5001}}, "out of range"),
     "missing_parameter": (DT, {"drop": ["max_depth"]}, "parameters"),
@@ -201,8 +202,9 @@ def test_suggestion_outside_the_declared_space_is_fatal(spec, tmp_path, case):
 @pytest.mark.usefixtures("state_dir", "unsafe_ok")
 def test_in_space_values_are_stored_as_their_type(spec, tmp_path):
     """`3.0` for an int and `1` for a real are in the space: bayesmark sees, and the study stores, 3 and
-    1.0; `true` for a bool stays a bool."""
-    case = {"set": {"max_iter": 300.0, "alpha": 1, "fit_intercept": True}}
+    1.0; `true` for a bool stays a bool, and `0` for a bool (as the 2020 starter kit's skopt example sends
+    it) is `false`."""
+    case = {"set": {"max_iter": 300.0, "alpha": 1, "fit_intercept": True, "positive": 0}}
     outcome, _ = study(
         with_file(tmp_path, "off_space", "case.json", json.dumps(case)), spec, "lasso-diabetes-mae"
     )
@@ -211,7 +213,7 @@ def test_in_space_values_are_stored_as_their_type(spec, tmp_path):
     first = outcome.suggestions[0][0]
     assert first["max_iter"] == 300 and type(first["max_iter"]) is int
     assert first["alpha"] == 1.0 and type(first["alpha"]) is float
-    assert first["fit_intercept"] is True
+    assert first["fit_intercept"] is True and first["positive"] is False
     stored = json.loads(outcome.to_json())["suggestions"][0][0]
     assert json.dumps(stored["max_iter"]) == "300" and json.dumps(stored["alpha"]) == "1.0"
 
