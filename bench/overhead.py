@@ -69,6 +69,7 @@ def platform_side(
     sandbox for its next job (workers/prefork.py), so every job's first sandbox starts on its path."""
     from artifacts import archive
     from competition.submit import create_submission
+    from queue_schema import keys
     from queue_schema.connection import connect, rq_connection
     from queue_schema.records import load_submission, read_studies
     from runtime.redis_server import ensure_redis
@@ -112,13 +113,17 @@ call_timeout_s = 300.0
             r, team="bench", data=data, spec=spec, phase="feedback", backend=backend, check_baselines=False
         )
         total = sub.progress.studies_total
+        # Woken by the submission's own events (a study stored, a state changed) rather than polling: a
+        # poll every 20 ms took CPU from the worker it measures.
+        seen = "0-0"
         while True:
             current = load_submission(r, sub.id)
             if current.progress.studies_done >= total:
                 break
             if current.state.value == "failed" and current.progress.studies_done < total:
                 raise SystemExit(f"bench: submission failed: {current.failure}")
-            time.sleep(0.02)
+            for _, entries in r.xread({keys.submission_events(sub.id): seen}, block=1000) or []:
+                seen = entries[-1][0]
         elapsed = time.perf_counter() - started
         stop_children([worker], timeout=120)  # warm shutdown: SIGTERM, then the group killed at the deadline
         losses = {}
