@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "abuse": "bench.abuse",
+    "analysis": "bench.analysis",
     "autoscaler": "bench.autoscaler",
     "chaos": "bench.chaos",
     "console": "bench.console",
