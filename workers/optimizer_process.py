@@ -380,7 +380,8 @@ def tree_cpu_seconds(pid: int) -> float | None:
     reaped (a reaped process is counted by its parent's children times, a live one by its own)."""
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        below = _descendants(pid)
+        processes = [root, *(root.children(recursive=True) if below is None else _existing(below))]
     except psutil.Error:
         return None
     total = 0.0
@@ -389,3 +390,38 @@ def tree_cpu_seconds(pid: int) -> float | None:
             times = process.cpu_times()
             total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def _descendants(pid: int) -> list[int] | None:
+    """The pids below `pid`, from the kernel's per-thread children lists (/proc/PID/task/TID/children):
+    a few small reads for a sandbox's tree, where psutil's children() reads every process's stat file
+    on the machine (1.4 ms a call here, twice per protocol call). None where the kernel has no such list."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # gone meanwhile
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children") as listing:
+                    children = [int(child) for child in listing.read().split()]
+            except FileNotFoundError:
+                if not os.path.exists(f"/proc/{parent}/task/{thread}"):
+                    continue  # the thread ended meanwhile
+                return None  # no children lists in this kernel (CONFIG_PROC_CHILDREN)
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def _existing(pids: list[int]) -> list[psutil.Process]:
+    processes = []
+    for child in pids:
+        with contextlib.suppress(psutil.Error):
+            processes.append(psutil.Process(child))
+    return processes
