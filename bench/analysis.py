@@ -23,6 +23,7 @@ The starter kit's code is never part of this repository: `--starter-kit` names a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -154,6 +155,10 @@ def wait_scored(stack: Stack, r: Any, ids: dict[str, str], timeout: float) -> No
         raise SystemExit(f"bench analysis: not every optimizer was scored: {reasons}")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def choose_backend(name: str) -> str:
     if name != "auto":
         return name
@@ -200,6 +205,11 @@ def run(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         "backend": backend,
         "workers": args.workers,
         "baselines": baselines,
+        # Which code was scored: docs/results.md shows these are the unchanged 2020 files.
+        "sources": {
+            team: {"path": str(folder), "optimizer_sha256": _sha256(folder / "optimizer.py")}
+            for team, folder in folders.items()
+        },
         "wall_s": round(time.monotonic() - started, 1),
         **summary,
     }

@@ -91,6 +91,7 @@ def test_a_tiny_analysis_scores_four_optimizers_and_writes_its_results(tmp_path:
         assert o["studies"] == 4 and sorted(o["problems"]) == sorted(figures["problems"]), name
         assert len(o["curve"]) == demo.rounds, name
     assert len(figures["random_baseline_curve"]) == demo.rounds
+    assert all(len(figures["sources"][name]["optimizer_sha256"]) == 64 for name in optimizers)
     for name in ("results.md", "convergence.png", "results.json", "baselines.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
