@@ -17,7 +17,8 @@ a job's path.
 
 `overhead_ratio` is bench/overhead.py's comparison (the same problems, seeds and suggestions by raw
 bayesmark in this process and by a submission scored by one worker) with the docker backend instead of
-the process one; `identical_losses` says the two sides agreed.
+the process one; `identical_losses` says the two sides agreed; `--also-cold` scores them once more with
+the worker's warm sandboxes off (`overhead_ratio_cold`).
 
     python -m bench sandbox --json [--starts 20] [--warm-starts 5] [--backends docker,bwrap] [--no-overhead]
 """
@@ -176,10 +177,22 @@ def overhead_of(state: Path, args: argparse.Namespace) -> dict[str, Any]:
         state, problems, args.studies, args.rounds, args.batch, backend="docker"
     )
     log(f"docker platform: {platform_s:.2f} s")
+    cold: dict[str, Any] = {}
+    if args.also_cold:
+        cold_s, cold_losses = overhead.platform_side(
+            state, problems, args.studies, args.rounds, args.batch, backend="docker", warm=False
+        )
+        log(f"docker platform without warm sandboxes: {cold_s:.2f} s")
+        cold = {
+            "overhead_ratio_cold": round(cold_s / raw_s, 4),
+            "overhead_platform_cold_s": round(cold_s, 3),
+            "identical_losses_cold": raw_losses == cold_losses,
+        }
     return {
         "overhead_ratio": round(platform_s / raw_s, 4),
         "overhead_raw_s": round(raw_s, 3),
         "overhead_platform_s": round(platform_s, 3),
+        **cold,
         "identical_losses": raw_losses == platform_losses,
         "mix": ",".join(problems),
         "studies_per_problem": args.studies,
@@ -206,6 +219,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--warm-starts", type=int, default=5, help="warm starts per backend")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-overhead", action="store_true", help="starts only (no overhead_ratio)")
+    parser.add_argument(
+        "--also-cold",
+        action="store_true",
+        help="the docker path again without warm sandboxes (_cold figures)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--studies", type=int, default=1)
