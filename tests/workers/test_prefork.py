@@ -30,6 +30,7 @@ pytestmark = pytest.mark.system
 def start_worker(name: str, redis_url: str, state: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "BBO_REDIS_URL": redis_url, "BBO_STATE_DIR": str(state)}
     env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
+    env["BBO_WARM_SANDBOXES"] = "1"  # off by default (workers/prefork.py says why)
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
