@@ -347,9 +347,13 @@ def run_horse(worker: Any, job_id: str, queue_name: str, execution_id: str) -> N
     process (`main_work_horse` never returns).
 
     Relies on the environment RQ sets for a horse (RQ_WORKER_ID, RQ_JOB_ID, RQ_EXECUTION_ID), on
-    `Execution.fetch(id, job_id, connection=)` with its private `_job`, on the worker's `execution`
-    setter (which `main_work_horse` reads back), and on `main_work_horse(job, queue)`: what RQ's
-    SpawnWorker rebuilds in its spawned child from the same three ids."""
+    `Execution.fetch(id, job_id, connection=)` with its private `_job`, on the worker's `executions`
+    (emptied first: the child was forked while the worker ran the previous job, whose execution is still
+    in its copy, and the `execution` setter adds to the dict, while `main_work_horse` runs the job under
+    the first execution it holds; under the stale one the job ended by cleaning up the previous job's
+    started-registry entry and left its own, which the reaper then took for a dead run), and on
+    `main_work_horse(job, queue)`: what RQ's SpawnWorker rebuilds in its spawned child from the same
+    three ids, in a worker of its own with no executions."""
     os.environ["RQ_WORKER_ID"] = worker.name
     os.environ["RQ_JOB_ID"] = job_id
     os.environ["RQ_EXECUTION_ID"] = execution_id
@@ -357,6 +361,7 @@ def run_horse(worker: Any, job_id: str, queue_name: str, execution_id: str) -> N
     queue = make_queue(worker, queue_name)
     execution = Execution.fetch(execution_id, job.id, connection=worker.connection)
     execution._job = job
+    worker.executions.clear()
     worker.execution = execution
     worker.main_work_horse(job, queue)
 

@@ -18,13 +18,14 @@ its warm sandbox has loaded nothing of any team. It dies with the worker (the fo
 worker's main thread: workers/heartbeat.py's horses_die_with_worker), and its sandbox with it. A worker
 that stops closes the pipe: the horse closes its warm sandbox (a container is removed) and exits; one
 that does not within STOP_WAIT_S is killed. Burst-mode workers (no next job worth waiting for) and jobs
-other than scoring ones (no backend to warm) pre-fork nothing.
+other than scoring ones (no backend to warm) pre-fork nothing, nor does a worker started with
+BBO_WARM_SANDBOXES=0 (every horse then forked by RQ when its job comes, as before).
 
-Off unless BBO_WARM_SANDBOXES=1: with it on, the reaper took jobs run by pre-forked horses for dead and
-requeued them (`reaper: requeued job ... (dead, worker ...)` on every `bench analysis` run, even the tiny
-one; none with it off), and a long run failed every submission as `infrastructure` after MAX_REAPS.
-Until the pre-forked horse's job is seen as running (its job heartbeat, or the worker's heartbeat naming
-it), every horse is forked by RQ when its job comes, as before.
+A horse forked while the worker runs a job holds that job's RQ execution in its copy of the worker;
+`rq_adapter.run_horse` empties it before taking its own run. It once did not, and each pre-forked horse
+ran its job under the previous job's execution: the job's own started-registry entry stayed behind and
+the reaper requeued it as dead (every `bench analysis` run; failed as `infrastructure` after MAX_REAPS),
+so warm sandboxes were off by default for a while (37dd399).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
 
     @property
     def prefork(self) -> bool:
-        return os.environ.get(WARM_ENV, "0").strip() == "1"
+        return os.environ.get(WARM_ENV, "1").strip() != "0"
 
     # -- in the worker --
     def horse_started(self, job: Any) -> None:

@@ -27,6 +27,7 @@ import redis
 import rq
 from rq import Queue, Retry, SimpleWorker, Worker
 from rq.command import handle_command
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.utils import utcformat
@@ -573,3 +574,7 @@ def test_a_horse_forked_before_its_job_runs_the_job_as_rq_s_own_would(conn, r):
         assert len(finished) == 3
         assert worker.calls[-1] == "worker_ending" and worker.calls.count("horse_started") == 3
         assert worker.burst is False
+        # Each run ended under its own execution: nothing left in the started registry (a horse forked
+        # while the previous job ran once ran under that job's execution and left its own entry behind).
+        assert StartedJobRegistry(QUEUE, connection=conn).get_job_ids(cleanup=False) == []
+        assert conn.scard(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker.name)) == 0

@@ -10,14 +10,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from rq import Queue
 
 from artifacts import archive
 from competition.submit import create_submission
 from queue_schema import keys
+from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission, read_job_log
+from runtime import recovery
 from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.waiting import wait_for
@@ -30,7 +34,6 @@ pytestmark = pytest.mark.system
 def start_worker(name: str, redis_url: str, state: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "BBO_REDIS_URL": redis_url, "BBO_STATE_DIR": str(state)}
     env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
-    env["BBO_WARM_SANDBOXES"] = "1"  # off by default (workers/prefork.py says why)
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
@@ -81,6 +84,12 @@ def test_a_worker_s_next_jobs_take_the_warm_sandbox_and_a_stop_leaves_nothing(r,
         logs = job_logs(r, sub.id)
         # Four jobs, one after the other: the first starts cold, the others find a warm sandbox.
         assert sum("takes the warm process sandbox" in log for log in logs) >= len(logs) - 1, logs
+        # Every run ended as RQ's own horses end theirs: nothing left started for the reaper to take for
+        # dead (a horse forked during the previous job once left each of its runs there, requeued later).
+        for queue in Queue.all(connection=rq_connection()):
+            assert queue.started_job_registry.get_job_ids(cleanup=False) == [], queue.name
+        report = recovery.reap(r, now=time.time() + 3600)
+        assert not report.requeued and not report.failed, report
         # Idle now, with the next job's horse and its warm sandbox waiting.
         wait_for(lambda: warm_processes(state_dir), timeout=30, what="a warm sandbox while idle")
         worker.send_signal(signal.SIGTERM)
