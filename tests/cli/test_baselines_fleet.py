@@ -7,7 +7,6 @@ too), every unit is stored once, and the killed worker's unit went back to the q
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,25 +24,10 @@ from queue_schema.records import read_events
 from runtime import baseline_fleet
 from runtime.spec import load
 from tests.waiting import wait_for
+from tests.worker_processes import gone, start_worker_with, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ("clip", "opt", "median", "mean", "mean_normed")
-
-
-def env_for(redis_url: str, state: Path) -> dict[str, str]:
-    return {**os.environ, "BBO_REDIS_URL": redis_url, "BBO_STATE_DIR": str(state)}
-
-
-def start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
 
 
 def start_build(env: dict[str, str], out: Path, log: Path) -> subprocess.Popen:
@@ -71,13 +55,6 @@ def running_unit(worker: str) -> str | None:
     return None
 
 
-def gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.system
 def test_the_demo_built_on_a_fleet_with_a_worker_killed_equals_the_local_build(
     r, redis_server, state_dir, tmp_path
@@ -86,11 +63,14 @@ def test_the_demo_built_on_a_fleet_with_a_worker_killed_equals_the_local_build(
     plan = demo.baseline_plan()
     bid = baseline_fleet.build_id(plan)
     total = len(plan_units(plan))
-    env = env_for(redis_server, state_dir)
+    env = worker_env(redis_server, state_dir)
     logs = tmp_path / "logs"
     logs.mkdir()
     out = tmp_path / "fleet.json"
-    workers = [start_worker("bl-one", env, logs / "one.log"), start_worker("bl-two", env, logs / "two.log")]
+    workers = [
+        start_worker_with("bl-one", env, logs / "one.log"),
+        start_worker_with("bl-two", env, logs / "two.log"),
+    ]
     follower = start_build(env, out, logs / "build-1.log")
     try:
         # Kill the first worker in the middle of a unit (the strong runs come first: seconds each).
@@ -100,7 +80,7 @@ def test_the_demo_built_on_a_fleet_with_a_worker_killed_equals_the_local_build(
         workers[0].wait(10)
         wait_for(lambda: all(gone(p) for p in tree), 20, "bl-one's work horse to die with it", logs)
         assert not records.unit_stored(r, bid, Job.fetch(victim, connection=rq_connection()).args[0]["unit"])
-        workers.append(start_worker("bl-three", env, logs / "three.log"))
+        workers.append(start_worker_with("bl-three", env, logs / "three.log"))
 
         # Ctrl-C on the command: the build goes on on the fleet.
         wait_for(lambda: records.build_progress(r, bid).done >= 20, 180, "20 units stored", logs)

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.scoring_helpers import recompute
 from tests.waiting import wait_for
+from tests.worker_processes import gone, start_worker
 from workers.heartbeat import JobBeat, WorkerHeartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,20 +302,6 @@ def crash_spec():
     return dataclasses.replace(spec, phases={**spec.phases, "feedback": feedback})
 
 
-def start_worker(name: str, redis_url: str, state: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "BBO_REDIS_URL": redis_url, "BBO_STATE_DIR": str(state)}
-    env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
-
-
 def half_done_job(r, sid: str, studies: int) -> tuple[str, ScoreJob] | None:
     """A started job of the submission with some of its studies written, but not all."""
     conn = rq_connection()
@@ -327,13 +313,6 @@ def half_done_job(r, sid: str, studies: int) -> tuple[str, ScoreJob] | None:
         if 0 < r.hlen(keys.study_results(sid, 1, payload.problem)) < studies:
             return job_id, payload
     return None
-
-
-def gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.system

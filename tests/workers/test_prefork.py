@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,24 +23,11 @@ from runtime import recovery
 from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.waiting import wait_for
+from tests.worker_processes import start_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.system
-
-
-def start_worker(name: str, redis_url: str, state: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "BBO_REDIS_URL": redis_url, "BBO_STATE_DIR": str(state)}
-    env["BBO_ALLOW_UNSAFE_SANDBOX"] = "1"
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "admin", "worker", "--name", name],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
 
 
 def submit(r, backend: str):
