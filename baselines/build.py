@@ -3,7 +3,9 @@
 Per problem of the spec (both phases):
 - `random_studies` random-search studies of rounds x batch, on the same seeded objective teams face
   (common random numbers), each optimizer seeded from (problem, study, baseline seed);
-- one long run of the trust-region optimizer for the best-known loss.
+- one long run of the trust-region optimizer for the best-known loss, unless the problem's suite knows its
+  optimum (`BaselineRule.KNOWN_OPTIMUM`: COCO's functions, an organizer's analytic objective), which then
+  stands in for the long run as one evaluation that found it.
 bayesmark's `compute_baseline` then turns them into clip (median single random loss), opt (best loss any
 run saw, padded) and the random-search curves. The long run enters as `strong_rounds / rounds` extra
 studies of a second method, so that bayesmark's "best of any method" covers it.
@@ -25,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import version as package_version
@@ -50,8 +52,6 @@ from bayesmark.experiment_baseline import compute_baseline
 from bayesmark.np_util import linear_rescale
 from threadpoolctl import threadpool_limits
 
-from baselines.catalogue import parse
-from baselines.objective import SeededProblem
 from baselines.store import (  # noqa: F401  (re-exported: callers load what they build from here)
     FORMAT,
     GENERALIZATION,
@@ -65,6 +65,8 @@ from baselines.store import (  # noqa: F401  (re-exported: callers load what the
 )
 from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
+from suites.base import BaselineRule, SuiteDef, split_name
+from suites.registry import Suites
 
 OPTIMIZERS_DIR = Path(__file__).parent / "optimizers"
 RANDOM_SEARCH_FILE = OPTIMIZERS_DIR / "random_search" / "optimizer.py"
@@ -90,6 +92,9 @@ class Unit:
     rounds: int
     batch: int
     salt: str
+    # The definition of the problem's suite when a spec defines it (an organizer's objective): a unit run
+    # on any machine needs it. Not part of the unit's identity (its key says the problem).
+    suite: SuiteDef | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -186,14 +191,21 @@ def run_unit(unit: Unit) -> np.ndarray:
     """Run one study in this process: losses of shape (rounds, batch, 2) (visible, generalization)."""
     path = RANDOM_SEARCH_FILE if unit.kind == "random" else STRONG_FILE
     opt_class = load_optimizer_class(path)
-    problem = SeededProblem(unit.problem, unit.study, unit.batch)
-    api_config = problem.get_api_config()
-    optimizer = OwnRandomStreams(
-        lambda: opt_class(api_config), optimizer_seed(unit.problem, unit.study, unit.salt)
+    problem = (
+        Suites([unit.suite] if unit.suite else [])
+        .of(unit.problem)
+        .objective(unit.problem, unit.study, unit.batch)
     )
-    evals, _timing, _log = run_study(
-        optimizer, problem, unit.rounds, unit.batch, n_obj=len(problem.objective_names)
-    )
+    try:
+        api_config = problem.get_api_config()
+        optimizer = OwnRandomStreams(
+            lambda: opt_class(api_config), optimizer_seed(unit.problem, unit.study, unit.salt)
+        )
+        evals, _timing, _log = run_study(
+            optimizer, problem, unit.rounds, unit.batch, n_obj=len(problem.objective_names)
+        )
+    finally:
+        problem.close()
     return np.where(np.isnan(evals), np.inf, np.asarray(evals, dtype=float))
 
 
@@ -209,16 +221,51 @@ def _pin_threads() -> None:
 _limits = None
 
 
+def plan_suites(plan: BaselinePlan) -> Suites:
+    return Suites(plan.suites)
+
+
+def _suite_def(plan: BaselinePlan, problem: str) -> SuiteDef | None:
+    name = split_name(problem)[0]
+    return next((d for d in plan.suites if d.name == name), None)
+
+
+def known_optimum(plan: BaselinePlan, problem: str) -> float | None:
+    """The problem's optimum if its suite knows it (then no strong run is needed), else None."""
+    suite = plan_suites(plan).of(problem)
+    return suite.known_optimum(problem) if suite.baseline_rule == BaselineRule.KNOWN_OPTIMUM else None
+
+
 def plan_units(plan: BaselinePlan) -> list[Unit]:
-    """Every study the build runs: each problem's strong run, then its random-search studies."""
+    """Every study the build runs: each problem's strong run (unless its suite knows the optimum), then
+    its random-search studies."""
     salt = seed_salt(plan)
-    strong = [Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt) for p in plan.problems]
+    suites = plan_suites(plan)
+    strong = [
+        Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt, _suite_def(plan, p))
+        for p in plan.problems
+        if suites.of(p).baseline_rule == BaselineRule.STRONG_RUN
+    ]
     rand = [
-        Unit("random", p, s, plan.rounds, plan.batch, salt)
+        Unit("random", p, s, plan.rounds, plan.batch, salt, _suite_def(plan, p))
         for p in plan.problems
         for s in range(plan.random_studies)
     ]
     return strong + rand  # the long runs first, so that they do not finish last
+
+
+def _with_known_optima(plan: BaselinePlan, results: dict[Unit, np.ndarray]) -> dict[Unit, np.ndarray]:
+    """A problem whose suite knows its optimum gets, in place of a long run, one that found it at once."""
+    salt = seed_salt(plan)
+    extra: dict[Unit, np.ndarray] = {}
+    for p in plan.problems:
+        best = known_optimum(plan, p)
+        if best is None:
+            continue
+        found = np.full((strong_rounds(plan), plan.batch, 2), np.inf)
+        found[0, 0, :] = best
+        extra[Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt)] = found
+    return results | extra
 
 
 def run_units(units: list[Unit], workers: int, progress: Progress | None = None) -> dict[Unit, np.ndarray]:
@@ -276,7 +323,7 @@ def _perf_array(plan: BaselinePlan, results: dict[Unit, np.ndarray], objective: 
     coords = {
         ITER: np.arange(plan.rounds),
         SUGGEST: np.arange(plan.batch),
-        TEST_CASE: [parse(p).test_case for p in problems],
+        TEST_CASE: [plan_suites(plan).of(p).test_case(p) for p in problems],
         METHOD: methods,
         TRIAL: np.arange(n_trials),
     }
@@ -301,8 +348,9 @@ def summarize(plan: BaselinePlan, results: dict[Unit, np.ndarray]) -> tuple[dict
     visible = _compute(_perf_array(plan, results, 0), notes)
     general = _compute(_perf_array(plan, results, 1), notes)
     problems: dict[str, Any] = {}
+    suites = plan_suites(plan)
     for name in plan.problems:
-        test_case = parse(name).test_case
+        test_case = suites.of(name).test_case(name)
         sel = {TEST_CASE: test_case}
         clip = float(visible[PERF_CLIP].sel(sel))
         opt = float(visible[PERF_BEST].sel(sel))
@@ -337,7 +385,11 @@ def _provenance(plan: BaselinePlan, workers: int | str, seconds: float, notes: l
     packages = {
         name: package_version(name) for name in ("bayesmark", "numpy", "scikit-learn", "scipy", "xarray")
     }
-    return {
+    suites = plan_suites(plan)
+    others = sorted({split_name(p)[0] for p in plan.problems} - {"bayesmark"})
+    # Only when a suite other than bayesmark's is used: bayesmark-only files stay as they always were.
+    evaluated_by = {"suites": {n: suites.named(n).describe() for n in others}} if others else {}
+    return evaluated_by | {
         "packages": packages | {"python": platform.python_version()},
         "baseline_settings": {
             "random_studies": plan.random_studies,
@@ -376,7 +428,7 @@ def baseline_file(
 ) -> dict[str, Any]:
     """The baseline file's content from every unit's losses, however they were run (in this process's
     pool, or on the fleet): the same results give the same problems and version."""
-    problems, notes = summarize(plan, results)
+    problems, notes = summarize(plan, _with_known_optima(plan, results))
     content = hashlib.sha256(json.dumps(problems, sort_keys=True).encode()).hexdigest()[:8]
     return {
         "format": FORMAT,

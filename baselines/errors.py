@@ -11,5 +11,4 @@ class MissingBaseline(BaselineError, LookupError):
     """No baseline for a spec or one of its problems; the message says how to build it."""
 
 
-class UnknownProblem(ValueError):
-    pass
+from suites.errors import UnknownProblem as UnknownProblem  # noqa: E402 - re-exported for callers

@@ -36,9 +36,9 @@ from bayesmark.serialize import XRSerializer
 from bayesmark.sklearn_funcs import SklearnModel
 from bayesmark.xr_util import ds_concat
 
-from baselines.catalogue import parse
 from baselines.store import Baselines
 from queue_schema.payloads import StudyResult
+from suites.bayesmark_catalogue import parse
 
 # experiment_main seeds numpy with this before computing a signature, so every run agrees on it.
 _SIGNATURE_SEED_HEX = "7e9f2cabb0dd4f44bc10cf18e440b427"  # pragma: allowlist secret

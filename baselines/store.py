@@ -22,8 +22,9 @@ import numpy as np
 import xarray as xr
 from bayesmark.constants import ITER, PERF_BEST, PERF_CLIP, PERF_MEAN, PERF_MED, TEST_CASE, VISIBLE_TO_OPT
 
-from baselines.catalogue import parse
 from baselines.errors import BaselineError, MissingBaseline  # noqa: F401 - re-exported for callers
+from suites.base import SuiteDef
+from suites.registry import builtin_test_case
 
 # The shipped baseline files: package data, read only (a build never writes here: see the module's doc).
 PACKAGE_DIR = Path(__file__).parent / "data"
@@ -44,6 +45,8 @@ class BaselinePlan:
     random_studies: int
     strong_rounds: int  # as the spec sets it: 0 means 4 x rounds
     seed: int
+    # The suites the spec defines itself (an organizer's objectives); the built-in ones need none.
+    suites: tuple[SuiteDef, ...] = ()
     # Where an organizer's build of this spec is looked for, in lookup order; a build writes to the first.
     # Not part of what the file is built for (equality, `check_compatible`): the same build may be found
     # in either place.
@@ -93,7 +96,7 @@ class ProblemBaseline:
     def from_dict(cls, name: str, raw: dict[str, Any]) -> ProblemBaseline:
         return cls(
             name=name,
-            test_case=raw.get("test_case") or parse(name).test_case,
+            test_case=raw.get("test_case") or builtin_test_case(name),
             clip=float(raw["clip"]),
             opt=float(raw["opt"]),
             median=tuple(float(v) for v in raw["median"]),

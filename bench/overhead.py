@@ -35,15 +35,15 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
     from bayesmark.experiment import run_study
 
     from baselines.build import OwnRandomStreams, load_optimizer_class
-    from baselines.objective import SeededProblem
     from queue_schema.seeds import optimizer_seed
+    from suites.bayesmark_suite import BayesmarkObjective
 
     cls = load_optimizer_class(OPTIMIZER / "optimizer.py")
     losses: dict[tuple[str, int], list[list[float]]] = {}
     started = time.perf_counter()
     for problem in problems:
         for study in range(studies):
-            objective = SeededProblem(problem, study, batch)
+            objective = BayesmarkObjective(problem, study, batch)
             # The optimizer keeps its own random streams, seeded as the sandbox host seeds them: in a
             # sandbox the objective's per-evaluation reseeding never reaches it.
             api_config = objective.get_api_config()

@@ -66,7 +66,6 @@ import redis
 
 from artifacts import archive
 from baselines import store as baseline_store
-from baselines.catalogue import parse
 from bench.common import logger, print_figures, salted_zip, scratch_state
 from competition import final as final_phase
 from competition import scores
@@ -89,6 +88,7 @@ from runtime.enqueue import phase_progress
 from runtime.provenance import scoring_packages, study_seeds
 from runtime.redis_server import ensure_redis
 from runtime.spec import Spec, load
+from suites.bayesmark_catalogue import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSION = ROOT / "tests" / "submissions" / "random_search"

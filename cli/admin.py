@@ -231,20 +231,23 @@ def redis() -> None:
 def export(
     submission: str = typer.Argument(..., help="Submission id."),
     directory: Path = typer.Argument(..., help="Folder to write into (created)."),
-    fmt: str = typer.Option("bayesmark", "--format", help="Output format; bayesmark's own on-disk layout."),
+    fmt: str = typer.Option(
+        "auto",
+        "--format",
+        help="bayesmark (its own on-disk database, for bayesmark's problems), json (docs/export.md), or "
+        "auto: bayesmark where every problem is bayesmark's, json otherwise.",
+    ),
     version: int = typer.Option(0, "--version", help="Score version (default: the current one)."),
 ) -> None:
-    """Write a submission's study data in bayesmark's own format, for its own analysis tools."""
+    """Write a submission's study data: bayesmark's own format for its own analysis tools, or JSON."""
     from competition import scores
     from queue_schema.connection import RedisUnavailable, connect
     from runtime import versions
     from runtime.redis_server import ensure_redis
 
-    if fmt != "bayesmark":
-        fail(f"unknown format {fmt!r}; the only format is bayesmark")
     try:
         with ensure_redis() as url:
-            path = scores.export_bayesmark(connect(url), submission, directory, version or None)
+            path = scores.export(connect(url), submission, directory, version or None, fmt)
     except (RedisUnavailable, versions.ScoreError) as exc:
         fail(str(exc))
-    err.print(f"wrote bayesmark data to {path}")
+    err.print(f"wrote the studies to {path}")

@@ -394,15 +394,15 @@ def validate(
 
     pin_threads()  # before numpy loads: the objective runs on one thread, as on a worker
 
-    from baselines.catalogue import UnknownProblem, parse
     from runtime.spec import SpecError, load
+    from suites.errors import UnknownProblem
     from workers.sandbox import SandboxRefused, SandboxUnavailable
 
     if not path.exists():
         fail(f"{path} does not exist")
     try:
         spec = load(spec_name) if spec_name else _logged_in_rules(load("neurips2020"))
-        parse(problem)
+        spec.suite_set.check(problem)
         backend = _select_backend(backend_name)
     except (SpecError, UnknownProblem, SandboxRefused, SandboxUnavailable) as exc:
         fail(str(exc))

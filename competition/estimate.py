@@ -2,7 +2,7 @@
 a submission cost, phase by phase (as the 2020 organizers worked out before launch).
 
 For each problem of a spec (every phase), a short grid of random points is evaluated with the objective
-the workers use (`baselines.objective.SeededProblem`: bayesmark's SklearnModel, seeded evaluations), one
+the workers use (`baselines.objective.BayesmarkObjective`: bayesmark's SklearnModel, seeded evaluations), one
 problem per process, one thread per process, as workers run jobs. The figure kept is the mean CPU time
 per evaluation (process time, so that other load on the machine does not inflate it); wall time is
 recorded beside it. The table orders jobs (runtime/dispatch.py) and sizes the fleet.
@@ -28,6 +28,8 @@ from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
 from runtime import chunking, dispatch
 from runtime.spec import Spec
+from suites.base import SuiteDef, split_name
+from suites.registry import Suites
 
 # progress(done, total, what just finished)
 Progress = Callable[[int, int, str], None]
@@ -53,15 +55,14 @@ def _one_thread() -> None:
 _limits = None
 
 
-def measure_problem(problem: str, evals: int, batch: int) -> dict[str, Any]:
+def measure_problem(problem: str, evals: int, batch: int, suite: SuiteDef | None = None) -> dict[str, Any]:
     """Time `evals` random evaluations of one problem in this process."""
     import numpy as np
     from bayesmark.random_search import suggest_dict
 
-    from baselines.objective import SeededProblem
-
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    objective = SeededProblem(problem, 0, batch)  # loads and splits the data set
+    # Loads and splits a data set, or starts an objective process: set-up, not per evaluation.
+    objective = Suites([suite] if suite else []).of(problem).objective(problem, 0, batch)
     setup = time.process_time() - cpu0
     random = np.random.RandomState(optimizer_seed(problem, 0, "estimate"))
     points = suggest_dict([], [], objective.get_api_config(), n_suggestions=evals, random=random)
@@ -76,6 +77,7 @@ def measure_problem(problem: str, evals: int, batch: int) -> dict[str, Any]:
             errors += 1  # bayesmark scores it inf; its time still counts
         cpu.append(time.process_time() - c)
         wall.append(time.perf_counter() - w)
+    objective.close()
     return {
         "problem": problem,
         "cpu": cpu,
@@ -86,10 +88,19 @@ def measure_problem(problem: str, evals: int, batch: int) -> dict[str, Any]:
     }
 
 
-def _run(problems: list[str], evals: int, batch: int, workers: int, progress: Progress | None) -> list[dict]:
+def _run(
+    problems: list[str],
+    evals: int,
+    batch: int,
+    workers: int,
+    progress: Progress | None,
+    suites: dict[str, SuiteDef],
+) -> list[dict]:
     results: list[dict] = []
     with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
-        pending: dict[Future, str] = {pool.submit(measure_problem, p, evals, batch): p for p in problems}
+        pending: dict[Future, str] = {
+            pool.submit(measure_problem, p, evals, batch, suites.get(split_name(p)[0])): p for p in problems
+        }
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -130,7 +141,7 @@ def measure(spec: Spec, evals: int, workers: int, progress: Progress | None = No
     started = time.perf_counter()
     # Longest first by what is known so far, so that the slowest problem does not start last.
     problems = dispatch.order_problems(spec.name, spec.all_problems())
-    results = {r["problem"]: r for r in _run(problems, evals, spec.batch, workers, progress)}
+    results = {r["problem"]: r for r in _run(problems, evals, spec.batch, workers, progress, spec.suites)}
     ordered = [results[p] for p in spec.all_problems()]
     return {
         "format": dispatch.COST_FORMAT,

@@ -15,6 +15,7 @@ import redis
 
 from baselines import scoring
 from baselines.export import export_bayesmark as write_bayesmark
+from baselines.export_json import export_json as write_json
 from queue_schema import keys
 from queue_schema.payloads import StudyResult, Submission
 from queue_schema.records import load_submission
@@ -157,7 +158,14 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | None = None) -> Path:
+EXPORT_FORMATS = ("auto", "bayesmark", "json")
+
+
+def export(r: redis.Redis, sid: str, directory: Path, version: int | None = None, fmt: str = "auto") -> Path:
+    """Write a submission's studies: bayesmark's database where every problem is bayesmark's (`auto`), the
+    documented JSON otherwise (docs/export.md). Raises ScoreError with a one-line reason."""
+    if fmt not in EXPORT_FORMATS:
+        raise versions.ScoreError(f"unknown format {fmt!r} (formats: {', '.join(EXPORT_FORMATS)})")
     sub = load_submission(r, sid)
     if sub is None:
         raise versions.ScoreError(f"no submission {sid}")
@@ -166,6 +174,16 @@ def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | N
     studies = versions.studies_by_problem(r, sub, spec, version)
     if not any(studies.values()):
         raise versions.ScoreError(f"submission {sid} has no finished studies to export")
-    return write_bayesmark(
-        studies, versions.baselines_for(spec), directory, optimizer_name=f"{sub.team}-{sub.id}"
-    )
+    bayesmark_ok = all(spec.suite_set.of(p).bayesmark_export for p in studies)
+    if fmt == "bayesmark" and not bayesmark_ok:
+        raise versions.ScoreError(
+            "bayesmark's format holds only bayesmark's own problems; use --format json for this spec"
+        )
+    name = f"{sub.team}-{sub.id}"
+    if fmt == "json" or not bayesmark_ok:
+        return write_json(studies, versions.baselines_for(spec), directory, optimizer_name=name)
+    return write_bayesmark(studies, versions.baselines_for(spec), directory, optimizer_name=name)
+
+
+def export_bayesmark(r: redis.Redis, sid: str, directory: Path, version: int | None = None) -> Path:
+    return export(r, sid, directory, version, fmt="bayesmark")

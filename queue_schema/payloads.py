@@ -171,6 +171,8 @@ class BaselineUnitJob(Payload):
     rounds: int
     batch: int
     salt: str
+    # A spec's own suite of the problem (its name and definition), for units of an organizer's objectives.
+    suite: dict[str, Any] | None = None
 
 
 class StudyResult(Payload):

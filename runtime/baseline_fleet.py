@@ -154,6 +154,7 @@ def _job_options(bid: str, unit: Unit, seconds_per_eval: float) -> dict:
         rounds=unit.rounds,
         batch=unit.batch,
         salt=unit.salt,
+        suite=None if unit.suite is None else {"name": unit.suite.name, **unit.suite.to_dict()},
     )
     return {
         "func": UNIT_FUNCTION,

@@ -24,11 +24,11 @@ from typing import Any
 
 import redis
 
-from baselines.catalogue import parse
 from queue_schema import keys
 from queue_schema.settings import state_dir
 from runtime import rq_adapter
 from runtime.spec import Phase, Spec
+from suites import registry
 
 log = logging.getLogger("bbo.dispatch")
 
@@ -172,20 +172,6 @@ def note_started(r: redis.Redis, job_id: str) -> None:
 
 # -- costs -------------------------------------------------------------------------------------------
 
-# Seconds per evaluation by model, single-threaded, from the per-study timings in DESIGN.md: only used
-# for problems that no measured or shipped cost table covers.
-_COARSE_SECONDS = {
-    "kNN": 2.0,
-    "SVM": 1.5,
-    "ada": 1.0,
-    "MLP-adam": 0.45,
-    "MLP-sgd": 0.4,
-    "RF": 0.2,
-    "DT": 0.02,
-    "lasso": 0.02,
-    "linear": 0.02,
-}
-
 
 @dataclass(frozen=True)
 class Costs:
@@ -234,9 +220,7 @@ def _candidate_tables(spec_name: str) -> list[Path]:
 
 
 def coarse_seconds(problem: str) -> float:
-    parsed = parse(problem)
-    seconds = _COARSE_SECONDS.get(parsed.model, 0.2)
-    return seconds * (2.0 if parsed.dataset == "digits" else 1.0)
+    return registry.coarse_seconds(problem)
 
 
 def costs_for(spec_name: str, problems: list[str] | tuple[str, ...]) -> Costs:

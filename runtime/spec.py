@@ -21,11 +21,13 @@ from typing import Any
 
 import redis
 
-from baselines.catalogue import UnknownProblem, all_problems, parse
 from baselines.store import BaselinePlan
 from queue_schema import keys
 from queue_schema.settings import state_dir
 from runtime.errors import SpecError
+from suites.base import BAYESMARK, SEPARATOR, SuiteDef, qualified
+from suites.errors import UnknownProblem
+from suites.registry import BUILTIN, Suites
 
 SPECS_DIR = Path(__file__).parent / "specs"
 PHASES = ("feedback", "final")
@@ -134,7 +136,15 @@ class Spec:
     baselines: BaselineSettings
     obfuscate_names: bool = False
     logs: LogSettings = field(default_factory=LogSettings)
+    # The suites the spec defines itself ([suites.NAME]: an organizer's objectives, their sources and
+    # locked requirements inside, so that any worker can run them); bayesmark and bbob need none.
+    suites: dict[str, SuiteDef] = field(default_factory=dict)
     source: str = field(default="", compare=False)
+
+    @cached_property
+    def suite_set(self) -> Suites:
+        """Every suite this spec's problems may belong to: the built-in ones and its own."""
+        return Suites(self.suites)
 
     @property
     def evals_per_study(self) -> int:
@@ -176,6 +186,7 @@ class Spec:
             random_studies=self.baselines.random_studies,
             strong_rounds=self.baselines.strong_rounds,
             seed=self.baselines.seed,
+            suites=tuple(self.suites.values()),
             built_paths=self.built_baseline_paths(),
         )
 
@@ -189,6 +200,10 @@ class Spec:
         data = asdict(self)
         data.pop("source")
         data["phases"] = {k: _phase_dict(v) for k, v in self.phases.items()}
+        if self.suites:
+            data["suites"] = {name: d.to_dict() for name, d in sorted(self.suites.items())}
+        else:
+            del data["suites"]  # specs of built-in suites only keep the hash they always had
         return data
 
     @cached_property  # a frozen spec: computed once (every enqueued job names it)
@@ -269,11 +284,16 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
         "obfuscate_names",
         "draw",
         "logs",
+        "suite",
+        "suites",
     }
     if unknown:
         raise fail(f"unknown field(s): {', '.join(sorted(unknown))}")
 
-    drawn = _draw(data.get("draw"), fail) if not resolved else {}
+    defs = _suites(data.get("suites"), Path(source).parent, resolved, fail)
+    suite_set = Suites(defs)
+    default_suite = _suite_name(data.get("suite", BAYESMARK), "suite", suite_set, fail)
+    drawn = _draw(data.get("draw"), suite_set.named(default_suite).catalogue(), fail) if not resolved else {}
     raw_phases = data.get("phases") or {}
     if not isinstance(raw_phases, dict) or not raw_phases:
         raise fail("needs a [phases.feedback] table (and usually [phases.final])")
@@ -281,7 +301,7 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
     for phase_name, raw in raw_phases.items():
         if phase_name not in PHASES:
             raise fail(f"unknown phase {phase_name!r} (phases are: {', '.join(PHASES)})")
-        phases[phase_name] = _phase(phase_name, raw, drawn.get(phase_name), fail)
+        phases[phase_name] = _phase(phase_name, raw, drawn.get(phase_name), default_suite, suite_set, fail)
     if "feedback" not in phases:
         raise fail("needs a [phases.feedback] table")
     if "final" in phases:
@@ -308,12 +328,94 @@ def _build(data: dict[str, Any], source: str, resolved: bool = False) -> Spec:
         baselines=baseline,
         obfuscate_names=bool(data.get("obfuscate_names", False)),
         logs=logs,
+        suites=defs,
         source=source,
     )
 
 
-def _draw(raw: Any, fail) -> dict[str, tuple[str, ...]]:
-    """Problems drawn by a fixed seed from bayesmark's catalogue: the first `feedback` are visible."""
+# Sizes of what a spec's own suite brings along (the organizer's, stored with the spec and in every
+# worker's memory): a file larger than this is not an objective.
+_OBJECTIVE_BYTES = 512 * 1024
+_REQUIREMENTS_BYTES = 64 * 1024
+
+
+def _suite_name(value: Any, label: str, suite_set: Suites, fail) -> str:
+    if not isinstance(value, str):
+        raise fail(f"{label} must be a suite's name")
+    try:
+        suite_set.named(value)
+    except UnknownProblem as exc:
+        raise fail(f"{label}: {exc}") from None
+    return value
+
+
+def _read_text(base: Path, relative: Any, label: str, cap: int, fail) -> str:
+    if not isinstance(relative, str) or not relative:
+        raise fail(f"{label} must be a file's path, relative to the spec")
+    path = base / relative
+    try:
+        if path.stat().st_size > cap:
+            raise fail(f"{label}: {path} is larger than {cap // 1024} KB")
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{label}: cannot read {path}: {exc}") from None
+
+
+def _suites(raw: Any, base: Path, resolved: bool, fail) -> dict[str, SuiteDef]:
+    """[suites.NAME] tables: kind = "python", objectives = {PROBLEM = "file.py"}, optional requirements
+    ("requirements.txt", exact pins). Loaded from a file, paths are read relative to the spec; the stored
+    spec holds the texts themselves."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise fail("[suites] must hold one table per suite: [suites.NAME]")
+    defs: dict[str, SuiteDef] = {}
+    for name, table in sorted(raw.items()):
+        label = f"suites.{name}"
+        if name in BUILTIN or not _is_suite_name(name):
+            raise fail(
+                f"{label}: a suite's name is lower-case letters, digits, - and _, and not a built-in one"
+            )
+        if not isinstance(table, dict):
+            raise fail(f"{label} must be a table")
+        unknown = set(table) - {"kind", "objectives", "requirements"}
+        if unknown:
+            raise fail(f"{label}: unknown field(s): {', '.join(sorted(unknown))}")
+        if table.get("kind") != "python":
+            raise fail(f'{label}.kind must be "python" (an organizer\'s objective files)')
+        objectives = table.get("objectives")
+        if not isinstance(objectives, dict) or not objectives:
+            raise fail(f'{label}.objectives must be a table of PROBLEM = "file.py"')
+        texts: dict[str, str] = {}
+        for problem, where in sorted(objectives.items()):
+            if not _is_suite_name(problem):
+                raise fail(
+                    f"{label}.objectives: {problem!r} is not a problem name (letters, digits, - and _)"
+                )
+            if resolved:
+                texts[problem] = str(where)
+            else:
+                texts[problem] = _read_text(
+                    base, where, f"{label}.objectives.{problem}", _OBJECTIVE_BYTES, fail
+                )
+        requirements = table.get("requirements", "")
+        if not resolved and requirements:
+            requirements = _read_text(base, requirements, f"{label}.requirements", _REQUIREMENTS_BYTES, fail)
+        defs[name] = SuiteDef(name=name, kind="python", objectives=texts, requirements=str(requirements))
+    return defs
+
+
+def _is_suite_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 64
+        and name[0].isalnum()
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+        and SEPARATOR not in name
+    )
+
+
+def _draw(raw: Any, catalogue: tuple[str, ...], fail) -> dict[str, tuple[str, ...]]:
+    """Problems drawn by a fixed seed from the spec's suite's catalogue: the first `feedback` are visible."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -321,16 +423,17 @@ def _draw(raw: Any, fail) -> dict[str, tuple[str, ...]]:
     seed = _req(raw, "seed", int, fail, "draw.")
     total = _positive_int(raw, "total", fail, "draw.")
     feedback = _positive_int(raw, "feedback", fail, "draw.")
-    catalogue = [p.name for p in all_problems()]
     if total > len(catalogue):
-        raise fail(f"draw.total is {total} but bayesmark has only {len(catalogue)} problems")
+        raise fail(f"draw.total is {total} but the suite has only {len(catalogue)} problems to draw from")
     if feedback >= total:
         raise fail("draw.feedback must leave problems held out (feedback < total)")
-    picked = random.Random(seed).sample(catalogue, total)
+    picked = random.Random(seed).sample(list(catalogue), total)
     return {"feedback": tuple(sorted(picked[:feedback])), "final": tuple(sorted(picked[feedback:]))}
 
 
-def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
+def _phase(
+    name: str, raw: Any, drawn: tuple[str, ...] | None, default_suite: str, suite_set: Suites, fail
+) -> Phase:
     if not isinstance(raw, dict):
         raise fail(f"phases.{name} must be a table")
     prefix = f"phases.{name}."
@@ -339,9 +442,14 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
         raise fail(f"{prefix}problems is missing (list them, or draw them with a [draw] table)")
     if not isinstance(problems, list | tuple) or not problems:
         raise fail(f"{prefix}problems must be a non-empty list")
+    suite = _suite_name(raw.get("suite", default_suite), f"{prefix}suite", suite_set, fail)
+    if not all(isinstance(p, str) for p in problems):
+        raise fail(f"{prefix}problems must be names")
+    # A name without a suite is the list's suite's (SUITE/NAME always says its own).
+    problems = [p if SEPARATOR in p else qualified(suite, p) for p in problems]
     for problem in problems:
         try:
-            parse(problem)
+            suite_set.check(problem)
         except UnknownProblem as exc:
             raise fail(f"{prefix}problems: {exc}") from None
     if len(set(problems)) != len(problems):
@@ -359,7 +467,10 @@ def _phase(name: str, raw: Any, drawn: tuple[str, ...] | None, fail) -> Phase:
     uploads = raw.get("team_uploads")
     if uploads is not None and not isinstance(uploads, bool):
         raise fail(f"{prefix}team_uploads must be true or false")
-    sizes = _job_sizes(raw.get("studies_per_job_by_problem"), problems, studies, prefix, fail)
+    raw_sizes = raw.get("studies_per_job_by_problem")
+    if isinstance(raw_sizes, dict):
+        raw_sizes = {k if SEPARATOR in k else qualified(suite, k): v for k, v in raw_sizes.items()}
+    sizes = _job_sizes(raw_sizes, problems, studies, prefix, fail)
     return Phase(
         name,
         tuple(problems),

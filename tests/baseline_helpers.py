@@ -10,9 +10,9 @@ import numpy as np
 from bayesmark.experiment import run_study
 
 from baselines.build import RANDOM_SEARCH_FILE, OwnRandomStreams, load_optimizer_class
-from baselines.objective import SeededProblem
 from queue_schema.payloads import StudyResult
 from runtime.spec import Spec, _build
+from suites.bayesmark_suite import BayesmarkObjective
 
 FAST = ("DT-iris-acc", "lasso-diabetes-mae")
 
@@ -53,7 +53,7 @@ def real_study(
 ) -> StudyResult:
     """A real random-search study on the seeded objective, cut off after `keep_rounds` rounds if given."""
     opt_class = load_optimizer_class(RANDOM_SEARCH_FILE)
-    objective = SeededProblem(problem, study, batch)
+    objective = BayesmarkObjective(problem, study, batch)
     api_config = objective.get_api_config()
     optimizer = OwnRandomStreams(lambda: opt_class(api_config), 1000 + study)
     with warnings.catch_warnings():

@@ -17,12 +17,14 @@ from baselines.build import Unit, run_unit
 from queue_schema import records
 from queue_schema.connection import connect
 from queue_schema.payloads import BaselineUnitJob
+from suites.base import SuiteDef
 
 
 def run_baseline_unit(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point (enqueued by name: 'workers.baseline_unit.run_baseline_unit')."""
     job = BaselineUnitJob.model_validate(payload)
-    unit = Unit(job.kind, job.problem, job.study, job.rounds, job.batch, job.salt)
+    suite = None if job.suite is None else SuiteDef.from_dict(str(job.suite["name"]), job.suite)
+    unit = Unit(job.kind, job.problem, job.study, job.rounds, job.batch, job.salt, suite)
     if unit.key != job.unit:
         raise ValueError(f"unit {job.unit!r} does not match its fields ({unit.key!r})")
     r = connect()

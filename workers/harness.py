@@ -29,7 +29,6 @@ from typing import Any
 
 from bayesmark.experiment import run_study
 
-from baselines.objective import SeededProblem
 from queue_schema import protocol
 from queue_schema.payloads import StudyResult
 from queue_schema.seeds import optimizer_seed
@@ -38,6 +37,8 @@ from queue_schema.suggestions import OutOfSpace, Space, SpaceError, check_batch,
 from queue_schema.untrusted import safe_text
 from runtime.provenance import scoring_packages, study_seeds
 from runtime.spec import Spec
+from suites.base import Objective
+from suites.errors import ObjectiveFault
 from workers.errors import (  # noqa: F401 - re-exported for callers
     TEAM_TEXT_CHARS,
     FatalOptimizerError,
@@ -79,6 +80,24 @@ def _not_swallowed(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise _Unclassified(exc) from exc
+
+
+class _CarriedObjective:
+    """The study's objective as run_study sees it: its own raising is an inf loss, as bayesmark's models'
+    is, but a dead or hung objective process is ours and must not pass for the team's poor point."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.objective_names = objective.objective_names
+
+    def get_api_config(self) -> dict:
+        return self.objective.get_api_config()
+
+    def evaluate(self, params: dict) -> tuple[float, float]:
+        try:
+            return self.objective.evaluate(params)
+        except ObjectiveFault as exc:
+            raise _Unclassified(SandboxInfrastructureError(f"objective process: {exc}")) from exc
 
 
 def obfuscated_names(problem: str, api_config: dict[str, Any]) -> dict[str, str]:
@@ -272,7 +291,7 @@ def _stdout_to_log(log: Callable[[str], None]) -> Iterator[None]:
 
 def _drive(
     proc: OptimizerProcess, problem: str, study: int, spec: Spec, log: Callable[[str], None]
-) -> tuple[SeededProblem, RemoteOptimizer, StudyState, str | None]:
+) -> tuple[Objective, RemoteOptimizer, StudyState, str | None]:
     """Load, init and run the study loop; the caller closes the sandbox whatever happens."""
     proc.stderr_cap_bytes = spec.logs.study_kb * 1024
     try:
@@ -293,15 +312,20 @@ def _drive(
     if hello.failure is not None:
         raise load_failure(hello.failure)
 
-    objective = SeededProblem(problem, study, spec.batch)
-    api_config = objective.get_api_config()
+    objective = spec.suite_set.of(problem).objective(problem, study, spec.batch)
+    try:
+        api_config = objective.get_api_config()
+    except ObjectiveFault as exc:
+        objective.close()
+        raise SandboxInfrastructureError(f"objective process: {exc}") from exc
     aliases = obfuscated_names(problem, api_config) if spec.obfuscate_names else None
     remote = RemoteOptimizer(proc, spec, aliases)
     state, reason = StudyState.COMPLETE, None
     try:
         with _stdout_to_log(log):
             remote.init(api_config, optimizer_seed(problem, study))
-            run_study(remote, objective, spec.rounds, spec.batch, n_obj=len(objective.objective_names))
+            carried = _CarriedObjective(objective)
+            run_study(remote, carried, spec.rounds, spec.batch, n_obj=len(objective.objective_names))
     except StudyCutOff as cut:
         state, reason = StudyState.CUT_OFF, cut.reason
         between = remote.cpu_between_calls
@@ -311,8 +335,10 @@ def _drive(
         # run_study's own checks (batch size, "Optimizer suggestion is out of range"): every suggestion
         # was checked against the space before it got there, so one failing is ours, not the team's.
         raise HarnessFault(f"bayesmark refused a checked suggestion: {type(exc).__name__}: {exc}") from exc
-    except _Unclassified as carried:  # past bayesmark's except Exception: it leaves as itself
-        raise carried.original from None
+    except _Unclassified as unclassified:  # past bayesmark's except Exception: it leaves as itself
+        raise unclassified.original from None
+    finally:
+        objective.close()
     return objective, remote, state, reason
 
 

@@ -332,15 +332,15 @@ def test_a_maximal_study_is_stored_within_the_bound(spec_name):
     issue's target) within 64 KiB on the demo spec."""
     import random
 
-    from baselines.objective import SeededProblem
     from queue_schema.payloads import StudyResult
     from queue_schema.states import StudyState
     from runtime.provenance import scoring_packages, study_seeds
     from runtime.spec import load
+    from suites.bayesmark_suite import BayesmarkObjective
 
     spec = load(spec_name)
     problems = sorted({p for phase in spec.phases.values() for p in phase.problems})
-    configs = {p: SeededProblem(p, 0, spec.batch).get_api_config() for p in problems}
+    configs = {p: BayesmarkObjective(p, 0, spec.batch).get_api_config() for p in problems}
     problem = max(problems, key=lambda p: max_point_bytes(compile_space(configs[p])))
     space = compile_space(configs[problem])
     rng = random.Random(0)

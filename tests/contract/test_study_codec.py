@@ -376,8 +376,8 @@ def test_a_neurips2020_study_is_stored_at_least_three_times_smaller(r):
     The compact form's bytes count its share of the provenance hash."""
     from bayesmark.random_search import suggest_dict
 
-    from baselines.objective import SeededProblem
     from runtime.spec import load
+    from suites.bayesmark_suite import BayesmarkObjective
 
     spec = load("neurips2020")
     assert (spec.rounds, spec.batch) == (16, 8)
@@ -386,7 +386,7 @@ def test_a_neurips2020_study_is_stored_at_least_three_times_smaller(r):
     for n, problem in enumerate(SIZE_PROBLEMS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # load_boston's deprecation
-            config = SeededProblem(problem, 0, spec.batch).get_api_config()
+            config = BayesmarkObjective(problem, 0, spec.batch).get_api_config()
         sid = f"s{n:08d}sizesizesz"
         v1 = 0
         for study in range(10):

@@ -17,7 +17,6 @@ import pytest
 from rq import Queue, Worker
 
 from artifacts import archive
-from baselines.catalogue import all_problems
 from competition import service
 from competition.submit import create_submission
 from gateway import metrics
@@ -26,6 +25,7 @@ from queue_schema.connection import connect, rq_connection
 from runtime import dispatch
 from runtime import enqueue as enqueue_module
 from runtime.spec import load
+from suites.bayesmark_catalogue import all_problems
 from tests.conftest import SUBMISSIONS
 from tests.dispatch_helpers import RAN
 from tests.waiting import wait_for

@@ -12,7 +12,7 @@ from bayesmark.sklearn_funcs import TestFunction
 from bayesmark.space import JointSpace
 
 from baselines.build import RANDOM_SEARCH_FILE, STRONG_FILE, load_optimizer_class
-from baselines.objective import SeededProblem
+from suites.bayesmark_suite import BayesmarkObjective
 
 OPTIMIZERS = {"random_search": RANDOM_SEARCH_FILE, "trust_region": STRONG_FILE}
 
@@ -40,7 +40,7 @@ def _check_types(api_config: dict, points: list[dict]) -> None:
 @pytest.mark.parametrize("problem", ["DT-iris-acc", "lasso-diabetes-mae"])
 def test_runs_through_run_study(which, problem):
     opt_class = load_optimizer_class(OPTIMIZERS[which])
-    objective = SeededProblem(problem, 0, 4)
+    objective = BayesmarkObjective(problem, 0, 4)
     api_config = objective.get_api_config()
     np.random.seed(3)
     optimizer = opt_class(api_config)
@@ -56,7 +56,7 @@ def test_runs_through_run_study(which, problem):
 @pytest.mark.parametrize("which", OPTIMIZERS)
 def test_repeatable_under_the_global_seed(which):
     opt_class = load_optimizer_class(OPTIMIZERS[which])
-    api_config = SeededProblem("DT-iris-acc", 0, 4).get_api_config()
+    api_config = BayesmarkObjective("DT-iris-acc", 0, 4).get_api_config()
 
     def trace() -> list[list[dict]]:
         np.random.seed(11)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from bayesmark.experiment import run_study
 
-from baselines.objective import SeededProblem
 from queue_schema.states import FailureCause, StudyState
+from suites.bayesmark_suite import BayesmarkObjective
 from tests.conftest import SUBMISSIONS
 from workers.harness import FatalOptimizerError, obfuscated_names, run_one_study
 from workers.optimizer_process import OptimizerProcess
@@ -36,7 +36,7 @@ class TestWellBehaved:
     def test_same_points_same_losses_as_in_process_bayesmark(self, small_spec):
         """Evaluations are seeded: replaying the study's points in-process gives identical losses."""
         result, _ = run("random_search", small_spec, problem="RF-iris-acc")
-        replay = SeededProblem("RF-iris-acc", 0, small_spec.batch)
+        replay = BayesmarkObjective("RF-iris-acc", 0, small_spec.batch)
         points = [p for r in result.suggestions for p in r]
 
         class Replay:
@@ -76,7 +76,7 @@ class TestWellBehaved:
         result, _ = run("random_search", spec)
         assert result.state == StudyState.COMPLETE
         assert "max_depth" in result.suggestions[0][0]  # stored under real names
-        aliases = obfuscated_names("DT-iris-acc", SeededProblem("DT-iris-acc", 0, 3).get_api_config())
+        aliases = obfuscated_names("DT-iris-acc", BayesmarkObjective("DT-iris-acc", 0, 3).get_api_config())
         assert sorted(aliases.values()) == [f"x{i}" for i in range(len(aliases))]
 
 

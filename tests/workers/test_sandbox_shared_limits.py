@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from baselines.objective import SeededProblem
 from queue_schema import protocol
 from queue_schema.states import StudyState
+from suites.bayesmark_suite import BayesmarkObjective
 from tests.conftest import SUBMISSIONS
 from tests.sandbox_helpers import run_launched
 from workers.harness import FatalOptimizerError, run_one_study
@@ -97,7 +97,7 @@ def test_a_fork_bomb_does_not_stop_another_teams_sandbox_rlimit_mode(small_spec,
     ).start()
     try:
         assert bomb.wait_hello(30).ok, bomb_lines[-10:]
-        api_config = SeededProblem("DT-iris-acc", 0, spec.batch).get_api_config()
+        api_config = BayesmarkObjective("DT-iris-acc", 0, spec.batch).get_api_config()
         assert bomb.call({"op": protocol.OP_INIT, "api_config": api_config, "seed": 1}, 30).ok
         assert bomb.call({"op": protocol.OP_SUGGEST, "n": 1}, 30).ok  # the bomb is forking now
         deadline = time.monotonic() + 20
@@ -236,7 +236,7 @@ def test_docker_containers_do_not_share_per_uid_kernel_limits(small_spec, tmp_pa
     hog = OptimizerProcess(backend.launch(hog_dir, small_spec.limits), log=hog_lines.append).start()
     try:
         assert hog.wait_hello(30).ok, hog_lines[-5:]
-        api_config = SeededProblem("DT-iris-acc", 0, small_spec.batch).get_api_config()
+        api_config = BayesmarkObjective("DT-iris-acc", 0, small_spec.batch).get_api_config()
         assert hog.call({"op": protocol.OP_INIT, "api_config": api_config, "seed": 1}, 30).ok
         assert hog.call({"op": protocol.OP_SUGGEST, "n": 1}, 30).ok
         deadline = time.monotonic() + 10  # its stderr arrives on the log reader's own time
