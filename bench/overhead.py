@@ -1,5 +1,8 @@
 """Platform overhead: the same studies by raw in-process bayesmark and by the full scoring path.
 
+`--suite bbob` runs COCO's functions instead (objective process on both sides): their evaluations take
+microseconds, so what the platform costs per round shows as `per_round_overhead_ms`.
+
 Both sides run the same problems and study indices with the same seeds: the seeded random search makes
 the same suggestions and the seeded objective gives the same losses, which the benchmark checks
 (`identical_losses`). The raw side is bayesmark's `run_study` in this process; the platform side is a
@@ -8,6 +11,7 @@ to one thread. The worker is started (and has imported the scoring stack) before
 worker boots once per machine, not once per submission.
 
     python -m bench overhead --json [--rounds 4] [--batch 8] [--studies 1] [--problems A,B,...]
+    python -m bench overhead --suite bbob --json
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from runtime.supervisor import Child, stop_children  # noqa: E402
 
 # Spans bayesmark's cost range: ~0.01 s (DT, lasso) to ~1 s (ada) per evaluation, single-threaded.
 DEFAULT_MIX = ("DT-iris-acc", "lasso-diabetes-mae", "RF-wine-acc", "MLP-adam-breast-acc", "ada-boston-mae")
+# bbob-demo's feedback functions, at bbob-demo's shape (16 x 8, 2 studies a problem).
+BBOB_MIX = ("bbob/f1-i1-d2", "bbob/f8-i1-d5", "bbob/f15-i1-d10", "bbob/f21-i1-d5")
+SHAPES = {"bayesmark": (DEFAULT_MIX, 4, 8, 1), "bbob": (BBOB_MIX, 16, 8, 2)}
 OPTIMIZER = Path(__file__).resolve().parent.parent / "tests" / "submissions" / "random_search"
 
 
@@ -36,14 +43,14 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
 
     from baselines.build import OwnRandomStreams, load_optimizer_class
     from queue_schema.seeds import optimizer_seed
-    from suites.bayesmark_suite import BayesmarkObjective
+    from suites.registry import Suites
 
     cls = load_optimizer_class(OPTIMIZER / "optimizer.py")
     losses: dict[tuple[str, int], list[list[float]]] = {}
     started = time.perf_counter()
     for problem in problems:
         for study in range(studies):
-            objective = BayesmarkObjective(problem, study, batch)
+            objective = Suites().of(problem).objective(problem, study, batch)
             # The optimizer keeps its own random streams, seeded as the sandbox host seeds them: in a
             # sandbox the objective's per-evaluation reseeding never reaches it.
             api_config = objective.get_api_config()
@@ -51,6 +58,7 @@ def raw_side(problems: list[str], studies: int, rounds: int, batch: int) -> tupl
                 lambda api_config=api_config: cls(api_config), optimizer_seed(problem, study)
             )
             evals, _, _ = run_study(optimizer, objective, rounds, batch, n_obj=2)
+            objective.close()
             losses[(problem, study)] = evals[:, :, 0].tolist()
     return time.perf_counter() - started, losses
 
@@ -138,17 +146,27 @@ call_timeout_s = 300.0
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--studies", type=int, default=1)
-    parser.add_argument("--problems", default=",".join(DEFAULT_MIX))
+    parser.add_argument(
+        "--suite",
+        choices=sorted(SHAPES),
+        default="bayesmark",
+        help="bayesmark's mix (default), or COCO's bbob functions at bbob-demo's shape",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="default: 4 (bayesmark), 16 (bbob)")
+    parser.add_argument("--batch", type=int, default=None, help="default: 8")
+    parser.add_argument("--studies", type=int, default=None, help="default: 1 (bayesmark), 2 (bbob)")
+    parser.add_argument("--problems", default=None, help="comma-separated; default: the suite's mix")
     parser.add_argument(
         "--also-cold",
         action="store_true",
         help="then the platform again without warm sandboxes (platform_cold_s, ratio_cold)",
     )
     args = parser.parse_args(argv)
-    problems = args.problems.split(",")
+    mix, rounds, batch, studies = SHAPES[args.suite]
+    problems = args.problems.split(",") if args.problems else list(mix)
+    args.rounds = args.rounds or rounds
+    args.batch = args.batch or batch
+    args.studies = args.studies or studies
 
     cold: dict = {}
     with scratch_state("bbo-bench-overhead-") as state:
@@ -167,7 +185,9 @@ def main(argv: list[str]) -> None:
                 "identical_losses_cold": raw_losses == cold_losses,
             }
     evals = len(problems) * args.studies * args.rounds * args.batch
+    rounds_run = len(problems) * args.studies * args.rounds
     figures = {
+        "suite": args.suite,
         "raw_s": round(raw_s, 3),
         "platform_s": round(platform_s, 3),
         "ratio": round(platform_s / raw_s, 4),
@@ -178,6 +198,9 @@ def main(argv: list[str]) -> None:
         "batch": args.batch,
         "mix": ",".join(problems),
         "identical_losses": raw_losses == platform_losses,
+        # What the platform adds to each round (queue, worker, sandbox, protocol, store), job start-ups
+        # included: with microsecond objectives (bbob) this is nearly all of the platform's time.
+        "per_round_overhead_ms": round((platform_s - raw_s) / rounds_run * 1000, 2),
         **cold,
         # The two sides run one after the other: on a shared machine a change of load between them moves
         # the ratio either way (it went below 1 here at a load average of 2), so the load goes with it.

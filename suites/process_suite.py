@@ -59,6 +59,7 @@ class ProcessObjective(Objective):
             loss = wire.decode_float(reply.get("loss"))
         except wire.WireError as exc:
             raise ObjectiveFault(f"{self.suite.name} objective process: evaluate replied {exc}") from None
+        loss = self.suite.loss(self.problem, loss)
         return loss, loss
 
 
@@ -146,6 +147,10 @@ class ProcessSuite(Suite):
 
     def known_optimum(self, problem: str) -> float | None:
         return self._describe(problem)[1]
+
+    def loss(self, problem: str, value: float) -> float:
+        """The loss scored for the objective's value (the value itself unless the suite says otherwise)."""
+        return value
 
     def objective(self, problem: str, study: int, batch: int) -> Objective:
         self.check(problem)

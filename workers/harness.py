@@ -37,7 +37,7 @@ from queue_schema.suggestions import OutOfSpace, Space, SpaceError, check_batch,
 from queue_schema.untrusted import safe_text
 from runtime.provenance import scoring_packages, study_seeds
 from runtime.spec import Spec
-from suites.base import Objective
+from suites.base import BAYESMARK, Objective
 from suites.errors import ObjectiveFault
 from workers.errors import (  # noqa: F401 - re-exported for callers
     TEAM_TEXT_CHARS,
@@ -342,6 +342,16 @@ def _drive(
     return objective, remote, state, reason
 
 
+def _suite_packages(spec: Spec, problem: str) -> dict[str, str]:
+    """What evaluated a problem of a suite other than bayesmark's (whose stack scoring_packages names):
+    the suite and its environment's versions, for `reproduce` to compare."""
+    suite = spec.suite_set.of(problem)
+    if suite.name == BAYESMARK:
+        return {}
+    described = suite.describe()
+    return {f"{suite.name}:{k}": str(v) for k, v in described.items() if k != "suite"}
+
+
 def run_one_study(
     proc: OptimizerProcess,
     problem: str,
@@ -393,6 +403,6 @@ def run_one_study(
         backend=describe.get("backend", ""),
         image_digest=describe.get("image_digest"),
         sandbox=dict(describe),
-        packages=scoring_packages(),
+        packages=scoring_packages() | _suite_packages(spec, problem),
         seeds=study_seeds(problem, study),
     )

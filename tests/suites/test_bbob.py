@@ -79,18 +79,18 @@ def test_f1s_optimum_is_its_value_at_its_optimal_point(suite: BbobSuite) -> None
         unit = [[1.0 if j == i else 0.0 for j in range(dim)] for i in range(dim)]
         xopt = [(f(suite, local, [-v for v in e]) - f(suite, local, e)) / 4 for e in unit]
         fopt = f(suite, local, [0.0] * dim) - sum(v * v for v in xopt)
-        optimum = suite.known_optimum(f"bbob/{local}")
+        optimum = suite.f_opt(f"bbob/{local}")
         assert optimum is not None
         assert f(suite, local, xopt) == pytest.approx(optimum, abs=1e-9)
         assert fopt == pytest.approx(optimum, abs=1e-9)
-    assert suite.known_optimum("bbob/f1-i1-d2") == pytest.approx(79.48)  # COCO's published f1 instance 1
+    assert suite.f_opt("bbob/f1-i1-d2") == pytest.approx(79.48)  # COCO's published f1 instance 1
 
 
 def test_every_functions_optimum_is_below_what_random_points_reach(suite: BbobSuite) -> None:
     rng = random.Random(0)
     for function, dim in itertools.product(range(1, 25), (2, 5)):
         local = f"f{function}-i2-d{dim}"
-        optimum = suite.known_optimum(f"bbob/{local}")
+        optimum = suite.f_opt(f"bbob/{local}")
         assert optimum is not None and math.isfinite(optimum)
         # COCO draws each f_opt to a hundredth; the value at the optimum is it to rounding.
         assert abs(optimum * 100 - round(optimum * 100)) < 1e-6, (local, optimum)
@@ -110,7 +110,10 @@ def test_a_study_objective_records_its_rounds(suite: BbobSuite) -> None:
     objective = suite.objective("bbob/f1-i1-d2", study=3, batch=2)
     assert objective.get_api_config() == suite.api_config("bbob/f1-i1-d2")
     losses = [objective.evaluate({"x0": 0.1 * k, "x1": -0.2}) for k in range(5)]
-    assert all(loss[0] == loss[1] > 79.48 for loss in losses)
+    # The loss is the precision on COCO's log scale: above the optimum's -8, and what f says.
+    assert all(loss[0] == loss[1] > -8 for loss in losses)
+    f0 = f(suite, "f1-i1-d2", [0.0, -0.2])
+    assert losses[0][0] == pytest.approx(math.log10(f0 - 79.48 + 1e-8))
     assert objective.rounds() == [losses[0:2], losses[2:4]]  # the fifth is a partial round
     objective.close()
     with pytest.raises(UnknownProblem):
@@ -118,7 +121,7 @@ def test_a_study_objective_records_its_rounds(suite: BbobSuite) -> None:
 
 
 def test_it_writes_nothing_and_describes_its_versions(suite: BbobSuite) -> None:
-    suite.known_optimum("bbob/f21-i9-d10")  # the optimum goes through a file of cocoex's
+    suite.f_opt("bbob/f21-i9-d10")  # the optimum goes through a file of cocoex's
     workdir = Path(suite.process().hello["workdir"])
     assert workdir.is_dir() and list(workdir.iterdir()) == []
     described = suite.describe()
@@ -138,3 +141,16 @@ def test_a_round_trip_takes_well_under_a_millisecond(suite: BbobSuite) -> None:
         objective.evaluate({"x0": 0.01 * k, "x1": 0.0})
         times.append(time.perf_counter() - started)
     assert sorted(times)[100] < 0.002  # measured about 0.05 ms here; generous for a loaded CI machine
+
+
+def test_the_loss_is_the_log_precision_and_the_optimum_is_cocos_final_target(suite: BbobSuite) -> None:
+    assert suite.known_optimum("bbob/f8-i1-d5") == -8.0
+    objective = suite.objective("bbob/f8-i1-d5", 0, 1)
+    point = {f"x{i}": 1.0 for i in range(5)}
+    value = f(suite, "f8-i1-d5", [1.0] * 5)
+    assert objective.evaluate(point)[0] == pytest.approx(
+        math.log10(value - suite.f_opt("bbob/f8-i1-d5") + 1e-8)
+    )
+    # Never below the optimum's loss, even where f rounds below its own optimum.
+    assert suite.loss("bbob/f8-i1-d5", suite.f_opt("bbob/f8-i1-d5") - 1e-12) == -8.0
+    assert suite.loss("bbob/f8-i1-d5", math.nan) == math.inf
