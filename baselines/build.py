@@ -233,7 +233,7 @@ def _suite_def(plan: BaselinePlan, problem: str) -> SuiteDef | None:
 def known_optimum(plan: BaselinePlan, problem: str) -> float | None:
     """The problem's optimum if its suite knows it (then no strong run is needed), else None."""
     suite = plan_suites(plan).of(problem)
-    return suite.known_optimum(problem) if suite.baseline_rule == BaselineRule.KNOWN_OPTIMUM else None
+    return suite.known_optimum(problem) if suite.rule_for(problem) == BaselineRule.KNOWN_OPTIMUM else None
 
 
 def plan_units(plan: BaselinePlan) -> list[Unit]:
@@ -244,7 +244,7 @@ def plan_units(plan: BaselinePlan) -> list[Unit]:
     strong = [
         Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt, _suite_def(plan, p))
         for p in plan.problems
-        if suites.of(p).baseline_rule == BaselineRule.STRONG_RUN
+        if suites.of(p).rule_for(p) == BaselineRule.STRONG_RUN
     ]
     rand = [
         Unit("random", p, s, plan.rounds, plan.batch, salt, _suite_def(plan, p))

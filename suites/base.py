@@ -150,8 +150,12 @@ class Suite(abc.ABC):
     @abc.abstractmethod
     def objective(self, problem: str, study: int, batch: int) -> Objective: ...
 
+    def rule_for(self, problem: str) -> BaselineRule:
+        """How this problem's baselines are made (the suite's rule, unless its problems differ)."""
+        return self.baseline_rule
+
     def known_optimum(self, problem: str) -> float | None:
-        """The problem's optimal loss, for `BaselineRule.KNOWN_OPTIMUM` suites."""
+        """The problem's optimal loss, for problems of `BaselineRule.KNOWN_OPTIMUM`."""
         return None
 
     def coarse_seconds(self, problem: str) -> float:

@@ -3,8 +3,8 @@
 Problems are `NAME/KEY` for each key of the definition's objectives. Each file defines `api_config`
 (bayesmark's format), `evaluate(params) -> float` and, if known, `optimum`; they are all loaded into one
 objective process, in the environment of the definition's locked requirements ("" for the worker's own
-interpreter). When every file declares its optimum the baselines use it (KNOWN_OPTIMUM); otherwise they
-are made as bayesmark's are (STRONG_RUN).
+interpreter). A problem whose file declares its optimum has its baselines made with it (KNOWN_OPTIMUM);
+the others as bayesmark's are (STRONG_RUN).
 """
 
 from __future__ import annotations
@@ -77,8 +77,13 @@ class PythonSuite(ProcessSuite):
         digest = hashlib.sha256(json.dumps(self.defn.to_dict(), sort_keys=True).encode()).hexdigest()
         return (self.name, self.backend, digest)
 
+    def rule_for(self, problem: str) -> BaselineRule:
+        self.check(problem)
+        known = declares_optimum(self.defn.objectives[split_name(problem)[1]])
+        return BaselineRule.KNOWN_OPTIMUM if known else BaselineRule.STRONG_RUN
+
     def known_optimum(self, problem: str) -> float | None:
         optimum = super().known_optimum(problem)
-        if optimum is None and self.baseline_rule is BaselineRule.KNOWN_OPTIMUM:
+        if optimum is None and self.rule_for(problem) is BaselineRule.KNOWN_OPTIMUM:
             raise ObjectiveFault(f"{problem} declares an optimum, but its value is None")
         return optimum
