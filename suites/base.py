@@ -158,6 +158,10 @@ class Suite(abc.ABC):
         """The problem's optimal loss, for problems of `BaselineRule.KNOWN_OPTIMUM`."""
         return None
 
+    def prepare(self, problem: str) -> None:  # noqa: B027 - most suites have nothing to start
+        """Start what the problem's studies will need (an objective process), so that it is ready when
+        the first study asks. Called off the study's path; what fails here fails again, where it counts."""
+
     def coarse_seconds(self, problem: str) -> float:
         """A guess at the seconds per evaluation, for problems no measured cost table covers."""
         return 0.001

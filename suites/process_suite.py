@@ -148,6 +148,9 @@ class ProcessSuite(Suite):
     def known_optimum(self, problem: str) -> float | None:
         return self._describe(problem)[1]
 
+    def prepare(self, problem: str) -> None:
+        self._describe(problem)  # starts the process (and its environment) and asks for the space
+
     def loss(self, problem: str, value: float) -> float:
         """The loss scored for the objective's value (the value itself unless the suite says otherwise)."""
         return value

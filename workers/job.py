@@ -50,6 +50,13 @@ SANDBOX_WAIT_S = 300.0
 SANDBOX_POLL_S = 5.0
 
 
+def _prepare_objective(spec: Spec, problem: str) -> None:
+    # Off the job's path: a failure here (an environment that cannot be built, a process that dies) is met
+    # again by the study itself, which reports it as the platform's.
+    with contextlib.suppress(Exception):
+        spec.suite_set.of(problem).prepare(problem)
+
+
 def score_problem(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point (enqueued by name: 'workers.job.score_problem')."""
     return ProblemRun(ScoreJob.model_validate(payload)).run()
@@ -86,6 +93,8 @@ class ProblemRun:
         spec = stored_spec(self.r, job.spec_hash)
         if spec is None:
             raise RuntimeError(f"spec {job.spec_hash} is not in the store")
+        # The objective's side (an objective process of the problem's suite) starts while the sandbox does.
+        threading.Thread(target=_prepare_objective, args=(spec, job.problem), daemon=True).start()
         self.log.limit(
             keys.log_budget(job.submission_id, job.score_version),
             spec.logs.submission_mb * 1024 * 1024,
