@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger("bbo.worker")
 # While the store refuses writes, a worker probes it this often (with a key that lives this long).
 STORE_POLL_S = 5.0
 STORE_PROBE_TTL_S = 30
+# How often a worker with a container engine removes the containers its horses left behind.
+SWEEP_S = 10.0
 
 
 def preload() -> None:
@@ -45,10 +48,22 @@ def preload() -> None:
     gc.freeze()
 
 
-def _sweep_orphan_sandboxes() -> None:
-    """Containers left by a worker that died on this host would otherwise hold memory forever."""
+def _sweep_orphan_sandboxes() -> bool:
+    """Containers left by a worker that died on this host would otherwise hold memory forever. Whether
+    an engine answered (then the worker keeps sweeping: see _keep_sweeping)."""
     with contextlib.suppress(Exception):
         if docker.available():
+            docker.sweep()
+            return True
+    return False
+
+
+def _keep_sweeping() -> None:
+    """A study's container is removed off the job's path (workers/sandbox/docker.py), so one whose horse
+    ended first is left, killed: removed here, on the worker's own time."""
+    while True:
+        time.sleep(SWEEP_S)
+        with contextlib.suppress(Exception):
             docker.sweep()
 
 
@@ -57,7 +72,9 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
     rq_adapter.check_rq_version()
     pin_threads()
     preload()
-    _sweep_orphan_sandboxes()
+    sweeping = _sweep_orphan_sandboxes()
+    if sweeping:
+        threading.Thread(target=_keep_sweeping, name="sandbox-sweeper", daemon=True).start()
     queues = [keys.PRIORITY_QUEUE] if priority_only else [keys.PRIORITY_QUEUE, keys.SCORE_QUEUE]
     worker_name = name or f"bbo-{socket.gethostname()}-{os.getpid()}"
     # Recovery (workers/heartbeat.py): the work horse dies with this process, a thread beats and reaps.
@@ -77,6 +94,8 @@ def run_worker(*, burst: bool = False, name: str | None = None, priority_only: b
         finally:
             heartbeat.stop()
         if refusal is None:
+            if sweeping:  # what its last horses left, before this worker goes
+                _sweep_orphan_sandboxes()
             return worked
         # RQ quits on an error it does not expect, and every write failing is one. Quitting would take the
         # whole fleet down with the store (and have the autoscaler replace machines that are fine): wait

@@ -60,6 +60,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -400,8 +401,10 @@ class DockerBackend:
                 container.kill()
 
         def cleanup() -> None:
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+            # The container was killed before this (OptimizerProcess.kill); its removal takes the engine
+            # 50-80 ms, which the job's end would wait for. It runs on a thread of its own instead, and a
+            # container whose horse exited first is removed by the worker's sweep (its owner is gone).
+            threading.Thread(target=_remove, args=(container,), daemon=True).start()
             if marker["fd"] >= 0:
                 with contextlib.suppress(OSError):
                     os.close(marker["fd"])
@@ -504,6 +507,11 @@ def _ulimits(file_size: int, nofile: int, cpu_s: int | None = None) -> list[Any]
     if cpu_s is not None:  # per process: SIGXCPU at the soft limit, SIGKILL 5 s of CPU later
         limits.append(Ulimit(name="cpu", soft=cpu_s, hard=cpu_s + 5))
     return limits
+
+
+def _remove(container: Any) -> None:
+    with contextlib.suppress(Exception):
+        container.remove(force=True)
 
 
 def _worker_id() -> str:
