@@ -225,11 +225,6 @@ def plan_suites(plan: BaselinePlan) -> Suites:
     return Suites(plan.suites)
 
 
-def _suite_def(plan: BaselinePlan, problem: str) -> SuiteDef | None:
-    name = split_name(problem)[0]
-    return next((d for d in plan.suites if d.name == name), None)
-
-
 def known_optimum(plan: BaselinePlan, problem: str) -> float | None:
     """The problem's optimum if its suite knows it (then no strong run is needed), else None."""
     suite = plan_suites(plan).of(problem)
@@ -242,12 +237,12 @@ def plan_units(plan: BaselinePlan) -> list[Unit]:
     salt = seed_salt(plan)
     suites = plan_suites(plan)
     strong = [
-        Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt, _suite_def(plan, p))
+        Unit("strong", p, STRONG_STUDY, strong_rounds(plan), plan.batch, salt, suites.def_of(p))
         for p in plan.problems
         if suites.of(p).rule_for(p) == BaselineRule.STRONG_RUN
     ]
     rand = [
-        Unit("random", p, s, plan.rounds, plan.batch, salt, _suite_def(plan, p))
+        Unit("random", p, s, plan.rounds, plan.batch, salt, suites.def_of(p))
         for p in plan.problems
         for s in range(plan.random_studies)
     ]
@@ -320,10 +315,11 @@ def _perf_array(plan: BaselinePlan, results: dict[Unit, np.ndarray], objective: 
             data[:, :, p, 1 + method, trial] = evals[
                 chunk * plan.rounds : (chunk + 1) * plan.rounds, :, objective
             ]
+    suites = plan_suites(plan)
     coords = {
         ITER: np.arange(plan.rounds),
         SUGGEST: np.arange(plan.batch),
-        TEST_CASE: [plan_suites(plan).of(p).test_case(p) for p in problems],
+        TEST_CASE: [suites.of(p).test_case(p) for p in problems],
         METHOD: methods,
         TRIAL: np.arange(n_trials),
     }

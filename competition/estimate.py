@@ -2,7 +2,7 @@
 a submission cost, phase by phase (as the 2020 organizers worked out before launch).
 
 For each problem of a spec (every phase), a short grid of random points is evaluated with the objective
-the workers use (`baselines.objective.BayesmarkObjective`: bayesmark's SklearnModel, seeded evaluations), one
+the workers use (the problem's suite's: for bayesmark, its SklearnModel with seeded evaluations), one
 problem per process, one thread per process, as workers run jobs. The figure kept is the mean CPU time
 per evaluation (process time, so that other load on the machine does not inflate it); wall time is
 recorded beside it. The table orders jobs (runtime/dispatch.py) and sizes the fleet.
@@ -28,7 +28,7 @@ from queue_schema.seeds import optimizer_seed
 from queue_schema.settings import pin_threads
 from runtime import chunking, dispatch
 from runtime.spec import Spec
-from suites.base import SuiteDef, split_name
+from suites.base import SuiteDef
 from suites.registry import Suites
 
 # progress(done, total, what just finished)
@@ -94,12 +94,12 @@ def _run(
     batch: int,
     workers: int,
     progress: Progress | None,
-    suites: dict[str, SuiteDef],
+    suites: Suites,
 ) -> list[dict]:
     results: list[dict] = []
     with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
         pending: dict[Future, str] = {
-            pool.submit(measure_problem, p, evals, batch, suites.get(split_name(p)[0])): p for p in problems
+            pool.submit(measure_problem, p, evals, batch, suites.def_of(p)): p for p in problems
         }
         try:
             while pending:
@@ -141,7 +141,7 @@ def measure(spec: Spec, evals: int, workers: int, progress: Progress | None = No
     started = time.perf_counter()
     # Longest first by what is known so far, so that the slowest problem does not start last.
     problems = dispatch.order_problems(spec.name, spec.all_problems())
-    results = {r["problem"]: r for r in _run(problems, evals, spec.batch, workers, progress, spec.suites)}
+    results = {r["problem"]: r for r in _run(problems, evals, spec.batch, workers, progress, spec.suite_set)}
     ordered = [results[p] for p in spec.all_problems()]
     return {
         "format": dispatch.COST_FORMAT,

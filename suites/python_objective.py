@@ -10,8 +10,6 @@ the others as bayesmark's are (STRONG_RUN).
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 from collections.abc import Hashable
 from typing import Any
 
@@ -73,9 +71,9 @@ class PythonSuite(ProcessSuite):
         ]
 
     def process_key(self) -> Hashable:
-        # By content: a spec that changes a file under the same suite name gets a process of its own.
-        digest = hashlib.sha256(json.dumps(self.defn.to_dict(), sort_keys=True).encode()).hexdigest()
-        return (self.name, self.backend, digest)
+        # By content (a definition hashes by it): a spec that changes a file under the same suite name
+        # gets a process of its own.
+        return (self.name, self.backend, self.defn)
 
     def rule_for(self, problem: str) -> BaselineRule:
         self.check(problem)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Iterable, Mapping
 
@@ -14,6 +12,7 @@ from suites.errors import UnknownProblem
 BUILTIN = (BAYESMARK, "bbob")
 _lock = threading.Lock()
 _instances: dict[str, Suite] = {}
+_defined_instances: dict[SuiteDef, Suite] = {}
 
 
 def _builtin(name: str) -> Suite:
@@ -33,16 +32,14 @@ def _builtin(name: str) -> Suite:
 
 
 def _defined(defn: SuiteDef) -> Suite:
-    # Keyed by content: a spec changed under the same suite name is another suite.
-    key = (
-        "def:" + hashlib.sha256(json.dumps([defn.name, defn.to_dict()], sort_keys=True).encode()).hexdigest()
-    )
+    # Keyed by the definition, which is its content: a spec changed under the same suite name is another
+    # suite.
     with _lock:
-        suite = _instances.get(key)
+        suite = _defined_instances.get(defn)
         if suite is None:
             from suites.python_objective import PythonSuite
 
-            suite = _instances[key] = PythonSuite(defn)
+            suite = _defined_instances[defn] = PythonSuite(defn)
         return suite
 
 
@@ -64,6 +61,10 @@ class Suites:
     def of(self, problem: str) -> Suite:
         """The suite of a problem; the name is not checked (`check` does that)."""
         return self.named(split_name(problem)[0])
+
+    def def_of(self, problem: str) -> SuiteDef | None:
+        """The spec's own definition of the problem's suite (None for a built-in suite)."""
+        return self.defs.get(split_name(problem)[0])
 
     def check(self, problem: str) -> None:
         self.of(problem).check(problem)

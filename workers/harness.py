@@ -82,6 +82,10 @@ def _not_swallowed(what: str) -> Iterator[None]:
         raise _Unclassified(exc) from exc
 
 
+def _objective_lost(exc: ObjectiveFault) -> SandboxInfrastructureError:
+    return SandboxInfrastructureError(f"objective process: {exc}")
+
+
 class _CarriedObjective:
     """The study's objective as run_study sees it: its own raising is an inf loss, as bayesmark's models'
     is, but a dead or hung objective process is ours and must not pass for the team's poor point."""
@@ -97,7 +101,7 @@ class _CarriedObjective:
         try:
             return self.objective.evaluate(params)
         except ObjectiveFault as exc:
-            raise _Unclassified(SandboxInfrastructureError(f"objective process: {exc}")) from exc
+            raise _Unclassified(_objective_lost(exc)) from exc
 
 
 def obfuscated_names(problem: str, api_config: dict[str, Any]) -> dict[str, str]:
@@ -317,7 +321,7 @@ def _drive(
         api_config = objective.get_api_config()
     except ObjectiveFault as exc:
         objective.close()
-        raise SandboxInfrastructureError(f"objective process: {exc}") from exc
+        raise _objective_lost(exc) from exc
     aliases = obfuscated_names(problem, api_config) if spec.obfuscate_names else None
     remote = RemoteOptimizer(proc, spec, aliases)
     state, reason = StudyState.COMPLETE, None
