@@ -33,7 +33,7 @@ from gateway.web.live import install_live
 from gateway.web.pages import install_pages
 from queue_schema.connection import connect
 from queue_schema.settings import unsafe_sandbox_allowed
-from runtime import archiver
+from runtime import archiver, warm_hint
 from runtime.spec import Spec, SpecError, load
 
 log = logging.getLogger("bbo.gateway")
@@ -77,6 +77,11 @@ def _archiving(r: Any, stop: threading.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Idle workers start a sandbox for this competition's first jobs before any comes (runtime/warm_hint.py).
+    try:
+        warm_hint.record(app.state.redis, app.state.backend, app.state.spec.limits)
+    except Exception:  # the store down: the first submission records it instead
+        log.exception("gateway: could not record the competition's sandbox for idle workers")
     stop = threading.Event()
     thread = threading.Thread(target=_archiving, args=(app.state.redis, stop), name="archiver", daemon=True)
     thread.start()

@@ -106,6 +106,12 @@ def spec(spec_hash: str) -> str:
     return f"{PREFIX}:spec:{spec_hash}"
 
 
+def warm_hint() -> str:
+    """String: the backend and sandbox limits the next scoring job most likely asks for (JSON), which an
+    idle worker warms a sandbox for (runtime/warm_hint.py)."""
+    return f"{PREFIX}:warm-hint"
+
+
 def study_results(sid: str, version: int, problem: str) -> str:
     """Hash: study index -> the study's stored record (queue_schema/study_codec.py: the compact form, or
     the StudyResult JSON of older writers), written once per study (HSETNX)."""

@@ -16,7 +16,7 @@ from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.ids import job_id
 from queue_schema.payloads import Progress, ScoreJob, Submission
-from runtime import dispatch
+from runtime import dispatch, warm_hint
 from runtime.spec import Spec
 
 JOB_FUNCTION = "workers.job.score_problem"
@@ -54,6 +54,8 @@ def enqueue_jobs(
     # Organizer work jumps every team; a team's jobs wait only behind its own (runtime/dispatch.py).
     name = keys.PRIORITY_QUEUE if priority else dispatch.team_queue(r, sub.team)
     queue = Queue(name, connection=rq_connection())
+    # Before the jobs: a worker that boots now, or sits idle, warms a sandbox for them (runtime/warm_hint.py).
+    warm_hint.record(r, backend, spec.limits)
     seconds = dispatch.costs_for(spec.name, phase.problems).seconds_per_eval  # one read of the cost tables
     ids = []
     for problem, chunk, studies in dispatch.order_jobs(spec, phase, seconds):

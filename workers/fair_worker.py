@@ -77,10 +77,12 @@ class FairQueues(rq_adapter.WorkerHooks):
         rq_adapter.worker_idle(self)
         idle_since = time.monotonic()
         connection_wait = 1.0
+        waited = False  # a whole blocking wait found nothing queued
         while True:
             try:
                 rq_adapter.worker_keepalive(self)
                 self._refresh_queues()
+                self.worker_waiting(waited)
                 self.procline("Listening on " + ",".join(self.queue_names()))
                 popped = dispatch.fair_pop(self.connection, self._head, self._ring, self._tail)
                 if popped is None and timeout is not None:
@@ -94,6 +96,7 @@ class FairQueues(rq_adapter.WorkerHooks):
                 if popped is None:
                     if timeout is None:
                         return None
+                    waited = True
                     continue
                 name, job_id = popped
                 try:
@@ -115,6 +118,10 @@ class FairQueues(rq_adapter.WorkerHooks):
 
     def job_started(self, job: Job) -> None:
         dispatch.note_started(self.connection, job.id)
+
+    def worker_waiting(self, idle: bool) -> None:
+        """Before each look at the queues (the worker's main thread; `idle`: a whole wait found nothing):
+        nothing here; the pre-forking worker starts a warm sandbox (workers/prefork.py)."""
 
 
 class FairWorker(PreforkedHorses, FairQueues, Worker):

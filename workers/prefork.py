@@ -11,7 +11,14 @@ forking (runtime/rq_adapter.py's PreforkHooks and run_horse); the horse becomes 
 a freshly forked one would, and the job takes the warm sandbox if its backend and limits match
 (workers/job.py), else closes it and starts a cold one. Forked at the start of the running job rather
 than at its end, the warm sandbox is ready for a next job that is already queued, which is the case
-that matters: a busy fleet. A worker's first job starts cold.
+that matters: a busy fleet.
+
+A worker that holds no such horse while it waits for a job (it just booted, or its last job was not a
+scoring one) forks one for the backend and limits of runtime/warm_hint.py: the latest score version
+enqueued, or the competition a gateway serves. So a fresh worker's first job finds its sandbox warm too,
+where it once started cold on every new machine. A worker that has waited a whole turn with nothing
+queued follows the hint when it changes (a new competition, another backend), replacing its horse. Jobs
+other than scoring ones (baseline units) leave a held horse alone and get a horse forked by RQ as usual.
 
 What the pre-forked horse holds is fresh: it was forked from the worker, which runs no job itself, and
 its warm sandbox has loaded nothing of any team. It dies with the worker (the fork comes from the
@@ -39,7 +46,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runtime import rq_adapter
+from runtime import rq_adapter, warm_hint
+from runtime.warm_hint import WarmTarget
 from workers import warm_slot
 
 log = logging.getLogger("bbo.worker")
@@ -54,6 +62,7 @@ STOP_WAIT_S = 10.0
 class _Horse:
     pid: int
     handoff: int  # the write end of its pipe
+    target: WarmTarget  # what its warm sandbox was started for
 
 
 class PreforkedHorses(rq_adapter.PreforkHooks):
@@ -67,10 +76,31 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
 
     # -- in the worker --
     def horse_started(self, job: Any) -> None:
-        if self.prefork and not self.burst and not rq_adapter.shutdown_requested(self):
-            self._fork_next(job)
+        if self._may_prefork() and self._next is None:
+            target = _target_of(job)
+            if target is not None:
+                self._fork_next(target)
+
+    def worker_waiting(self, idle: bool) -> None:
+        """Before each look at the queues: hold a horse for the hinted target if none is held, and follow a
+        changed hint once nothing has been queued for a whole wait (`idle`): until then, a horse started for
+        the last job suits the jobs still queued behind it."""
+        if not self._may_prefork():
+            return
+        held = self._next
+        if held is not None and not idle:
+            return
+        target = warm_hint.current(self.connection)
+        if target is None or (held is not None and held.target == target):
+            return
+        if held is not None:
+            self._next = None
+            _end(held, wait_s=STOP_WAIT_S)
+        self._fork_next(target)
 
     def horse_for(self, job: Any, queue: Any, execution_id: str) -> int | None:
+        if getattr(job, "func_name", None) != SCORE_FUNCTION:
+            return None  # no sandbox to take: the held horse waits for a scoring job
         horse, self._next = self._next, None
         if horse is None:
             return None
@@ -89,14 +119,17 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
         if horse is not None:
             _end(horse, wait_s=STOP_WAIT_S)
 
-    def _fork_next(self, job: Any) -> None:
+    def _may_prefork(self) -> bool:
+        return self.prefork and not self.burst and not rq_adapter.shutdown_requested(self)
+
+    def _fork_next(self, target: WarmTarget) -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the next horse
             try:
                 os.close(write_end)
                 os.setpgrp()  # as RQ's horse: the worker's signals to its group are not the horse's
-                self._wait_for_job(read_end, job)
+                self._wait_for_job(read_end, target)
             except SystemExit:
                 pass  # told to stop while waiting
             except BaseException:  # noqa: BLE001 - a child of a fork never returns into the worker's code
@@ -105,14 +138,14 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
                 warm_slot.discard()
                 os._exit(1)
         os.close(read_end)
-        self._next = _Horse(pid, write_end)
+        self._next = _Horse(pid, write_end, target)
 
     # -- in the pre-forked horse --
-    def _wait_for_job(self, read_end: int, previous: Any) -> None:
+    def _wait_for_job(self, read_end: int, target: WarmTarget) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _exit_cleanly)
         try:
-            _start_warm_sandbox(previous)
+            warm_slot.start(target.backend, target.limits)
         except Exception as exc:  # noqa: BLE001 - no warm sandbox: the job starts a cold one
             log.warning("worker: no warm sandbox for the next job: %s: %s", type(exc).__name__, exc)
         line = _read_line(read_end)
@@ -127,18 +160,20 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
         warm_slot.discard()  # a job that did not take it (skipped, failed early, another kind of job)
 
 
-def _start_warm_sandbox(previous: Any) -> None:
-    """A warm sandbox of the previous job's backend and limits, if it was a scoring job."""
-    if getattr(previous, "func_name", None) != SCORE_FUNCTION or not previous.args:
-        return
-    from queue_schema.connection import connect
+def _target_of(job: Any) -> WarmTarget | None:
+    """A scoring job's backend and its spec's limits: what the worker's next job most likely asks for."""
+    if getattr(job, "func_name", None) != SCORE_FUNCTION or not job.args:
+        return None
     from queue_schema.payloads import ScoreJob
     from runtime.spec import stored_spec
 
-    payload = ScoreJob.model_validate(previous.args[0])
-    spec = stored_spec(connect(), payload.spec_hash)
-    if spec is not None:
-        warm_slot.start(payload.backend, spec.limits)
+    try:
+        payload = ScoreJob.model_validate(job.args[0])
+        spec = stored_spec(job.connection, payload.spec_hash)
+    except Exception as exc:  # noqa: BLE001 - no warm sandbox then: the next job starts a cold one
+        log.warning("worker: no warm sandbox for the next job: %s: %s", type(exc).__name__, exc)
+        return None
+    return None if spec is None else WarmTarget(payload.backend, spec.limits)
 
 
 def _read_line(fd: int) -> bytes:

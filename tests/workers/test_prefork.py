@@ -1,6 +1,8 @@
 """Pre-forked work horses with warm sandboxes (workers/prefork.py) in real `bbo admin worker` processes:
 after its first job a worker's next jobs take the warm sandbox their horse started while the worker waited
-(their logs say so) and score as usual; a stopped worker leaves no horse and no sandbox behind, and
+(their logs say so) and score as usual; a worker that boots into an open competition (runtime/warm_hint.py)
+has one waiting for its very first job, and an idle worker follows the hint when it changes; a stopped
+worker leaves no horse and no sandbox behind, and
 neither does a SIGKILLed one; on docker, a warm container is labelled for the sweeps, removed when its
 worker stops, and ends with a killed worker, to be removed by the next sweep."""
 
@@ -19,7 +21,7 @@ from competition.submit import create_submission
 from queue_schema import keys
 from queue_schema.connection import rq_connection
 from queue_schema.records import load_submission, read_job_log
-from runtime import recovery
+from runtime import recovery, warm_hint
 from runtime.spec import load
 from tests.conftest import SUBMISSIONS
 from tests.waiting import wait_for
@@ -77,6 +79,35 @@ def test_a_worker_s_next_jobs_take_the_warm_sandbox_and_a_stop_leaves_nothing(r,
         assert not report.requeued and not report.failed, report
         # Idle now, with the next job's horse and its warm sandbox waiting.
         wait_for(lambda: warm_processes(state_dir), timeout=30, what="a warm sandbox while idle")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        wait_for(lambda: not warm_processes(state_dir), timeout=15, what="the warm sandbox gone")
+    finally:
+        worker.kill()
+
+
+def test_a_worker_booted_into_an_open_competition_warms_its_first_job_and_follows_a_new_one(
+    r, redis_server, state_dir
+):
+    import dataclasses
+
+    limits = load("demo").limits
+    warm_hint.record(r, "process", limits)  # what the competition's gateway records as it starts
+    worker = start_worker("prefork-boot", redis_server, state_dir, state_dir / "worker.log")
+    try:
+        wait_for(lambda: warm_processes(state_dir), timeout=60, what="a warm sandbox before any job")
+        sub = submit(r, "process")
+        wait_for(lambda: scored(r, sub.id), timeout=240, what="the submission scored")
+        logs = job_logs(r, sub.id)
+        assert all("takes the warm process sandbox" in log for log in logs), logs  # the first job too
+        # A new competition (other limits) while the worker idles: its horse is replaced by one for it.
+        first = wait_for(lambda: warm_processes(state_dir), timeout=30, what="a warm sandbox while idle")
+        warm_hint.record(r, "process", dataclasses.replace(limits, pids=limits.pids + 1))
+        wait_for(
+            lambda: (now := warm_processes(state_dir)) and not set(now) & set(first),
+            timeout=30,
+            what="the warm sandbox replaced for the new hint",
+        )
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0
         wait_for(lambda: not warm_processes(state_dir), timeout=15, what="the warm sandbox gone")
