@@ -16,11 +16,12 @@ while the previous job runs, to hello: `<backend>_warm_load_to_hello_p50_s`, wha
 a job's path.
 
 `overhead_ratio` is bench/overhead.py's comparison (the same problems, seeds and suggestions by raw
-bayesmark in this process and by a submission scored by one worker) with the docker backend instead of
-the process one; `identical_losses` says the two sides agreed; `--also-cold` scores them once more with
-the worker's warm sandboxes off (`overhead_ratio_cold`).
+bayesmark in this process and by a submission scored by one worker; the median of `--repeat` pairs) with
+the docker backend instead of the process one; `identical_losses` says the two sides agreed;
+`--also-cold` scores them once more with the worker's warm sandboxes off (`overhead_ratio_cold`).
 
     python -m bench sandbox --json [--starts 20] [--warm-starts 5] [--backends docker,bwrap] [--no-overhead]
+                                   [--repeat 3]
 """
 
 from __future__ import annotations
@@ -169,32 +170,24 @@ def starts_of(names: list[str], starts: int, warm_count: int) -> dict[str, Any]:
 
 
 def overhead_of(state: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """bench/overhead.py's raw and platform sides, the platform on the docker backend."""
-    problems = args.problems.split(",")
-    raw_s, raw_losses = overhead.raw_side(problems, args.studies, args.rounds, args.batch)
-    log(f"raw: {raw_s:.2f} s")
-    platform_s, platform_losses = overhead.platform_side(
-        state, problems, args.studies, args.rounds, args.batch, backend="docker"
-    )
-    log(f"docker platform: {platform_s:.2f} s")
+    """bench/overhead.py's comparison (`--repeat` pairs of raw and platform runs), the platform on docker."""
+    shape = (args.problems.split(","), args.studies, args.rounds, args.batch)
+    found = overhead.compare(state, *shape, repeat=args.repeat, backend="docker")
+    log(f"docker overhead ratios: {found.ratios}")
     cold: dict[str, Any] = {}
     if args.also_cold:
-        cold_s, cold_losses = overhead.platform_side(
-            state, problems, args.studies, args.rounds, args.batch, backend="docker", warm=False
-        )
-        log(f"docker platform without warm sandboxes: {cold_s:.2f} s")
+        cold_found = overhead.compare(state, *shape, repeat=args.repeat, backend="docker", warm=False)
         cold = {
-            "overhead_ratio_cold": round(cold_s / raw_s, 4),
-            "overhead_platform_cold_s": round(cold_s, 3),
-            "identical_losses_cold": raw_losses == cold_losses,
+            "overhead_ratio_cold": round(cold_found.ratio, 4),
+            "overhead_platform_cold_s": cold_found.figures()["platform_s"],
+            "identical_losses_cold": cold_found.identical_losses,
         }
     return {
-        "overhead_ratio": round(platform_s / raw_s, 4),
-        "overhead_raw_s": round(raw_s, 3),
-        "overhead_platform_s": round(platform_s, 3),
+        **found.figures("overhead_"),
+        "overhead_repeat": args.repeat,
         **cold,
-        "identical_losses": raw_losses == platform_losses,
-        "mix": ",".join(problems),
+        "identical_losses": found.identical_losses,
+        "mix": args.problems,
         "studies_per_problem": args.studies,
         "rounds": args.rounds,
         "batch": args.batch,
@@ -228,6 +221,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--studies", type=int, default=1)
     parser.add_argument("--problems", default=",".join(overhead.DEFAULT_MIX))
+    parser.add_argument("--repeat", type=int, default=3, help="pairs of raw and docker runs (median ratio)")
     args = parser.parse_args(argv)
 
     with scratch_state("bbo-bench-sbx-") as state:
