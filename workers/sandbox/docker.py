@@ -397,6 +397,8 @@ class DockerBackend:
             return bool(marker["seen"])
 
         def kill() -> None:
+            if kill_on_host(container.id):
+                return
             with contextlib.suppress(docker.errors.DockerException):
                 container.kill()
 
@@ -480,6 +482,56 @@ def container_cpu_seconds(container_id: str) -> float | None:
         if text.strip().isdigit():
             return int(text.strip()) * unit
     return None
+
+
+# Where a container's processes are listed on this host: cgroup v2 (which can kill them all at once), then v1.
+_CGROUP_DIRS = (
+    "/sys/fs/cgroup/system.slice/docker-{id}.scope",
+    "/sys/fs/cgroup/docker/{id}",
+    "/sys/fs/cgroup/pids/docker/{id}",
+    "/sys/fs/cgroup/pids/system.slice/docker-{id}.scope",
+)
+
+
+def kill_on_host(container_id: str) -> bool:
+    """SIGKILL every process of the container from this host rather than through the engine, whose kill
+    took 44-72 ms a study here, on the path of every job's end (a study's container is still shutting down
+    politely then: its host exiting, then the engine, 70 ms in all). True once every process listed in its
+    cgroup was signalled (its init among them, which takes its whole pid namespace with it); False when
+    the cgroup is not on this host or not ours to signal (an engine on another machine, a worker without
+    the rights): the caller asks the engine then."""
+    for pattern in _CGROUP_DIRS:
+        group = Path(pattern.format(id=container_id))
+        try:
+            members = (group / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+        try:
+            if (group / "cgroup.kill").exists():
+                (group / "cgroup.kill").write_text("1")
+                return True
+            for pid in members:
+                _kill_member(int(pid), container_id)
+        except (OSError, ValueError):
+            return False
+        return True
+    return False
+
+
+def _kill_member(pid: int, container_id: str) -> None:
+    """Through a pidfd, so that a pid that ended and was reused by another process since the cgroup was
+    read is never signalled: the process the pidfd holds must still be in the container's cgroup."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # ended already
+    try:
+        if container_id in Path(f"/proc/{pid}/cgroup").read_text():
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
+        pass  # ended meanwhile
+    finally:
+        os.close(handle)
 
 
 def _accounts(uid: int) -> dict[str, str]:
