@@ -75,9 +75,10 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 def stored(r) -> set[str]:
-    """Every key of the store but the gateway's archiver's own bookkeeping (a lock and a cursor written
-    by its tick every few seconds, whatever the requests): what a request could have stored."""
-    return set(r.keys("*")) - {keys.lock(archiver.ARCHIVER_LOCK), keys.archive_cursor()}
+    """Every key of the store but the gateway's own bookkeeping (its archiver's lock and cursor, written
+    by its tick every few seconds, and the warm hint it records as it starts, whatever the requests):
+    what a request could have stored."""
+    return set(r.keys("*")) - {keys.lock(archiver.ARCHIVER_LOCK), keys.archive_cursor(), keys.warm_hint()}
 
 
 # -- tokens ----------------------------------------------------------------------------------------
