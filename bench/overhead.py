@@ -179,12 +179,18 @@ class Comparison:
     def ratio(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def medians_s(self) -> tuple[float, float]:
+        """The median raw and platform seconds."""
+        return statistics.median(self.raw_s), statistics.median(self.platform_s)
+
     def figures(self, prefix: str = "") -> dict[str, object]:
+        raw_s, platform_s = self.medians_s
         return {
             f"{prefix}ratio": round(self.ratio, 4),
             f"{prefix}ratios": [round(r, 4) for r in self.ratios],
-            f"{prefix}raw_s": round(statistics.median(self.raw_s), 3),
-            f"{prefix}platform_s": round(statistics.median(self.platform_s), 3),
+            f"{prefix}raw_s": round(raw_s, 3),
+            f"{prefix}platform_s": round(platform_s, 3),
         }
 
 
@@ -259,7 +265,7 @@ def main(argv: list[str]) -> None:
             }
     evals = len(problems) * args.studies * args.rounds * args.batch
     rounds_run = len(problems) * args.studies * args.rounds
-    raw_s, platform_s = statistics.median(found.raw_s), statistics.median(found.platform_s)
+    raw_s, platform_s = found.medians_s
     figures = {
         "suite": args.suite,
         **found.figures(),

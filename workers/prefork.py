@@ -99,7 +99,7 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
         self._fork_next(target)
 
     def horse_for(self, job: Any, queue: Any, execution_id: str) -> int | None:
-        if getattr(job, "func_name", None) != SCORE_FUNCTION:
+        if not _scoring(job):
             return None  # no sandbox to take: the held horse waits for a scoring job
         horse, self._next = self._next, None
         if horse is None:
@@ -160,9 +160,13 @@ class PreforkedHorses(rq_adapter.PreforkHooks):
         warm_slot.discard()  # a job that did not take it (skipped, failed early, another kind of job)
 
 
+def _scoring(job: Any) -> bool:
+    return getattr(job, "func_name", None) == SCORE_FUNCTION
+
+
 def _target_of(job: Any) -> WarmTarget | None:
     """A scoring job's backend and its spec's limits: what the worker's next job most likely asks for."""
-    if getattr(job, "func_name", None) != SCORE_FUNCTION or not job.args:
+    if not _scoring(job) or not job.args:
         return None
     from queue_schema.payloads import ScoreJob
     from runtime.spec import stored_spec
